@@ -1,0 +1,66 @@
+// The one small protocol a backend (CPU, CUDA) implements; the training loop in LLM drives it.
+
+/// AdamW hyper-parameters for one update. `t` is 1-based (step + 1), as in llm.c.
+public struct AdamWSettings: Equatable {
+    public var learningRate: Float
+    public var beta1: Float = 0.9
+    public var beta2: Float = 0.95
+    public var epsilon: Float = 1e-8
+    public var weightDecay: Float = 0
+    /// true: decay every tensor (llm.c's CPU rule); false: only the 2-D matrices (its GPU rule).
+    public var decayAllTensors: Bool = false
+    public var t: Int = 1
+    /// Multiplies every gradient before the moments (1/norm when clipping), as llm.c's GPU update.
+    public var gradScale: Float = 1
+
+    public init(learningRate: Float, beta1: Float = 0.9, beta2: Float = 0.95, epsilon: Float = 1e-8,
+                weightDecay: Float = 0, decayAllTensors: Bool = false, t: Int = 1, gradScale: Float = 1) {
+        self.learningRate = learningRate
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.epsilon = epsilon
+        self.weightDecay = weightDecay
+        self.decayAllTensors = decayAllTensors
+        self.t = t
+        self.gradScale = gradScale
+    }
+}
+
+/// A GPT-2 on some device: parameters, gradients, optimizer state and activations it owns.
+/// Activations are planned once for the (B, T) given at creation; forward may be called with
+/// any B' <= B and T' <= T (sampling and evaluation use smaller shapes).
+public protocol GPT2Backend: AnyObject {
+    var config: GPT2Config { get }
+    /// Planned micro-batch shape.
+    var batchSize: Int { get }
+    var sequenceLength: Int { get }
+    /// "cpu (2 threads)", "cuda: NVIDIA H100 80GB HBM3 (bf16)", ...
+    var deviceDescription: String { get }
+
+    /// Forward pass. inputs (B, T) token ids; with targets also the per-token losses and the
+    /// mean loss, which is returned (NaN without targets).
+    func forward(inputs: [Int32], targets: [Int32]?, B: Int, T: Int) throws -> Float
+    /// Per-token losses (B, T) of the last forward with targets.
+    func lastLosses() -> [Float]
+    /// Logits (V, unpadded) of row (b, t) of the last forward.
+    func logits(b: Int, t: Int) -> [Float]
+
+    /// Zeroes parameter gradients (start of an optimizer step).
+    func zeroGradients()
+    /// Backward of the last forward with targets; accumulates (+=) into parameter gradients with
+    /// dloss = 1 / (B * T * microSteps), so `microSteps` forward/backward pairs average.
+    func backward(microSteps: Int) throws
+    /// Global L2 norm of the parameter gradients.
+    func gradientNorm() throws -> Float
+    /// One AdamW update of all parameters with the current gradients.
+    func update(_ settings: AdamWSettings) throws
+
+    /// All N parameters as fp32 in checkpoint order (the master weights where kept).
+    func readParameters() throws -> [Float]
+    func writeParameters(_ parameters: [Float]) throws
+    /// AdamW first and second moments, N each (zeros before the first update).
+    func readOptimizerState() throws -> (m: [Float], v: [Float])
+    func writeOptimizerState(m: [Float], v: [Float]) throws
+    /// Parameter gradients, N fp32, checkpoint order (for parity checks).
+    func readGradients() throws -> [Float]
+}

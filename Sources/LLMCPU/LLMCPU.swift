@@ -1,0 +1,1 @@
+// CPU backend: fp32 GPT-2 layers in forward/backward pairs.
