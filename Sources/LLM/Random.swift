@@ -140,9 +140,9 @@ public struct MersenneTwister: Equatable {
             let u1 = 1 - d[j]  // (0, 1]: keeps log finite
             let u2 = d[j + 8]
             let radius = (-2 * logf(u1)).squareRoot()
-            let theta = Float(2.0 * Double.pi * Double(u2))
-            d[j] = radius * cosf(theta) * std + mean
-            d[j + 8] = radius * sinf(theta) * std + mean
+            let theta = Float(2.0 * Double.pi) * u2  // in float, as torch's vectorised path
+            d[j] = mean.addingProduct(radius * cosf(theta), std)
+            d[j + 8] = mean.addingProduct(radius * sinf(theta), std)
         }
     }
 

@@ -68,3 +68,36 @@ import Testing
         #expect(sampleSoftmax([5, 1, 2, 3], coin: 0.99, topK: 1) == 0)
     }
 }
+
+@Suite struct InitTests {
+    @Test func gpt2InitStatistics() throws {
+        let c = GPT2Config(maxSeqLen: 64, vocabSize: 500, paddedVocabSize: 512, numLayers: 2, numHeads: 4, channels: 64)
+        let layout = ParameterLayout(c)
+        let p = gpt2InitialParameters(c, seed: 42)
+        func std(_ t: ParameterTensor) -> Float {
+            let x = p[layout.range(t)]
+            let mean = x.reduce(0, +) / Float(x.count)
+            return (x.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Float(x.count)).squareRoot()
+        }
+        #expect(abs(std(.qkvw) - 0.02) < 0.001)
+        #expect(abs(std(.fcw) - 0.02) < 0.001)
+        #expect(abs(std(.attprojw) - 0.01) < 0.001)  // 0.02 / sqrt(2 L), L = 2
+        #expect(p[layout.range(.wte)].suffix(12 * 64).allSatisfy { $0 == 0 })
+        #expect(p[layout.range(.ln2w)].allSatisfy { $0 == 1 })
+        #expect(p[layout.range(.qkvb)].allSatisfy { $0 == 0 })
+        #expect(gpt2InitialParameters(c, seed: 42) == p)
+        #expect(gpt2InitialParameters(c, seed: 43) != p)
+    }
+
+    /// tiny.bin was made by PyTorch (llm.c's train_gpt2.py, seed 42 for the init): our draw order
+    /// and Box-Muller give the same weights. Torch's vectorised log/sin/cos (Sleef, 1 ulp) differ
+    /// from libm's in the last bit for some values, so equality is to a few ulp, not bitwise.
+    @Test func initReproducesPyTorchWeights() throws {
+        let (c, _, ref) = try CheckpointFile.read(fixture("tiny.bin"))
+        let p = gpt2InitialParameters(c, seed: 42)
+        var worst: Float = 0
+        for i in 0 ..< p.count { worst = max(worst, abs(p[i] - ref[i]) / max(abs(ref[i]), 1e-3)) }
+        #expect(worst < 1e-6)
+        #expect(maxAbsDiff(p, ref) < 1e-8)
+    }
+}
