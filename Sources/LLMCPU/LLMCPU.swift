@@ -1,1 +1,0 @@
-// CPU backend: fp32 GPT-2 layers in forward/backward pairs.
