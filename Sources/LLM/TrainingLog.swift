@@ -11,6 +11,8 @@
 //   var meter = ThroughputMeter(totalSteps: N); meter.record(step:, seconds:, tokens:)
 //   print(consoleLine(step: step + 1, totalSteps: N, loss:, lossZ:, gradNorm:, gradNormZ:, learningRate:,
 //                     milliseconds:, mfuPercent: nil /* CPU */, tokensPerSecond:, etaSeconds:))
+//   mfuPercent(config:, sequenceLength: T, tokensPerSecond:, peakFlops: 989e12)  // llm.c's MFU formula
+//   progressLine(label: "hellaswag", done: 500, total: 10042, elapsedSeconds: 12)  // for prepare/eval
 // Steps in main.log are the loop's 0-based step, as llm.c writes them; the console shows step + 1.
 
 #if canImport(Glibc)
@@ -210,4 +212,26 @@ public struct ThroughputMeter {
     public func etaSeconds(afterStep step: Int) -> Double {
         Double(max(totalSteps - step - 1, 0)) * averageSeconds
     }
+}
+
+// MARK: - MFU and progress
+
+/// Model FLOPs utilisation in percent, llm.c's way: (6 N + 6 L C T) FLOPs per token (N with the
+/// padded vocabulary; the second term is attention) times tokens per second, over the device peak.
+public func mfuPercent(config: GPT2Config, sequenceLength T: Int, tokensPerSecond: Double, peakFlops: Double) -> Double {
+    let N = Double(ParameterLayout(config).count)
+    let attention = 6 * Double(config.numLayers) * Double(config.channels) * Double(T)
+    return 100 * (6 * N + attention) * tokensPerSecond / peakFlops
+}
+
+/// A progress line for long work (`llm prepare`, `llm eval`):
+/// "hellaswag 500/10042 (5.0%) | 12s | ETA 3m50s"; the ETA assumes the rate so far.
+public func progressLine(label: String, done: Int, total: Int, elapsedSeconds: Double) -> String {
+    var line = label + format(" %ld/%ld", done, total)
+    if total > 0 { line += format(" (%.1f%%)", 100 * Double(done) / Double(total)) }
+    line += " | " + formatDuration(elapsedSeconds)
+    if done > 0 && total >= done {
+        line += " | ETA " + formatDuration(elapsedSeconds / Double(done) * Double(total - done))
+    }
+    return line
 }

@@ -92,3 +92,16 @@ import Testing
     #expect(meter.averageSeconds == 0.75)
     #expect(meter.etaSeconds(afterStep: 2) == 7 * 0.75)
 }
+
+@Test func mfuAndProgress() {
+    // GPT-2 124M at T = 1024: 6 N + 6 L C T = 6 * 124,475,904 + 6 * 12 * 768 * 1024 = 803,478,528 FLOPs
+    // per token; at 1,000,000 tok/s on a 989 TFLOPS peak that is 81.24%.
+    let d12 = GPT2Config(maxSeqLen: 1024, vocabSize: 50257, paddedVocabSize: 50304, numLayers: 12, numHeads: 12,
+                         channels: 768)
+    let mfu = mfuPercent(config: d12, sequenceLength: 1024, tokensPerSecond: 1e6, peakFlops: 989e12)
+    #expect(abs(mfu - 803_478_528.0 * 1e6 / 989e12 * 100) < 1e-9)
+    #expect(format("%.1f", mfu) == "81.2")
+    #expect(progressLine(label: "hellaswag", done: 500, total: 10000, elapsedSeconds: 12)
+            == "hellaswag 500/10000 (5.0%) | 12s | ETA 3m48s")
+    #expect(progressLine(label: "x", done: 0, total: 10, elapsedSeconds: 0) == "x 0/10 (0.0%) | 0s")
+}
