@@ -63,4 +63,11 @@ public protocol GPT2Backend: AnyObject {
     func writeOptimizerState(m: [Float], v: [Float]) throws
     /// Parameter gradients, N fp32, checkpoint order (for parity checks).
     func readGradients() throws -> [Float]
+
+    /// Peak FLOP/s of the device for MFU (llm.c's table for GPUs); nil where MFU means nothing.
+    var peakFLOPs: Double? { get }
+}
+
+extension GPT2Backend {
+    public var peakFLOPs: Double? { nil }
 }

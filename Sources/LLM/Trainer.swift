@@ -1,0 +1,240 @@
+// The one training loop: data, gradient accumulation, schedule, clipping, evaluation, sampling
+// and logging, written once for every backend (llm.c keeps two copies, CPU and GPU).
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+// MARK: - Options
+
+public struct TrainingOptions {
+    public var B = 4
+    public var T = 64
+    /// Tokens per optimizer step; a multiple of B*T (gradient accumulation). nil = B*T.
+    public var totalBatchTokens: Int? = nil
+    /// Optimizer steps; nil = one epoch of the training data.
+    public var steps: Int? = nil
+    public var learningRate: Float = 3e-4
+    /// Learning rate at a 0-based step, given the peak rate and the step count.
+    public var schedule: (_ step: Int, _ steps: Int) -> Float = { _, _ in 1 }
+    public var beta1: Float = 0.9
+    public var beta2: Float = 0.95
+    public var epsilon: Float = 1e-8
+    public var weightDecay: Float = 0
+    public var decayAllTensors = false
+    /// Clip the global gradient norm to this (0 = no clipping).
+    public var gradClip: Float = 1
+    public var valEvery = 20
+    public var valSteps = 20
+    public var sampleEvery = 20
+    public var sampleTokens = 64
+    public var sampleSeed: UInt64 = 1337
+    /// Train repeatedly on the first validation batch (llm.c's -a 1), to debug a model.
+    public var overfitSingleBatch = false
+
+    public init() {}
+}
+
+// MARK: - Hooks
+
+/// What the loop reports; the CLI prints it and writes main.log.
+public protocol TrainingObserver: AnyObject {
+    func trainStep(_ s: TrainStepReport)
+    func validation(step: Int, loss: Float)
+    func sample(step: Int, text: String)
+    func message(_ text: String)
+}
+
+public struct TrainStepReport {
+    public var step: Int             // 0-based
+    public var steps: Int
+    public var loss: Float
+    public var gradNorm: Float
+    public var learningRate: Float
+    public var milliseconds: Double
+    public var tokensPerSecond: Double
+    public var mfu: Double?          // fraction, GPU only
+    public var skipped: Bool
+    public var etaSeconds: Double
+}
+
+// MARK: - Clock
+
+public func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
+// MARK: - Trainer
+
+public final class Trainer {
+    public let model: GPT2Backend
+    public let options: TrainingOptions
+    public let train: DataLoader
+    public let val: DataLoader?
+    public let gradAccumSteps: Int
+    public let steps: Int
+    /// Decodes tokens for samples; nil prints token ids.
+    public var decode: (([Int32]) -> String)?
+    public var eotToken: Int32 = 50256
+    public weak var observer: TrainingObserver?
+    /// The step the loop starts at (after a resume).
+    public var startStep = 0
+    /// Called before each optimizer step's training work, e.g. to save a checkpoint.
+    public var beforeStep: ((Int) throws -> Void)?
+    /// Called at each evaluation point (step % valEvery == 0 and the last step) after val loss.
+    public var evaluate: ((Int) throws -> Void)?
+
+    public init(model: GPT2Backend, train: DataLoader, val: DataLoader?, options: TrainingOptions) throws {
+        self.model = model
+        self.train = train
+        self.val = val
+        self.options = options
+        let bt = options.B * options.T
+        let total = options.totalBatchTokens ?? bt
+        if total <= 0 || total % bt != 0 {
+            throw LLMError("--total-batch \(total) must be a positive multiple of batch x seq-len = \(bt)")
+        }
+        gradAccumSteps = total / bt
+        let epochSteps = max(1, train.batchesPerEpoch / gradAccumSteps)
+        steps = options.steps ?? epochSteps
+        if steps < 0 { throw LLMError("--steps \(steps) must be >= 0") }
+    }
+
+    /// FLOPs per token for MFU, as llm.c: 6N + 6 L C T (N with the padded vocabulary).
+    public var flopsPerToken: Double {
+        let c = model.config
+        return 6 * Double(ParameterLayout(c).count) + 6 * Double(c.numLayers * c.channels * options.T)
+    }
+
+    // MARK: Evaluation
+
+    /// Mean loss over `valSteps` batches from the start of the validation data.
+    public func validationLoss() throws -> Float? {
+        guard let val else { return nil }
+        val.reset()
+        let n = min(options.valSteps, val.batchesPerEpoch)
+        if n <= 0 { return nil }
+        var sum: Float = 0
+        for _ in 0 ..< n {
+            try val.nextBatch()
+            sum += try model.forward(inputs: val.inputs, targets: val.targets, B: options.B, T: options.T)
+        }
+        return sum / Float(n)
+    }
+
+    /// Generates `sampleTokens` tokens after an EOT with llm.c's xorshift sampler (seed 1337 at
+    /// each call, so samples are comparable across steps and with llm.c).
+    public func sample(tokens count: Int? = nil, prompt: [Int32] = [], temperature: Float = 1, topK: Int = 0,
+                       seed: UInt64? = nil) throws -> [Int32] {
+        var rng = XorShift(seed: seed ?? options.sampleSeed)
+        var tokens: [Int32] = [eotToken] + prompt
+        let genT = count ?? options.sampleTokens
+        let window = min(options.T, model.config.maxSeqLen)
+        let V = model.config.vocabSize
+        for _ in 0 ..< genT {
+            let context = Array(tokens.suffix(window))
+            let t = context.count
+            _ = try model.forward(inputs: context, targets: nil, B: 1, T: t)
+            let logits = model.logits(b: 0, t: t - 1)
+            let coin = rng.nextFloat()
+            let next: Int
+            if temperature == 1 && topK == 0 {
+                // llm.c's CPU sampler: softmax (max from -10000) then sample_mult on the cdf.
+                var probs = [Float](repeating: 0, count: V)
+                var maxv: Float = -10000
+                for i in 0 ..< V where logits[i] > maxv { maxv = logits[i] }
+                var sum: Float = 0
+                for i in 0 ..< V { probs[i] = expf(logits[i] - maxv); sum += probs[i] }
+                for i in 0 ..< V { probs[i] /= sum }
+                next = probs.withUnsafeBufferPointer { sampleMult($0.baseAddress!, V, coin: coin) }
+            } else {
+                next = sampleSoftmax(logits, coin: coin, temperature: temperature, topK: topK)
+            }
+            tokens.append(Int32(next))
+        }
+        return Array(tokens.dropFirst(1 + prompt.count))
+    }
+
+    // MARK: The loop
+
+    /// Runs steps startStep ..< steps, evaluating at the end as llm.c does (steps + 1 iterations,
+    /// the last one only evaluates). Returns the train losses of the steps run.
+    @discardableResult
+    public func run() throws -> [Float] {
+        let o = options
+        var losses: [Float] = []
+        var emaTokensPerSecond = 0.0
+        var emaCount = 0
+        var timedSeconds = 0.0, timedSteps = 0
+        let tokensPerStep = Double(o.B * o.T * gradAccumSteps)
+        for step in startStep ... steps {
+            let last = step == steps
+            if val != nil && o.valEvery > 0 && (step % o.valEvery == 0 || last) {
+                if let loss = try validationLoss() { observer?.validation(step: step, loss: loss) }
+            }
+            if o.valEvery > 0 && ((step > 0 && step % o.valEvery == 0) || last) { try evaluate?(step) }
+            if o.sampleEvery > 0 && ((step > 0 && step % o.sampleEvery == 0) || last) {
+                let generated = try sample()
+                let text = decode?(generated) ?? generated.map(String.init).joined(separator: " ")
+                observer?.sample(step: step, text: text)
+            }
+            try beforeStep?(step)
+            if last { break }
+
+            let t0 = monotonicSeconds()
+            model.zeroGradients()
+            var lossSum: Float = 0
+            for _ in 0 ..< gradAccumSteps {
+                let loader = o.overfitSingleBatch ? (val ?? train) : train
+                if o.overfitSingleBatch { loader.reset() }
+                try loader.nextBatch()
+                lossSum += try model.forward(inputs: loader.inputs, targets: loader.targets, B: o.B, T: o.T)
+                try model.backward(microSteps: gradAccumSteps)
+            }
+            let loss = lossSum / Float(gradAccumSteps)
+            let lr = o.learningRate * o.schedule(step, steps)
+            let norm = try model.gradientNorm()
+            let skipped = try applyUpdate(step: step, loss: loss, norm: norm, lr: lr)
+            let seconds = monotonicSeconds() - t0
+            losses.append(loss)
+
+            if step > startStep {  // the first step carries warm-up costs
+                timedSeconds += seconds
+                timedSteps += 1
+                emaCount += 1
+                emaTokensPerSecond = 0.95 * emaTokensPerSecond + 0.05 * tokensPerStep / seconds
+            }
+            let tokensPerSecond = emaCount > 0 ? emaTokensPerSecond / (1 - pow(0.95, Double(emaCount)))
+                                               : tokensPerStep / seconds
+            let meanStep = timedSteps > 0 ? timedSeconds / Double(timedSteps) : seconds
+            let mfu = model.peakFLOPs.map { flopsPerToken * tokensPerStep / seconds / $0 }
+            observer?.trainStep(TrainStepReport(
+                step: step, steps: steps, loss: loss, gradNorm: norm, learningRate: lr,
+                milliseconds: seconds * 1000, tokensPerSecond: tokensPerSecond, mfu: mfu, skipped: skipped,
+                etaSeconds: meanStep * Double(steps - step - 1)))
+        }
+        return losses
+    }
+
+    /// Outlier checks for the update; returns whether it was skipped. Overridden by the
+    /// outlier detector when configured (see `shouldSkip`).
+    public var shouldSkip: ((_ loss: Float, _ norm: Float) -> Bool)?
+
+    func applyUpdate(step: Int, loss: Float, norm: Float, lr: Float) throws -> Bool {
+        if let shouldSkip, shouldSkip(loss, norm) { return true }
+        if !loss.isFinite || !norm.isFinite {
+            observer?.message("step \(step + 1): loss \(loss), grad norm \(norm) is not finite; update skipped")
+            return true
+        }
+        let o = options
+        let scale: Float = (o.gradClip > 0 && norm > o.gradClip) ? o.gradClip / norm : 1
+        try model.update(AdamWSettings(learningRate: lr, beta1: o.beta1, beta2: o.beta2, epsilon: o.epsilon,
+                                       weightDecay: o.weightDecay, decayAllTensors: o.decayAllTensors,
+                                       t: step + 1, gradScale: scale))
+        return false
+    }
+}

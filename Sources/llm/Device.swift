@@ -1,0 +1,41 @@
+// Choosing the backend at run time: the CUDA driver if one is found, else the CPU.
+
+import ArgumentParser
+import LLM
+import LLMCPU
+import LLMCUDA
+
+enum DeviceChoice: String, ExpressibleByArgument, CaseIterable {
+    case auto, cpu, cuda
+}
+
+enum PrecisionChoice: String, ExpressibleByArgument, CaseIterable {
+    case bf16, fp32
+}
+
+/// Parameters from a checkpoint file, or a fresh GPT-2 from a descriptor such as `d12`.
+func loadModelParameters(_ model: String, seed: UInt64) throws -> (config: GPT2Config, parameters: [Float], source: String) {
+    if fileExists(model) {
+        let (config, precision, params) = try CheckpointFile.read(model)
+        return (config, params, "\(model) (\(precision == .fp32 ? "fp32" : "bf16") checkpoint)")
+    }
+    if model.hasSuffix(".bin") || model.contains("/") { throw LLMError("--model \(model): no such file") }
+    let config = try GPT2Config.fromDescriptor(model)
+    return (config, gpt2InitialParameters(config, seed: seed), "\(model), GPT-2 init with seed \(seed)")
+}
+
+/// Builds the backend for `device`; `auto` takes CUDA when a driver and GPU are found, else the
+/// CPU, and says why in one line.
+func makeBackend(_ device: DeviceChoice, config: GPT2Config, parameters: [Float], B: Int, T: Int,
+                 precision: PrecisionChoice, log: (String) -> Void) throws -> GPT2Backend {
+    switch device {
+    case .cpu:
+        return try makeCPUBackend(config: config, parameters: parameters, B: B, T: T)
+    case .cuda, .auto:
+        throw LLMError("--device \(device.rawValue): the CUDA backend is not built yet")
+    }
+}
+
+func makeCPUBackend(config: GPT2Config, parameters: [Float], B: Int, T: Int) throws -> GPT2Backend {
+    throw LLMError("the CPU backend is not built yet")
+}
