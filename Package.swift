@@ -16,7 +16,7 @@ let package = Package(
         // The core, no backend: config, layouts, file formats, tokenizer, data, the training loop.
         .target(name: "LLM", swiftSettings: [.swiftLanguageMode(.v5)]),
         // CPU backend: fp32 layers in forward/backward pairs.
-        .target(name: "LLMCPU", dependencies: ["LLM"], swiftSettings: [.swiftLanguageMode(.v5)]),
+        .target(name: "LLMCPU", dependencies: ["LLM"], swiftSettings: [.swiftLanguageMode(.v5), .unsafeFlags(["-O"], .when(configuration: .debug))]),
         // CUDA backend: driver API, NVRTC and cuBLASLt through dlopen; kernels embedded at build time.
         .target(name: "LLMCUDA", dependencies: ["LLM"], exclude: ["Kernels"],
                 swiftSettings: [.swiftLanguageMode(.v5)]),

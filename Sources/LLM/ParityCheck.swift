@@ -52,16 +52,15 @@ public struct ParityReport {
     /// One line per check, ending with the verdict.
     public var lines: [String] {
         func mark(_ ok: Bool) -> String { ok ? "ok  " : "FAIL" }
-        func sci(_ x: Double) -> String { formatScientific(x) }
         var out: [String] = []
         out.append("\(mark(logitsPassed)) logits   max abs diff \(sci(Double(logitsMaxAbsDiff))) (tol \(sci(Double(tolerances.logitsMaxAbs))))")
-        out.append("\(mark(lossPassed)) loss     ours \(loss) ref \(referenceLoss) diff \(sci(Double(lossDiff))) (tol \(sci(Double(tolerances.lossAbs))))")
+        out.append("\(mark(lossPassed)) loss     ours \(format("%.7f", loss)) ref \(format("%.7f", referenceLoss)) diff \(sci(Double(lossDiff))) (tol \(sci(Double(tolerances.lossAbs))))")
         for g in gradients {
             let name = g.name.paddedTo(8)
             out.append("\(mark(g.passed)) grad \(name) rel norm \(sci(g.relativeNorm)) max abs diff \(sci(Double(g.maxAbsDiff))) (tol \(sci(Double(tolerances.gradientRelativeNorm))))")
         }
         for s in stepLosses {
-            out.append("\(mark(s.passed)) step \(s.step)   loss ours \(s.ours) ref \(s.reference) diff \(sci(Double(s.diff))) (tol \(sci(Double(tolerances.stepLossAbs))))")
+            out.append("\(mark(s.passed)) step \(s.step)   loss ours \(format("%.7f", s.ours)) ref \(format("%.7f", s.reference)) diff \(sci(Double(s.diff))) (tol \(sci(Double(tolerances.stepLossAbs))))")
         }
         out.append(passed ? "parity: PASS" : "parity: FAIL")
         return out
@@ -145,25 +144,44 @@ public func runParityCheck(backend: GPT2Backend, state: DebugState, referenceLos
                         gradients: diffs, stepLosses: steps)
 }
 
-// MARK: - Formatting without Foundation
+// MARK: - Reference step losses
 
-/// "1.234e-05": three significant digits, enough to read a difference against its tolerance.
-public func formatScientific(_ x: Double) -> String {
-    if x.isNaN { return "nan" }
-    if x.isInfinite { return x > 0 ? "inf" : "-inf" }
-    if x == 0 { return "0" }
-    var m = abs(x)
-    var e = 0
-    while m >= 10 { m /= 10; e += 1 }
-    while m < 1 { m *= 10; e -= 1 }
-    var digits = Int((m * 100).rounded())
-    if digits >= 1000 { digits /= 10; e += 1 }
-    let sign = x < 0 ? "-" : ""
-    let exp = e < 0 ? "-\(-e < 10 ? "0" : "")\(-e)" : "+\(e < 10 ? "0" : "")\(e)"
-    return "\(sign)\(digits / 100).\(digits / 10 % 10)\(digits % 10)e\(exp)"
+/// The reference losses and AdamW settings of a steps file such as tiny_steps.json:
+/// `losses_10_steps` (losses[0] before the first update) and an optional `adamw` object
+/// (lr, beta1, beta2, eps, weight_decay). Missing settings take llm.c's test_gpt2.c values;
+/// weight decay applies to every tensor, as train_gpt2.c's CPU update.
+public func readParitySteps(_ path: String) throws -> (losses: [Float], adamW: AdamWSettings) {
+    let json = try JSONValue.parse(bytes: try readFileBytes(path))
+    guard let array = (json["losses_10_steps"] ?? json["losses"])?.arrayValue else {
+        throw LLMError("\(path): no \"losses_10_steps\" array")
+    }
+    var losses: [Float] = []
+    for (i, v) in array.enumerated() {
+        guard let d = v.doubleValue else { throw LLMError("\(path): losses_10_steps[\(i)] is not a number") }
+        losses.append(Float(d))
+    }
+    var s = AdamWSettings(learningRate: 1e-4, beta1: 0.9, beta2: 0.999, epsilon: 1e-8, weightDecay: 0.01,
+                          decayAllTensors: true)
+    if let a = json["adamw"] {
+        func number(_ key: String) throws -> Float? {
+            guard let v = a[key] else { return nil }
+            guard let d = v.doubleValue else { throw LLMError("\(path): adamw.\(key) is not a number") }
+            return Float(d)
+        }
+        s.learningRate = try number("lr") ?? s.learningRate
+        s.beta1 = try number("beta1") ?? s.beta1
+        s.beta2 = try number("beta2") ?? s.beta2
+        s.epsilon = try number("eps") ?? s.epsilon
+        s.weightDecay = try number("weight_decay") ?? s.weightDecay
+    }
+    return (losses, s)
 }
 
-extension String {
+// MARK: - Formatting
+
+fileprivate func sci(_ x: Double) -> String { format("%.3e", x) }
+
+fileprivate extension String {
     func paddedTo(_ width: Int) -> String {
         count >= width ? self : self + String(repeating: " ", count: width - count)
     }

@@ -38,3 +38,41 @@ struct TestRandom {
     mutating func uniform() -> Float { Float(next() >> 8) / 16_777_216 * 2 - 1 }
     mutating func floats(_ n: Int, scale: Float = 1) -> [Float] { (0 ..< n).map { _ in uniform() * scale } }
 }
+
+/// A float buffer with a stable pointer, for calling the pointer-based layer functions.
+final class Buf {
+    let p: UnsafeMutablePointer<Float>
+    let count: Int
+    init(_ values: [Float]) {
+        count = values.count
+        p = .allocate(capacity: max(count, 1))
+        p.initialize(from: values, count: count)
+    }
+    convenience init(zeros n: Int) { self.init([Float](repeating: 0, count: n)) }
+    var array: [Float] { Array(UnsafeBufferPointer(start: p, count: count)) }
+    deinit { p.deallocate() }
+}
+
+/// Central-difference gradient of f at x (double precision, so it is an oracle for fp32 code).
+func numericalGradient(_ x: [Double], h: Double = 1e-6, _ f: ([Double]) -> Double) -> [Double] {
+    var x = x
+    var g = [Double](repeating: 0, count: x.count)
+    for i in 0 ..< x.count {
+        let saved = x[i]
+        x[i] = saved + h
+        let up = f(x)
+        x[i] = saved - h
+        let down = f(x)
+        x[i] = saved
+        g[i] = (up - down) / (2 * h)
+    }
+    return g
+}
+
+/// max |ours - ref| scaled by the size of ref (at least 1), the one number each check reports.
+func scaledMaxDiff(_ ours: [Float], _ ref: [Double]) -> Double {
+    let scale = max(1, ref.map { abs($0) }.max() ?? 0)
+    return maxAbsDiff(ours, ref) / scale
+}
+
+func doubles(_ a: [Float]) -> [Double] { a.map(Double.init) }
