@@ -14,7 +14,7 @@ struct LLMCommand: ParsableCommand {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks: training steps, matrix multiplies, the tokenizer.",
-        subcommands: [BenchTokenizer.self])
+        subcommands: [BenchMatmul.self, BenchTokenizer.self])
 }
 
 LLMCommand.main()
