@@ -73,6 +73,15 @@ public protocol GPT2Backend: AnyObject {
     func writeRandomState(_ state: [UInt64]) throws
 }
 
+/// A backend that can generate with a key/value cache: each new token costs one position's work
+/// instead of a forward pass over the whole sequence.
+public protocol CachedGeneration: AnyObject {
+    /// Forgets earlier tokens; sequences up to `maxTokens` (<= maxT) will follow.
+    func beginGeneration(maxTokens: Int) throws
+    /// Appends `token` at the next position; returns the V logits predicting the token after it.
+    func generationStep(token: Int32) throws -> [Float]
+}
+
 extension GPT2Backend {
     public var peakFLOPs: Double? { nil }
     public func readRandomState() throws -> [UInt64] { [] }

@@ -16,19 +16,24 @@ public func pickCompletion(_ rowLosses: [[Float]]) -> Int {
 public struct MultipleChoiceResult: Equatable {
     public var correct: Int
     public var total: Int
+    /// Examples left out because context + completion did not fit T.
+    public var skipped = 0
     public var accuracy: Double { total == 0 ? 0 : Double(correct) / Double(total) }
 }
 
-/// Scores examples on `model`, packing B / choices examples per forward pass of (B, T), one row per
+/// Scores examples on `model` (those whose context + completion exceed T are skipped and counted), packing B / choices examples per forward pass of (B, T), one row per
 /// completion: the context, then the completion; the targets at the completion's positions are
 /// the completion's tokens. `progress(done, total)` is called after each batch.
 public func evaluateMultipleChoice(_ examples: [EvalExample], model: GPT2Backend, B: Int, T: Int,
                                    padToken: Int32 = 50256,
                                    progress: ((Int, Int) -> Void)? = nil) throws -> MultipleChoiceResult {
     guard let choices = examples.first?.completions.count, choices > 0 else { return MultipleChoiceResult(correct: 0, total: 0) }
+    let fitting = examples.filter { ex in ex.completions.allSatisfy { ex.context.count + $0.count <= T } }
+    let skipped = examples.count - fitting.count
+    let examples = fitting
     if B < choices { throw LLMError("--batch \(B) is too small for \(choices)-way multiple choice (needs >= \(choices))") }
     let perBatch = B / choices
-    var result = MultipleChoiceResult(correct: 0, total: 0)
+    var result = MultipleChoiceResult(correct: 0, total: 0, skipped: skipped)
     var inputs = [Int32](repeating: padToken, count: B * T)
     var targets = [Int32](repeating: padToken, count: B * T)
     var start = 0
@@ -45,7 +50,7 @@ public func evaluateMultipleChoice(_ examples: [EvalExample], model: GPT2Backend
                 let row = k * choices + c
                 let n = ex.context.count + completion.count
                 if ex.context.isEmpty || completion.isEmpty || n > T {
-                    throw LLMError("multiple-choice example \(start + k): context \(ex.context.count) + completion \(completion.count) tokens do not fit T = \(T)")
+                    throw LLMError("multiple-choice example \(start + k): context \(ex.context.count) + completion \(completion.count) tokens (an empty part, or longer than T = \(T))")
                 }
                 let base = row * T
                 for (i, tok) in (ex.context + completion).enumerated() { inputs[base + i] = tok }

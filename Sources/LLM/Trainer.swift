@@ -147,35 +147,8 @@ public final class Trainer {
 
     /// Generates `sampleTokens` tokens after an EOT with llm.c's xorshift sampler (seed 1337 at
     /// each call, so samples are comparable across steps and with llm.c).
-    public func sample(tokens count: Int? = nil, prompt: [Int32] = [], temperature: Float = 1, topK: Int = 0,
-                       seed: UInt64? = nil) throws -> [Int32] {
-        var rng = XorShift(seed: seed ?? options.sampleSeed)
-        var tokens: [Int32] = [eotToken] + prompt
-        let genT = count ?? options.sampleTokens
-        let window = min(options.T, model.config.maxSeqLen)
-        let V = model.config.vocabSize
-        for _ in 0 ..< genT {
-            let context = Array(tokens.suffix(window))
-            let t = context.count
-            _ = try model.forward(inputs: context, targets: nil, B: 1, T: t)
-            let logits = model.logits(b: 0, t: t - 1)
-            let coin = rng.nextFloat()
-            let next: Int
-            if temperature == 1 && topK == 0 {
-                // llm.c's CPU sampler: softmax (max from -10000) then sample_mult on the cdf.
-                var probs = [Float](repeating: 0, count: V)
-                var maxv: Float = -10000
-                for i in 0 ..< V where logits[i] > maxv { maxv = logits[i] }
-                var sum: Float = 0
-                for i in 0 ..< V { probs[i] = expf(logits[i] - maxv); sum += probs[i] }
-                for i in 0 ..< V { probs[i] /= sum }
-                next = probs.withUnsafeBufferPointer { sampleMult($0.baseAddress!, V, coin: coin) }
-            } else {
-                next = sampleSoftmax(logits, coin: coin, temperature: temperature, topK: topK)
-            }
-            tokens.append(Int32(next))
-        }
-        return Array(tokens.dropFirst(1 + prompt.count))
+    public func sample() throws -> [Int32] {
+        try Generator(model: model).generate(prompt: [eotToken], count: options.sampleTokens, seed: options.sampleSeed)
     }
 
     // MARK: The loop

@@ -25,10 +25,15 @@ import Testing
         #expect(calls == [2, 3])  // two examples per batch of 8 rows
     }
 
-    @Test func examplesThatDoNotFitAreNamed() {
+    @Test func examplesThatDoNotFitAreSkippedAndCounted() throws {
         let model = MockBackend(config: mockConfig, B: 4, T: 4)
-        let ex = EvalExample(label: 0, context: [1, 2, 3], completions: [[1, 2], [1], [1], [1]])
-        #expect(throws: LLMError.self) { _ = try evaluateMultipleChoice([ex], model: model, B: 4, T: 4) }
-        #expect(throws: LLMError.self) { _ = try evaluateMultipleChoice([ex], model: model, B: 2, T: 8) }
+        model.lossOf = { _, target in Float(target) / 10 }
+        let long = EvalExample(label: 0, context: [1, 2, 3], completions: [[1, 2], [1], [1], [1]])
+        let short = EvalExample(label: 1, context: [1, 2], completions: [[9], [1], [8], [7]])
+        let r = try evaluateMultipleChoice([long, short], model: model, B: 4, T: 4)
+        #expect(r == MultipleChoiceResult(correct: 1, total: 1, skipped: 1))
+        #expect(throws: LLMError.self) { _ = try evaluateMultipleChoice([short], model: model, B: 2, T: 8) }
+        let empty = EvalExample(label: 0, context: [], completions: [[1], [1], [1], [1]])
+        #expect(throws: LLMError.self) { _ = try evaluateMultipleChoice([empty], model: model, B: 4, T: 4) }
     }
 }
