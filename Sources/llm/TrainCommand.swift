@@ -74,6 +74,10 @@ struct Train: ParsableCommand {
     var sampleEvery: Int = 100
     @Option(name: .customLong("sample-tokens"), help: "Tokens per sample.")
     var sampleTokens: Int = 64
+    @Option(help: "llm.c HellaSwag eval file (from `llm prepare hellaswag`): accuracy at every validation point.")
+    var hellaswag: String?
+    @Option(name: .customLong("hellaswag-limit"), help: "Score only the first N HellaSwag examples (0 = all).")
+    var hellaswagLimit: Int = 0
 
     // MARK: Run
     @Option(help: "Seed of the GPT-2 init (descriptor models) and of the data shuffling.")
@@ -194,6 +198,17 @@ struct Train: ParsableCommand {
                 out.print("no complete checkpoint in \(output): starting from step 0")
             }
             out.log = try TrainingLog(path: joinPath(output, "main.log"), resumingAt: resumedAt)
+        }
+        if let hellaswag {
+            var examples = try EvalFile.read(hellaswag, vocabSize: config.vocabSize)
+            if hellaswagLimit > 0 { examples = Array(examples.prefix(hellaswagLimit)) }
+            if batch < 4 { throw LLMError("--hellaswag needs --batch >= 4 (4 rows per example)") }
+            trainer.evaluate = { step in
+                let r = try evaluateMultipleChoice(examples, model: backend, B: batch, T: seqLen)
+                out.print(format("HellaSwag: %ld/%ld = %.4f", r.correct, r.total, r.accuracy)
+                          + (r.skipped > 0 ? format(" (%ld longer than T skipped)", r.skipped) : ""))
+                out.log?.evaluation(step: step, accuracy: Float(r.accuracy))
+            }
         }
         trainer.observer = out
         out.print(format("batch %ld x %ld, %ld micro-steps per step (%ld tokens), %ld steps, lr %.2e ",
