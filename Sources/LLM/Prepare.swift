@@ -103,6 +103,23 @@ public func prepareTinyShakespeare(input: String, outputDirectory: String, token
     return try prepareShards(inputs: [input], tokenizer: tokenizer, options: options)
 }
 
+/// The same tokens as `prepareTinyShakespeare`, in memory, for a training run that starts from
+/// the bundled text: (val = the first 32,768 tokens, train = the rest).
+public func tinyShakespeareTokens(_ bytes: [UInt8], source: String, tokenizer: Tokenizer,
+                                  threads: Int = 1) throws -> (val: [UInt16], train: [UInt16]) {
+    if bytes.isEmpty { throw LLMError("\(source): empty input") }
+    let text = try checkedUTF8(bytes, source: source, lossy: false)
+    var all: [UInt16] = []
+    for batch in try documentBatches(text, path: source, split: .blankLine) {
+        for doc in encodeDocuments(batch, tokenizer: tokenizer, threads: threads) {
+            all += doc.map { UInt16(truncatingIfNeeded: $0) }
+        }
+    }
+    let valCount = 32768
+    if all.count <= valCount { throw LLMError("\(source): \(all.count) tokens, fewer than the 32,768 val tokens plus one") }
+    return (Array(all[..<valCount]), Array(all[valCount...]))
+}
+
 // MARK: - Documents
 
 /// Documents as byte ranges of one text buffer, at most about 16 MB of text per batch.

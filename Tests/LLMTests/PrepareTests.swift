@@ -86,6 +86,10 @@ func quietOptions(_ dir: String, _ name: String) -> PrepareOptions {
             == "fe99db720dc7c83e694806d4e047a952909411da1daccde4ccc2e55f40882a62")
     #expect(sha256Hex(try readFileBytes(dir + "/tiny_shakespeare_train.bin"))
             == "8a70606be574040c26d225694f5f9759973b419852d22f7fe5c118e1b359dcc8")
+    // The in-memory form for a training run gives the same tokens.
+    let inMemory = try tinyShakespeareTokens(try readFileBytes(repositoryRoot + "/data/tinyshakespeare.txt"),
+                                             source: "tinyshakespeare.txt", tokenizer: gpt2Tokenizer)
+    #expect(inMemory.val == val && inMemory.train == train)
     let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasSuffix(".tmp") }
     #expect(leftovers.isEmpty)
 }

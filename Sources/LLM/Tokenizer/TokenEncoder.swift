@@ -42,15 +42,20 @@ public final class TokenEncoder {
     let stage1: UnsafePointer<UInt16>
     let stage2: UnsafePointer<UInt8>
     /// Word cache: a piece's bytes -> (offset, count) of its ids in `cacheIds`.
-    var cache = ByteKeyTable(capacityPowerOfTwo: 15)
-    var cacheIds = TokenIdBuffer(capacity: 1 << 15)
+    var cache: ByteKeyTable
+    var cacheIds: TokenIdBuffer
     /// BPE scratch: part start offsets and the rank of each adjacent pair.
     var starts: UnsafeMutablePointer<Int32>
     var pairRanks: UnsafeMutablePointer<Int32>
     var scratchCapacity = 256
 
-    init(_ tokenizer: Tokenizer) {
+    /// `expectedBytes` sizes the word cache: small for a short string, 32K words for a long text.
+    init(_ tokenizer: Tokenizer, expectedBytes: Int = 1 << 30) {
         self.tokenizer = tokenizer
+        var bits = 8
+        while bits < 16 && (1 << bits) * 8 < expectedBytes { bits += 1 }
+        cache = ByteKeyTable(capacityPowerOfTwo: bits)
+        cacheIds = TokenIdBuffer(capacity: 1 << bits)
         ranks = tokenizer.ranks
         stage1 = UnsafePointer(tokenizer.classes.stage1)
         stage2 = UnsafePointer(tokenizer.classes.stage2)

@@ -100,14 +100,17 @@ public final class Tokenizer: @unchecked Sendable {
         return try fromTiktoken(path)
     }
 
-    public func makeEncoder() -> TokenEncoder { TokenEncoder(self) }
+    /// An encoder with its own word cache, for one thread; `expectedBytes` sizes the cache.
+    public func makeEncoder(expectedBytes: Int = 1 << 30) -> TokenEncoder {
+        TokenEncoder(self, expectedBytes: expectedBytes)
+    }
 
     // MARK: - Encoding
 
     /// Ordinary text: the literal "<|endoftext|>" is encoded as text, never as the special id.
     public func encode(_ text: String) -> [Int32] {
         var text = text
-        return text.withUTF8 { makeEncoder().encode(utf8: $0) }
+        return text.withUTF8 { makeEncoder(expectedBytes: $0.count).encode(utf8: $0) }
     }
 
     /// With `allowSpecial`, each literal "<|endoftext|>" becomes `eotToken`.
@@ -122,7 +125,7 @@ public final class Tokenizer: @unchecked Sendable {
     /// Valid UTF-8 (the caller checked) with "<|endoftext|>" as the special token.
     public func encodeWithSpecial(utf8 text: UnsafeBufferPointer<UInt8>) -> [Int32] {
         guard let p = text.baseAddress, text.count > 0 else { return [] }
-        let encoder = makeEncoder()
+        let encoder = makeEncoder(expectedBytes: text.count)
         var out = TokenIdBuffer(capacity: text.count / 3 + 16)
         defer { out.deallocate() }
         let marker = Array(Tokenizer.endOfTextText.utf8)
@@ -144,7 +147,7 @@ public final class Tokenizer: @unchecked Sendable {
 
     /// Valid UTF-8 (the caller checked; see `validateUTF8`) as ordinary text.
     public func encode(utf8 text: UnsafeBufferPointer<UInt8>) -> [Int32] {
-        makeEncoder().encode(utf8: text)
+        makeEncoder(expectedBytes: text.count).encode(utf8: text)
     }
 
     /// Bytes from a file: invalid UTF-8 is an error naming `source` and the line, or with `lossy`
@@ -173,7 +176,7 @@ public final class Tokenizer: @unchecked Sendable {
         defer { results.deinitialize(); results.deallocate() }
         DispatchQueue.concurrentPerform(iterations: chunks) { c in
             let chunk = UnsafeBufferPointer(start: p + cuts[c], count: cuts[c + 1] - cuts[c])
-            results[c] = self.makeEncoder().encode(utf8: chunk)
+            results[c] = self.makeEncoder(expectedBytes: chunk.count).encode(utf8: chunk)
         }
         var all: [Int32] = []
         all.reserveCapacity(results.reduce(0) { $0 + $1.count })
