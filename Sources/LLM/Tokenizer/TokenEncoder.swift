@@ -39,6 +39,7 @@ struct TokenIdBuffer {
 public final class TokenEncoder {
     let tokenizer: Tokenizer
     let ranks: ByteKeyTable
+    let twoByteRanks: UnsafePointer<Int32>
     let stage1: UnsafePointer<UInt16>
     let stage2: UnsafePointer<UInt8>
     /// Word cache: a piece's bytes -> (offset, count) of its ids in `cacheIds`.
@@ -57,6 +58,7 @@ public final class TokenEncoder {
         cache = ByteKeyTable(capacityPowerOfTwo: bits)
         cacheIds = TokenIdBuffer(capacity: 1 << bits)
         ranks = tokenizer.ranks
+        twoByteRanks = UnsafePointer(tokenizer.pairRanks)
         stage1 = UnsafePointer(tokenizer.classes.stage1)
         stage2 = UnsafePointer(tokenizer.classes.stage2)
         starts = .allocate(capacity: scratchCapacity)
@@ -103,7 +105,7 @@ public final class TokenEncoder {
         let slot = cache.find(piece, len)
         if slot >= 0 {
             let s = cache.slots[slot]
-            let k = Int(s.value1)
+            let k = Int(cache.extras[slot].value1)
             if out.count + k > out.capacity { out.grow(out.count + k) }
             (out.pointer + out.count).update(from: cacheIds.pointer + Int(s.value0), count: k)
             out.count += k
@@ -137,8 +139,9 @@ public final class TokenEncoder {
         let starts = self.starts, pairRanks = self.pairRanks
         for i in 0...n { starts[i] = Int32(i) }
         // pairRanks[i] = rank of parts i and i+1 together, for i in 0..<parts-1.
+        let twoByteRanks = self.twoByteRanks
         for i in 0..<(n - 1) {
-            let r = ranks.value0(p + i, 2)
+            let r = twoByteRanks[Int(p[i]) << 8 | Int(p[i + 1])]
             pairRanks[i] = r < 0 ? none : r
         }
         var boundaries = n + 1  // parts = boundaries - 1

@@ -32,6 +32,9 @@ public final class Tokenizer: @unchecked Sendable {
     let tokenData: [UInt8]
     /// Mergeable tokens' bytes -> rank (= id). The rank is also the merge priority.
     let ranks: ByteKeyTable
+    /// Ranks of all two-byte strings (-1 when not a token), indexed by first << 8 | second: the
+    /// first round of every merge looks these up without hashing.
+    let pairRanks: UnsafeMutablePointer<Int32>  // (65536,)
     let classes = CharacterClassTable.shared
 
     // MARK: - Construction
@@ -56,7 +59,7 @@ public final class Tokenizer: @unchecked Sendable {
         tokenData = data
         var bits = 4
         while (1 << bits) < 2 * tokens.count + 2 { bits += 1 }
-        var table = ByteKeyTable(capacityPowerOfTwo: bits + 1)
+        var table = ByteKeyTable(capacityPowerOfTwo: bits)
         var seenSingleBytes = [Bool](repeating: false, count: 256)
         for (id, t) in tokens.enumerated() where id != eotToken {
             if t.isEmpty {
@@ -79,9 +82,17 @@ public final class Tokenizer: @unchecked Sendable {
             throw LLMError("\(source): no token for the single byte \(missing), so some text cannot be encoded")
         }
         ranks = table
+        pairRanks = .allocate(capacity: 65536)
+        pairRanks.initialize(repeating: -1, count: 65536)
+        for (id, t) in tokens.enumerated() where id != eotToken && t.count == 2 {
+            pairRanks[Int(t[0]) << 8 | Int(t[1])] = Int32(id)
+        }
     }
 
-    deinit { ranks.deallocate() }
+    deinit {
+        ranks.deallocate()
+        pairRanks.deallocate()
+    }
 
     /// GPT-2's tokenizer from `gpt2.tiktoken` (base64 token, rank per line), an llm.c tokenizer
     /// file (`.bin`), or `encoder.json` (with `vocab.bpe` beside it, or a folder holding both).
