@@ -232,7 +232,7 @@ func encodeDocuments(_ batch: DocumentBatch, tokenizer: Tokenizer, threads: Int)
             let encoder = tokenizer.makeEncoder()
             for (i, r) in batch.ranges.enumerated() {
                 let ids = threads > 1 ? tokenizer.encodeParallel(utf8: slice(r), threads: threads)
-                                      : encoder.encode(utf8: slice(r))
+                                      : encoder.encodeValid(utf8: slice(r))
                 results[i] = [tokenizer.eotToken] + ids
             }
             return
@@ -251,7 +251,7 @@ func encodeDocuments(_ batch: DocumentBatch, tokenizer: Tokenizer, threads: Int)
             DispatchQueue.concurrentPerform(iterations: bounds.count - 1) { g in
                 let encoder = tokenizer.makeEncoder()
                 for i in bounds[g]..<bounds[g + 1] {
-                    out[i] = [tokenizer.eotToken] + encoder.encode(utf8: slice(batch.ranges[i]))
+                    out[i] = [tokenizer.eotToken] + encoder.encodeValid(utf8: slice(batch.ranges[i]))
                 }
             }
         }

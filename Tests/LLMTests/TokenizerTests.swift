@@ -150,6 +150,11 @@ struct XorShift: RandomNumberGenerator {
         #expect(bad.withUnsafeBufferPointer { firstInvalidUTF8($0) } == 0)
     }
     #expect(Array("aé😀€".utf8).withUnsafeBufferPointer { firstInvalidUTF8($0) } == nil)
+    // The buffer APIs never read past a character cut at the end; they encode U+FFFD instead.
+    let cut: [UInt8] = Array("word ".utf8) + [0xE2, 0x82]
+    let ids = cut.withUnsafeBufferPointer { gpt2Tokenizer.encode(utf8: $0) }
+    #expect(ids == gpt2Tokenizer.encode("word \u{FFFD}"))
+    #expect(cut.withUnsafeBufferPointer { gpt2Tokenizer.encodeWithSpecial(utf8: $0) } == ids)
 }
 
 @Test func badVocabularyLinesAreErrorsNamingFileAndLine() throws {

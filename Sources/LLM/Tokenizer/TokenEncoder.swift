@@ -72,8 +72,18 @@ public final class TokenEncoder {
         pairRanks.deallocate()
     }
 
-    /// Encodes valid UTF-8 (not checked here) as ordinary text.
+    /// Encodes UTF-8 as ordinary text; invalid sequences are first replaced by U+FFFD (the check
+    /// is cheap next to encoding, and the scanner must never run past the buffer).
     public func encode(utf8 text: UnsafeBufferPointer<UInt8>) -> [Int32] {
+        if firstInvalidUTF8(text) != nil {
+            let repaired = Array(String(decoding: text, as: UTF8.self).utf8)
+            return repaired.withUnsafeBufferPointer { encodeValid(utf8: $0) }
+        }
+        return encodeValid(utf8: text)
+    }
+
+    /// Encodes text the caller knows is valid UTF-8 (a Swift String, or checked bytes).
+    func encodeValid(utf8 text: UnsafeBufferPointer<UInt8>) -> [Int32] {
         guard let p = text.baseAddress, text.count > 0 else { return [] }
         var out = TokenIdBuffer(capacity: text.count / 3 + 16)
         defer { out.deallocate() }

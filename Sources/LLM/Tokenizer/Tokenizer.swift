@@ -121,7 +121,7 @@ public final class Tokenizer: @unchecked Sendable {
     /// Ordinary text: the literal "<|endoftext|>" is encoded as text, never as the special id.
     public func encode(_ text: String) -> [Int32] {
         var text = text
-        return text.withUTF8 { makeEncoder(expectedBytes: $0.count).encode(utf8: $0) }
+        return text.withUTF8 { makeEncoder(expectedBytes: $0.count).encodeValid(utf8: $0) }
     }
 
     /// With `allowSpecial`, each literal "<|endoftext|>" becomes `eotToken`.
@@ -133,9 +133,13 @@ public final class Tokenizer: @unchecked Sendable {
 
     public func encodeWithSpecial(_ text: String) -> [Int32] { encode(text, allowSpecial: true) }
 
-    /// Valid UTF-8 (the caller checked) with "<|endoftext|>" as the special token.
+    /// UTF-8 with "<|endoftext|>" as the special token; invalid UTF-8 becomes U+FFFD.
     public func encodeWithSpecial(utf8 text: UnsafeBufferPointer<UInt8>) -> [Int32] {
         guard let p = text.baseAddress, text.count > 0 else { return [] }
+        if firstInvalidUTF8(text) != nil {
+            let repaired = Array(String(decoding: text, as: UTF8.self).utf8)
+            return repaired.withUnsafeBufferPointer { encodeWithSpecial(utf8: $0) }
+        }
         let encoder = makeEncoder(expectedBytes: text.count)
         var out = TokenIdBuffer(capacity: text.count / 3 + 16)
         defer { out.deallocate() }
@@ -156,7 +160,7 @@ public final class Tokenizer: @unchecked Sendable {
         return out.toArray()
     }
 
-    /// Valid UTF-8 (the caller checked; see `validateUTF8`) as ordinary text.
+    /// UTF-8 as ordinary text; invalid UTF-8 becomes U+FFFD (use `encode(bytes:source:)` to get an error instead).
     public func encode(utf8 text: UnsafeBufferPointer<UInt8>) -> [Int32] {
         makeEncoder(expectedBytes: text.count).encode(utf8: text)
     }
@@ -174,6 +178,10 @@ public final class Tokenizer: @unchecked Sendable {
     public func encodeParallel(utf8 text: UnsafeBufferPointer<UInt8>, threads: Int) -> [Int32] {
         let n = text.count
         guard let p = text.baseAddress, threads > 1, n >= 1 << 14 else { return encode(utf8: text) }
+        if firstInvalidUTF8(text) != nil {
+            let repaired = Array(String(decoding: text, as: UTF8.self).utf8)
+            return repaired.withUnsafeBufferPointer { encodeParallel(utf8: $0, threads: threads) }
+        }
         var cuts = [0]
         for k in 1..<threads {
             if let cut = Tokenizer.safeCut(p, n, from: max(k * n / threads, cuts.last! + 1)), cut < n {
@@ -187,7 +195,7 @@ public final class Tokenizer: @unchecked Sendable {
         defer { results.deinitialize(); results.deallocate() }
         DispatchQueue.concurrentPerform(iterations: chunks) { c in
             let chunk = UnsafeBufferPointer(start: p + cuts[c], count: cuts[c + 1] - cuts[c])
-            results[c] = self.makeEncoder(expectedBytes: chunk.count).encode(utf8: chunk)
+            results[c] = self.makeEncoder(expectedBytes: chunk.count).encodeValid(utf8: chunk)
         }
         var all: [Int32] = []
         all.reserveCapacity(results.reduce(0) { $0 + $1.count })
