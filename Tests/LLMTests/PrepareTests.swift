@@ -146,6 +146,44 @@ func quietOptions(_ dir: String, _ name: String) -> PrepareOptions {
     #expect(try TokenShard.read(dir + "/eot_val_000000.bin") + TokenShard.read(dir + "/eot_train_000001.bin") == expectedEOT)
 }
 
+@Test func smallReadBlocksGiveTheSameShardsInEveryMode() throws {
+    let dir = temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    var rng = XorShift(state: 99)
+    let pieces = ["word", " ", "\n", "\n\n", "\n\n\n", "<|endoftext|>", "é", "😀", "'s", "  ", "x\ny", "42"]
+    var text = ""
+    for _ in 0..<3000 { text += pieces.randomElement(using: &rng)! }
+    text += "\n\n"  // a trailing blank line gives a final lone EOT in blank-line mode
+    try writeText(dir + "/t.txt", text)
+    let docs = (0..<300).map { i in "doc \(i) " + String(repeating: pieces[i % pieces.count], count: i % 7) }
+    try writeText(dir + "/d.jsonl", docs.map { JSONValue.object(["text": .string($0)]).description }.joined(separator: "\n\n"))
+    for (input, mode) in [("t.txt", DocumentSplit.file), ("t.txt", .blankLine), ("t.txt", .endOfText), ("d.jsonl", .file)] {
+        var reference: [UInt16]? = nil
+        var documents: Int? = nil
+        for block in [1 << 20, 64, 7] {
+            var options = quietOptions(dir, "\(mode.rawValue)_\(block)")
+            options.split = mode
+            options.readBlockBytes = block
+            options.valTokens = 10
+            options.threads = 2
+            let s = try prepareShards(inputs: [dir + "/" + input], tokenizer: gpt2Tokenizer, options: options)
+            let tokens = try s.files.flatMap { try TokenShard.read($0) }
+            if reference == nil { reference = tokens; documents = s.documents }
+            let same = tokens == reference!  // (not printed: thousands of ids)
+            #expect(same, "\(input) \(mode) block \(block)")
+            #expect(s.documents == documents!, "\(input) \(mode) block \(block)")
+            #expect(tokens.filter { $0 == 50256 }.count == s.documents)
+        }
+        if input == "t.txt" && mode == .file {
+            let same = reference! == [50256] + gpt2Tokenizer.encode(text).map { UInt16($0) }
+            #expect(same)
+        }
+        if input == "t.txt" && mode == .blankLine {
+            #expect(reference!.last == 50256)
+        }
+    }
+}
+
 // MARK: - Errors
 
 @Test func prepareErrorsNameTheFileAndLine() throws {
