@@ -1,17 +1,22 @@
 // The GPT-2 byte-level BPE tokenizer: loading (gpt2.tiktoken, encoder.json + vocab.bpe, llm.c's
 // tokenizer file), encoding with GPT-2's pre-tokenization pattern, and decoding ids to bytes.
 //
-// Public API:
-//   let tok = try Tokenizer.gpt2(path: "data/gpt2.tiktoken")   // or encoder.json, or an llm.c .bin
-//   tok.encode("Hello world")                  -> [15496, 995] as [Int32]; "<|endoftext|>" is plain text
-//   tok.encode(text, allowSpecial: true)       -> "<|endoftext|>" becomes tok.eotToken (50256)
+// Public API (ids are Int32; llm.c shards store them as UInt16):
+//   let tok = try Tokenizer.gpt2(path: "data/gpt2.tiktoken")   // or encoder.json (+ vocab.bpe), or an llm.c .bin
+//   tok.encode("Hello world")                  -> [15496, 995]; a literal "<|endoftext|>" is plain text
+//   tok.encode(text, allowSpecial: true)       -> each "<|endoftext|>" becomes tok.eotToken (50256)
 //   tok.encodeWithSpecial(text)                -> the same as allowSpecial: true
-//   try tok.encode(bytes: fileBytes, source: path, lossy: false)  -> validates UTF-8, errors name file:line
-//   tok.encodeParallel(utf8: buffer, threads: 8) -> the same ids as one thread, split at safe line ends
-//   try tok.decode(ids) -> [UInt8];  tok.decodeString(ids) -> String (invalid UTF-8 becomes U+FFFD)
+//   try tok.encode(bytes: fileBytes, source: path, lossy: false)  -> invalid UTF-8 is an error naming file:line
+//   tok.encode(utf8: buffer)                   -> bytes in place; invalid UTF-8 becomes U+FFFD
+//   tok.encodeParallel(utf8: buffer, threads: 8) -> the same ids as one thread (cut at safe line ends)
+//   try tok.decode(ids) -> [UInt8]             (ids outside the vocabulary are an error)
+//   tok.decodeString(ids) -> String            (for printing samples; bad UTF-8 becomes U+FFFD)
 //   tok.vocabSize (50257), tok.eotToken (50256), tok.tokenBytes(id)
-//   try tok.writeLLMCFile(path) / Tokenizer.readLLMCFile(path)   (TokenizerFile.swift)
-//   tok.makeEncoder() -> a TokenEncoder with its own word cache, for one thread's bulk work.
+//   try tok.writeLLMCFile(path), try Tokenizer.readLLMCFile(path)   (Formats/TokenizerFile.swift)
+//   tok.makeEncoder(expectedBytes:) -> a TokenEncoder with its own word cache, for one thread's bulk work.
+// Data preparation on top of it: Prepare.swift (prepareShards, prepareTinyShakespeare,
+// tinyShakespeareTokens), PrepareHellaSwag.swift, Formats/EvalFile.swift.
+// Encoding is thread-safe (each call uses its own encoder); a TokenEncoder is not.
 
 import Dispatch
 #if canImport(Glibc)
