@@ -64,7 +64,7 @@ public func prepareShards(inputs: [String], tokenizer: Tokenizer, options: Prepa
     if tokenizer.vocabSize > 65536 {
         throw LLMError("prepare: the vocabulary has \(tokenizer.vocabSize) ids, which do not fit llm.c's uint16 shards")
     }
-    let start = monotonicTime()
+    let start = ProgressLine.now()
     let writer = ShardWriter(options: options)
     var summary = PrepareSummary()
     var progress = ProgressLine(enabled: options.showProgress, start: start)
@@ -92,7 +92,7 @@ public func prepareShards(inputs: [String], tokenizer: Tokenizer, options: Prepa
     summary.valTokens = writer.valCount
     summary.trainTokens = writer.totalTokens - writer.valCount
     summary.files = writer.files
-    summary.seconds = monotonicTime() - start
+    summary.seconds = ProgressLine.now() - start
     return summary
 }
 
@@ -255,12 +255,6 @@ final class ShardWriter {
 
 // MARK: - Progress
 
-func monotonicTime() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-}
-
 /// "\r12.3 MB, 3,101,234 tokens, 45.6 MB/s, 2 files" on stderr, at most four times a second.
 struct ProgressLine {
     let enabled: Bool
@@ -274,7 +268,7 @@ struct ProgressLine {
 
     mutating func update(bytes: Int, tokens: Int, files: Int) {
         guard enabled else { return }
-        let now = monotonicTime()
+        let now = ProgressLine.now()
         if now - last < 0.25 { return }
         last = now
         show(bytes: bytes, tokens: tokens, files: files, end: "")
@@ -285,21 +279,28 @@ struct ProgressLine {
     }
 
     func show(bytes: Int, tokens: Int, files: Int, end: String) {
-        let seconds = max(monotonicTime() - start, 1e-9)
+        let seconds = max(ProgressLine.now() - start, 1e-9)
         let mb = Double(bytes) / 1e6
-        let line = "\rprepare: \(fixed(mb, 1)) MB, \(tokens) tokens, \(fixed(mb / seconds, 1)) MB/s, \(files) files written" + end
+        let line = "\rprepare: \(ProgressLine.fixed(mb, 1)) MB, \(tokens) tokens, "
+            + "\(ProgressLine.fixed(mb / seconds, 1)) MB/s, \(files) files written" + end
         fputs(line, stderr)
         fflush(stderr)
     }
-}
 
-/// Fixed-point text of x without Foundation.
-func fixed(_ x: Double, _ digits: Int) -> String {
-    var scale = 1.0
-    for _ in 0..<digits { scale *= 10 }
-    let v = (abs(x) * scale).rounded()
-    let whole = (v / scale).rounded(.down)
-    var frac = String(Int(v - whole * scale))
-    while frac.count < digits { frac = "0" + frac }
-    return (x < 0 ? "-" : "") + String(Int(whole)) + (digits > 0 ? "." + frac : "")
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
+
+    /// Fixed-point text of x without Foundation.
+    static func fixed(_ x: Double, _ digits: Int) -> String {
+        var scale = 1.0
+        for _ in 0..<digits { scale *= 10 }
+        let v = (abs(x) * scale).rounded()
+        let whole = (v / scale).rounded(.down)
+        var frac = String(Int(v - whole * scale))
+        while frac.count < digits { frac = "0" + frac }
+        return (x < 0 ? "-" : "") + String(Int(whole)) + (digits > 0 ? "." + frac : "")
+    }
 }

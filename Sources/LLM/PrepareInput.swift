@@ -195,6 +195,6 @@ final class DocumentStream {
     }
 }
 
-@inline(__always) func isPlainASCII(_ b: UInt8) -> Bool {
+@inline(__always) private func isPlainASCII(_ b: UInt8) -> Bool {
     b < 0x80 && b != 0x20 && !(b >= 0x09 && b <= 0x0D)
 }

@@ -39,7 +39,7 @@ struct BenchTokenizer: ParsableCommand {
             }
             // On a shared machine the thread's own CPU time leaves out time spent preempted.
             let (singleCPU, _) = text.withUnsafeBufferPointer { buffer in
-                measure(runs, clock: threadCPUSeconds) { tokenizer.encode(utf8: buffer) }
+                measure(runs, clock: BenchTokenizer.threadCPUSeconds) { tokenizer.encode(utf8: buffer) }
             }
             let (parallel, parallelIds) = text.withUnsafeBufferPointer { buffer in
                 measure(runs) { tokenizer.encodeParallel(utf8: buffer, threads: threadCount) }
@@ -47,10 +47,10 @@ struct BenchTokenizer: ParsableCommand {
             if parallelIds != ids { throw LLMError("\(path): \(threadCount)-thread ids differ from 1-thread ids") }
             let mb = Double(text.count) / 1e6
             let name = path.split(separator: "/").last.map(String.init) ?? path
-            print(pad(name, 24) + pad(String(format2(mb)), 8, left: true) + pad(String(ids.count), 10, left: true)
-                  + pad("\(format1(mb / single.median)) / \(format1(mb / single.best))", 30, left: true)
-                  + pad("\(format1(mb / singleCPU.median)) / \(format1(mb / singleCPU.best))", 21, left: true)
-                  + pad("\(format1(mb / parallel.median)) / \(format1(mb / parallel.best))", 34, left: true))
+            print(BenchTokenizer.pad(name, 24) + BenchTokenizer.pad(String(BenchTokenizer.format2(mb)), 8, left: true) + BenchTokenizer.pad(String(ids.count), 10, left: true)
+                  + BenchTokenizer.pad("\(BenchTokenizer.format1(mb / single.median)) / \(BenchTokenizer.format1(mb / single.best))", 30, left: true)
+                  + BenchTokenizer.pad("\(BenchTokenizer.format1(mb / singleCPU.median)) / \(BenchTokenizer.format1(mb / singleCPU.best))", 21, left: true)
+                  + BenchTokenizer.pad("\(BenchTokenizer.format1(mb / parallel.median)) / \(BenchTokenizer.format1(mb / parallel.best))", 34, left: true))
         }
     }
 
@@ -69,34 +69,38 @@ struct BenchTokenizer: ParsableCommand {
     }
 }
 
-func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-}
+// MARK: - Timing and formatting (no Foundation)
 
-func threadCPUSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-}
+extension BenchTokenizer {
+    static func monotonicSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
 
-func format1(_ x: Double) -> String { formatFixed(x, 1) }
-func format2(_ x: Double) -> String { formatFixed(x, 2) }
+    static func threadCPUSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
 
-/// Fixed-point formatting without Foundation.
-func formatFixed(_ x: Double, _ digits: Int) -> String {
-    var scale = 1.0
-    for _ in 0..<digits { scale *= 10 }
-    let v = (abs(x) * scale).rounded()
-    let whole = Int(v / scale)
-    var frac = String(Int(v - Double(whole) * scale))
-    while frac.count < digits { frac = "0" + frac }
-    return (x < 0 ? "-" : "") + String(whole) + (digits > 0 ? "." + frac : "")
-}
+    static func format1(_ x: Double) -> String { BenchTokenizer.formatFixed(x, 1) }
+    static func format2(_ x: Double) -> String { BenchTokenizer.formatFixed(x, 2) }
 
-func pad(_ s: String, _ width: Int, left: Bool = false) -> String {
-    if s.count >= width { return s }
-    let fill = String(repeating: " ", count: width - s.count)
-    return left ? fill + s : s + fill
+    /// Fixed-point formatting without Foundation.
+    static func formatFixed(_ x: Double, _ digits: Int) -> String {
+        var scale = 1.0
+        for _ in 0..<digits { scale *= 10 }
+        let v = (abs(x) * scale).rounded()
+        let whole = Int(v / scale)
+        var frac = String(Int(v - Double(whole) * scale))
+        while frac.count < digits { frac = "0" + frac }
+        return (x < 0 ? "-" : "") + String(whole) + (digits > 0 ? "." + frac : "")
+    }
+
+    static func pad(_ s: String, _ width: Int, left: Bool = false) -> String {
+        if s.count >= width { return s }
+        let fill = String(repeating: " ", count: width - s.count)
+        return left ? fill + s : s + fill
+    }
 }

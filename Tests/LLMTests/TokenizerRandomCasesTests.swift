@@ -12,7 +12,7 @@ import Testing
         let record = try JSONValue.parse(String(line))
         let text = try #require(record["text"]?.stringValue)
         let expected = try #require(record["ids"]?.arrayValue).map { Int32($0.intValue!) }
-        let got = gpt2Tokenizer.encode(text)
+        let got = TokenizerTestData.gpt2Tokenizer.encode(text)
         if got != expected {
             failures += 1
             Issue.record("\(text.debugDescription): got \(got), expected \(expected)")
@@ -21,7 +21,7 @@ import Testing
     #expect(failures == 0)
 }
 
-let randomExoticCases = #"""
+private let randomExoticCases = #"""
 {"text": "'m't\u1680\ud801\udc00\ud801\udc01\u2019\u5b57\u00850123456789\u05d9\u00f1\u2028\u2460\u2461L\u0639\u0631\u0628\u064a\u0629\u000b\f\u02b0\u02b2\u02c0\u0e44\u0e17\u0e22", "ids": [1101, 470, 157, 248, 222, 172, 238, 238, 222, 172, 238, 238, 223, 447, 247, 27764, 245, 126, 227, 486, 1954, 2231, 3134, 4531, 25529, 12654, 447, 101, 158, 239, 254, 158, 239, 94, 43, 44690, 26897, 39848, 22654, 45632, 199, 200, 134, 108, 134, 110, 135, 222, 31479, 226, 19567, 245, 19567, 95]}
 {"text": "\u03b1\u03b2\u03b3\u0394\u03a9-\u02b0\u02b2\u02c0\u2080\u2081\u2082\u0301\u2080\u2081\u2082\u00a06's\r\n \u0085v\ufffd\u3000\r\ud803\udfff<7'd", "ids": [17394, 26638, 42063, 138, 242, 138, 102, 12, 134, 108, 134, 110, 135, 222, 158, 224, 222, 158, 224, 223, 158, 224, 224, 136, 223, 158, 224, 222, 158, 224, 223, 158, 224, 224, 1849, 21, 338, 201, 198, 220, 126, 227, 85, 4210, 5099, 222, 201, 172, 238, 123, 123, 27, 22, 1549]}
 {"text": " \ud835\udd26\u0301\u0308\u20dd\u00bd'll\uff8a\uff9d\uff76\uff78\ud55c\uad6d\uc5b4\u2160\u2161\u216b\u217b\u0085'    ", "ids": [220, 47728, 242, 99, 136, 223, 136, 230, 158, 225, 251, 23141, 1183, 171, 122, 232, 171, 122, 251, 171, 121, 114, 171, 121, 116, 47991, 250, 166, 113, 255, 168, 244, 112, 158, 227, 254, 158, 227, 94, 158, 227, 104, 158, 227, 119, 126, 227, 6, 220, 220, 220, 220]}

@@ -11,7 +11,7 @@ import Darwin
 
 /// The first min(len, 8) bytes at p as a little-endian UInt64 with zero padding, reading no byte
 /// outside p[0..<len] (overlapping loads instead of a byte loop).
-@inline(__always) func packKey(_ p: UnsafePointer<UInt8>, _ len: Int) -> UInt64 {
+@inline(__always) func packTokenKey(_ p: UnsafePointer<UInt8>, _ len: Int) -> UInt64 {
     let raw = UnsafeRawPointer(p)
     if len >= 8 { return UInt64(littleEndian: raw.loadUnaligned(as: UInt64.self)) }
     if len >= 4 {
@@ -27,7 +27,7 @@ import Darwin
     return len == 1 ? UInt64(p[0]) : 0
 }
 
-@inline(__always) func hashKey(_ key: UInt64, _ p: UnsafePointer<UInt8>, _ len: Int) -> UInt64 {
+@inline(__always) func hashTokenKey(_ key: UInt64, _ p: UnsafePointer<UInt8>, _ len: Int) -> UInt64 {
     var h = (key ^ UInt64(truncatingIfNeeded: len) &* 0x2545F4914F6CDD1D) &* 0x9E3779B97F4A7C15
     if len > 8 {
         // Mix the rest in 8-byte chunks; the last chunk overlaps so no byte past the end is read.
@@ -98,8 +98,8 @@ struct ByteKeyTable {
 
     /// Looks up p[0..<len]; returns the slot index or -1.
     @inline(__always) func find(_ p: UnsafePointer<UInt8>, _ len: Int) -> Int {
-        let key = packKey(p, len)
-        var i = Int(truncatingIfNeeded: hashKey(key, p, len)) & mask
+        let key = packTokenKey(p, len)
+        var i = Int(truncatingIfNeeded: hashTokenKey(key, p, len)) & mask
         let len32 = Int32(truncatingIfNeeded: len)
         while true {
             let s = slots[i]
@@ -122,8 +122,8 @@ struct ByteKeyTable {
         precondition(len > 0 && !isFull)
         let found = find(p, len)
         if found >= 0 { slots[found].value0 = v0; extras[found].value1 = v1; return }
-        let key = packKey(p, len)
-        var i = Int(truncatingIfNeeded: hashKey(key, p, len)) & mask
+        let key = packTokenKey(p, len)
+        var i = Int(truncatingIfNeeded: hashTokenKey(key, p, len)) & mask
         while slots[i].length != 0 { i = (i + 1) & mask }
         var offset: Int32 = 0
         if len > 8 {

@@ -97,7 +97,7 @@ public final class TokenEncoder {
         let stage1 = self.stage1, stage2 = self.stage2
         var i = 0
         while i < n {
-            let end = preTokenEnd(p, i, n, stage1, stage2)
+            let end = gpt2PreTokenEnd(p, i, n, stage1, stage2)
             let len = end - i
             let piece = p + i
             let whole = ranks.value0(piece, len)

@@ -40,7 +40,7 @@ public final class Tokenizer: @unchecked Sendable {
     /// Ranks of all two-byte strings (-1 when not a token), indexed by first << 8 | second: the
     /// first round of every merge looks these up without hashing.
     let pairRanks: UnsafeMutablePointer<Int32>  // (65536,)
-    let classes = CharacterClassTable.shared
+    let classes = PreTokenClassTable.shared
 
     // MARK: - Construction
 
