@@ -306,7 +306,7 @@ struct JSONParser {
                 } else if code >= 0xDC00 && code < 0xE000 {
                     code = 0xFFFD  // a lone low surrogate cannot be UTF-8
                 }
-                appendUTF8(&out, Unicode.Scalar(code)!)
+                appendScalarUTF8(&out, Unicode.Scalar(code)!)
             default:
                 position -= 1
                 throw error("invalid escape '\\\(Unicode.Scalar(e))'")
@@ -316,7 +316,7 @@ struct JSONParser {
     }
 }
 
-@inline(__always) func appendUTF8(_ out: inout [UInt8], _ scalar: Unicode.Scalar) {
+@inline(__always) private func appendScalarUTF8(_ out: inout [UInt8], _ scalar: Unicode.Scalar) {
     let v = scalar.value
     if v < 0x80 {
         out.append(UInt8(v))

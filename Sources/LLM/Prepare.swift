@@ -37,6 +37,9 @@ public struct PrepareOptions: Sendable {
     public var threads = 1
     /// Print a progress line (carriage return, stderr) while working.
     public var showProgress = true
+    /// Input is read in blocks of this many bytes, cut at document (or safe line) ends, so memory
+    /// stays bounded for inputs of any size.
+    public var readBlockBytes = 32 << 20
 
     public init(outputDirectory: String, name: String) {
         self.outputDirectory = outputDirectory
@@ -61,31 +64,35 @@ public func prepareShards(inputs: [String], tokenizer: Tokenizer, options: Prepa
     if tokenizer.vocabSize > 65536 {
         throw LLMError("prepare: the vocabulary has \(tokenizer.vocabSize) ids, which do not fit llm.c's uint16 shards")
     }
-    let start = monotonicTime()
+    let start = ProgressLine.now()
     let writer = ShardWriter(options: options)
     var summary = PrepareSummary()
     var progress = ProgressLine(enabled: options.showProgress, start: start)
     for path in inputs {
-        let raw = try readFileBytes(path)
-        if raw.isEmpty { throw LLMError("\(path): empty input") }
-        let bytes = try checkedUTF8(raw, source: path, lossy: options.lossy)
-        let batches = try documentBatches(bytes, path: path, split: options.split)
-        for batch in batches {
+        guard let size = fileSize(path) else { throw LLMError("\(path): cannot open (no such file)") }
+        if size == 0 { throw LLMError("\(path): empty input") }
+        let stream = try DocumentStream(path: path, split: options.split, lossy: options.lossy,
+                                        blockBytes: options.readBlockBytes)
+        var documentsInFile = 0
+        while let batch = try stream.next() {
             let ids = encodeDocuments(batch, tokenizer: tokenizer, threads: options.threads)
             for doc in ids {
                 try writer.append(doc, source: path)
             }
-            summary.documents += batch.ranges.count
+            let newDocuments = batch.ranges.count - (batch.continuesDocument ? 1 : 0)
+            documentsInFile += newDocuments
+            summary.documents += newDocuments
             summary.inputBytes += batch.textBytes
             progress.update(bytes: summary.inputBytes, tokens: writer.totalTokens, files: writer.files.count)
         }
+        if documentsInFile == 0 { throw LLMError("\(path): no documents") }
     }
     try writer.finish()
     progress.finish(bytes: summary.inputBytes, tokens: writer.totalTokens, files: writer.files.count)
     summary.valTokens = writer.valCount
     summary.trainTokens = writer.totalTokens - writer.valCount
     summary.files = writer.files
-    summary.seconds = monotonicTime() - start
+    summary.seconds = ProgressLine.now() - start
     return summary
 }
 
@@ -103,121 +110,20 @@ public func prepareTinyShakespeare(input: String, outputDirectory: String, token
     return try prepareShards(inputs: [input], tokenizer: tokenizer, options: options)
 }
 
-/// The tokens `prepareShards` would write for one text file, kept in memory: [EOT] + ids per
-/// document. The default `llm train` run uses this to train on bundled text with no files.
-public func tokenizeDocuments(path: String, tokenizer: Tokenizer, split: DocumentSplit,
-                              threads: Int = 1) throws -> [UInt16] {
-    let raw = try readFileBytes(path)
-    if raw.isEmpty { throw LLMError("\(path): empty input") }
-    let bytes = try checkedUTF8(raw, source: path, lossy: false)
-    var tokens: [UInt16] = []
-    for batch in try documentBatches(bytes, path: path, split: split) {
-        for doc in encodeDocuments(batch, tokenizer: tokenizer, threads: threads) {
-            for id in doc {
-                guard id >= 0 && id < 65536 else { throw LLMError("\(path): token id \(id) does not fit uint16") }
-                tokens.append(UInt16(id))
-            }
-        }
+/// The same tokens as `prepareTinyShakespeare`, in memory, for a training run that starts from
+/// the bundled text: (val = the first 32,768 tokens, train = the rest).
+public func tinyShakespeareTokens(_ bytes: [UInt8], source: String, tokenizer: Tokenizer,
+                                  threads: Int = 1) throws -> (val: [UInt16], train: [UInt16]) {
+    if bytes.isEmpty { throw LLMError("\(source): empty input") }
+    let text = try checkedUTF8(bytes, source: source, lossy: false)
+    var all: [UInt16] = []
+    let batch = DocumentBatch(text: text, ranges: splitDocuments(text, .blankLine, final: true).ranges, textBytes: text.count)
+    for doc in encodeDocuments(batch, tokenizer: tokenizer, threads: threads) {
+        all += doc.map { UInt16(truncatingIfNeeded: $0) }
     }
-    return tokens
-}
-
-// MARK: - Documents
-
-/// Documents as byte ranges of one text buffer, at most about 16 MB of text per batch.
-struct DocumentBatch {
-    var text: [UInt8]
-    var ranges: [Range<Int>]
-    var textBytes: Int
-}
-
-let batchBytes = 16 << 20
-
-func documentBatches(_ bytes: [UInt8], path: String, split: DocumentSplit) throws -> [DocumentBatch] {
-    if path.hasSuffix(".jsonl") { return try jsonLinesBatches(bytes, path: path) }
-    var ranges: [Range<Int>] = []
-    let n = bytes.count
-    switch split {
-    case .file:
-        ranges = [0..<n]
-    case .blankLine:
-        // Non-overlapping "\n\n" from the left, as Python's str.replace finds them; a text ending in
-        // "\n\n" ends with an empty document (a lone EOT), as in llm.c.
-        var start = 0, i = 0
-        while i + 1 < n {
-            if bytes[i] == 0x0A && bytes[i + 1] == 0x0A {
-                ranges.append(start..<(i + 2))
-                i += 2
-                start = i
-            } else {
-                i += 1
-            }
-        }
-        ranges.append(start..<n)
-    case .endOfText:
-        let marker = Array(Tokenizer.endOfTextText.utf8)
-        var start = 0, i = 0
-        while i + marker.count <= n {
-            if bytes[i] == marker[0] && bytes[i..<(i + marker.count)].elementsEqual(marker) {
-                if i > start { ranges.append(start..<i) }
-                i += marker.count
-                start = i
-            } else {
-                i += 1
-            }
-        }
-        if n > start { ranges.append(start..<n) }
-    }
-    // Group whole documents into batches; ranges stay relative to the one shared buffer.
-    var batches: [DocumentBatch] = []
-    var current: [Range<Int>] = [], currentBytes = 0
-    for r in ranges {
-        current.append(r)
-        currentBytes += r.count
-        if currentBytes >= batchBytes {
-            batches.append(DocumentBatch(text: bytes, ranges: current, textBytes: currentBytes))
-            current = []; currentBytes = 0
-        }
-    }
-    if !current.isEmpty || batches.isEmpty {
-        batches.append(DocumentBatch(text: bytes, ranges: current, textBytes: currentBytes))
-    }
-    return batches
-}
-
-/// One document per non-blank line: the "text" string of a JSON object.
-func jsonLinesBatches(_ bytes: [UInt8], path: String) throws -> [DocumentBatch] {
-    var batches: [DocumentBatch] = []
-    var text: [UInt8] = [], ranges: [Range<Int>] = []
-    var line = 0, start = 0
-    let n = bytes.count
-    while start < n {
-        line += 1
-        var end = start
-        while end < n && bytes[end] != 0x0A { end += 1 }
-        defer { start = end + 1 }
-        let isBlank = bytes[start..<end].allSatisfy { $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }
-        if isBlank { continue }
-        let value: JSONValue
-        do {
-            value = try bytes[start..<end].withUnsafeBytes { try JSONValue.parse(bytes: $0) }
-        } catch let e as LLMError {
-            throw LLMError("\(path):\(line): \(e.message)")
-        }
-        guard let doc = value["text"]?.stringValue else {
-            throw LLMError("\(path):\(line): expected a JSON object with a \"text\" string")
-        }
-        let from = text.count
-        text += doc.utf8
-        ranges.append(from..<text.count)
-        if text.count >= batchBytes {
-            batches.append(DocumentBatch(text: text, ranges: ranges, textBytes: text.count))
-            text = []; ranges = []
-        }
-    }
-    if ranges.isEmpty && batches.isEmpty { throw LLMError("\(path): no documents (only blank lines)") }
-    if !ranges.isEmpty { batches.append(DocumentBatch(text: text, ranges: ranges, textBytes: text.count)) }
-    return batches
+    let valCount = 32768
+    if all.count <= valCount { throw LLMError("\(source): \(all.count) tokens, fewer than the 32,768 val tokens plus one") }
+    return (Array(all[..<valCount]), Array(all[valCount...]))
 }
 
 /// [EOT] + ids for each document, in order. Small documents are spread over threads; a large one
@@ -231,11 +137,11 @@ func encodeDocuments(_ batch: DocumentBatch, tokenizer: Tokenizer, threads: Int)
             UnsafeBufferPointer(start: base.map { $0 + r.lowerBound }, count: r.count)
         }
         if threads <= 1 || count == 1 {
-            let encoder = tokenizer.makeEncoder()
+            let encoder = tokenizer.makeEncoder(expectedBytes: batch.textBytes)
             for (i, r) in batch.ranges.enumerated() {
                 let ids = threads > 1 ? tokenizer.encodeParallel(utf8: slice(r), threads: threads)
-                                      : encoder.encode(utf8: slice(r))
-                results[i] = [tokenizer.eotToken] + ids
+                                      : encoder.encodeValid(utf8: slice(r))
+                results[i] = (i == 0 && batch.continuesDocument) ? ids : [tokenizer.eotToken] + ids
             }
             return
         }
@@ -251,9 +157,10 @@ func encodeDocuments(_ batch: DocumentBatch, tokenizer: Tokenizer, threads: Int)
         results.withUnsafeMutableBufferPointer { out in
             let out = out
             DispatchQueue.concurrentPerform(iterations: bounds.count - 1) { g in
-                let encoder = tokenizer.makeEncoder()
+                let encoder = tokenizer.makeEncoder(expectedBytes: batch.textBytes / (bounds.count - 1))
                 for i in bounds[g]..<bounds[g + 1] {
-                    out[i] = [tokenizer.eotToken] + encoder.encode(utf8: slice(batch.ranges[i]))
+                    let ids = encoder.encodeValid(utf8: slice(batch.ranges[i]))
+                    out[i] = (i == 0 && batch.continuesDocument) ? ids : [tokenizer.eotToken] + ids
                 }
             }
         }
@@ -348,12 +255,6 @@ final class ShardWriter {
 
 // MARK: - Progress
 
-func monotonicTime() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-}
-
 /// "\r12.3 MB, 3,101,234 tokens, 45.6 MB/s, 2 files" on stderr, at most four times a second.
 struct ProgressLine {
     let enabled: Bool
@@ -367,7 +268,7 @@ struct ProgressLine {
 
     mutating func update(bytes: Int, tokens: Int, files: Int) {
         guard enabled else { return }
-        let now = monotonicTime()
+        let now = ProgressLine.now()
         if now - last < 0.25 { return }
         last = now
         show(bytes: bytes, tokens: tokens, files: files, end: "")
@@ -378,21 +279,28 @@ struct ProgressLine {
     }
 
     func show(bytes: Int, tokens: Int, files: Int, end: String) {
-        let seconds = max(monotonicTime() - start, 1e-9)
+        let seconds = max(ProgressLine.now() - start, 1e-9)
         let mb = Double(bytes) / 1e6
-        let line = "\rprepare: \(fixed(mb, 1)) MB, \(tokens) tokens, \(fixed(mb / seconds, 1)) MB/s, \(files) files written" + end
+        let line = "\rprepare: \(ProgressLine.fixed(mb, 1)) MB, \(tokens) tokens, "
+            + "\(ProgressLine.fixed(mb / seconds, 1)) MB/s, \(files) files written" + end
         fputs(line, stderr)
         fflush(stderr)
     }
-}
 
-/// Fixed-point text of x without Foundation.
-func fixed(_ x: Double, _ digits: Int) -> String {
-    var scale = 1.0
-    for _ in 0..<digits { scale *= 10 }
-    let v = (abs(x) * scale).rounded()
-    let whole = (v / scale).rounded(.down)
-    var frac = String(Int(v - whole * scale))
-    while frac.count < digits { frac = "0" + frac }
-    return (x < 0 ? "-" : "") + String(Int(whole)) + (digits > 0 ? "." + frac : "")
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
+
+    /// Fixed-point text of x without Foundation.
+    static func fixed(_ x: Double, _ digits: Int) -> String {
+        var scale = 1.0
+        for _ in 0..<digits { scale *= 10 }
+        let v = (abs(x) * scale).rounded()
+        let whole = (v / scale).rounded(.down)
+        var frac = String(Int(v - whole * scale))
+        while frac.count < digits { frac = "0" + frac }
+        return (x < 0 ? "-" : "") + String(Int(whole)) + (digits > 0 ? "." + frac : "")
+    }
 }

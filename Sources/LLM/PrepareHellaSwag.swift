@@ -66,7 +66,7 @@ public func hellaSwagExamples(_ tasks: [HellaSwagTask], tokenizer: Tokenizer) ->
     let encoder = tokenizer.makeEncoder()
     func encode(_ s: String) -> [Int32] {
         var s = s
-        return s.withUTF8 { encoder.encode(utf8: $0) }
+        return s.withUTF8 { encoder.encodeValid(utf8: $0) }
     }
     return tasks.map { task in
         EvalExample(label: task.label, context: encode(task.context), completions: task.endings.map { encode(" " + $0) })

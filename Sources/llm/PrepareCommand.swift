@@ -31,21 +31,26 @@ struct CommonPrepareOptions: ParsableArguments {
     var threadCount: Int { threads ?? max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
 }
 
-/// Creates `path` and its parents; errors name the folder.
-func makeDirectories(_ path: String) throws {
-    var current = path.hasPrefix("/") ? "" : "."
-    for part in path.split(separator: "/") {
-        current += "/" + part
-        if mkdir(current, 0o755) != 0 && errno != EEXIST {
-            throw LLMError("\(current): cannot create folder (\(String(cString: strerror(errno))))")
+// MARK: - Helpers
+
+extension Prepare {
+    /// Creates `path` and its parents; errors name the folder.
+    static func makeDirectories(_ path: String) throws {
+        var current = path.hasPrefix("/") ? "" : "."
+        for part in path.split(separator: "/") {
+            current += "/" + part
+            if mkdir(current, 0o755) != 0 && errno != EEXIST {
+                throw LLMError("\(current): cannot create folder (\(String(cString: strerror(errno))))")
+            }
         }
     }
-}
 
-func printSummary(_ s: PrepareSummary) {
-    print("\(s.documents) documents, \(s.inputBytes) bytes -> val \(s.valTokens) + train \(s.trainTokens) tokens "
-          + "in \(formatFixed(s.seconds, 2)) s (\(formatFixed(Double(s.inputBytes) / 1e6 / max(s.seconds, 1e-9), 1)) MB/s)")
-    for f in s.files { print("  wrote \(f)") }
+    static func printSummary(_ s: PrepareSummary) {
+        let rate = Double(s.inputBytes) / 1e6 / max(s.seconds, 1e-9)
+        print("\(s.documents) documents, \(s.inputBytes) bytes -> val \(s.valTokens) + train \(s.trainTokens) tokens "
+              + "in \(BenchTokenizer.formatFixed(s.seconds, 2)) s (\(BenchTokenizer.formatFixed(rate, 1)) MB/s)")
+        for f in s.files { print("  wrote \(f)") }
+    }
 }
 
 struct PrepareText: ParsableCommand {
@@ -88,8 +93,8 @@ struct PrepareText: ParsableCommand {
         options.lossy = common.lossy
         options.threads = common.threadCount
         options.showProgress = !common.quiet
-        try makeDirectories(out)
-        printSummary(try prepareShards(inputs: inputs, tokenizer: tokenizer, options: options))
+        try Prepare.makeDirectories(out)
+        Prepare.printSummary(try prepareShards(inputs: inputs, tokenizer: tokenizer, options: options))
     }
 }
 
@@ -108,8 +113,8 @@ struct PrepareTinyShakespeare: ParsableCommand {
 
     func run() throws {
         let tokenizer = try Tokenizer.gpt2(path: common.vocab)
-        try makeDirectories(out)
-        printSummary(try prepareTinyShakespeare(input: input, outputDirectory: out, tokenizer: tokenizer,
+        try Prepare.makeDirectories(out)
+        Prepare.printSummary(try prepareTinyShakespeare(input: input, outputDirectory: out, tokenizer: tokenizer,
                                                 threads: common.threadCount, showProgress: !common.quiet))
     }
 }
@@ -129,9 +134,9 @@ struct PrepareHellaSwag: ParsableCommand {
 
     func run() throws {
         let tokenizer = try Tokenizer.gpt2(path: common.vocab)
-        if let slash = out.lastIndex(of: "/") { try makeDirectories(String(out[..<slash])) }
-        let t0 = monotonicSeconds()
+        if let slash = out.lastIndex(of: "/") { try Prepare.makeDirectories(String(out[..<slash])) }
+        let t0 = BenchTokenizer.monotonicSeconds()
         let n = try prepareHellaSwag(input: input, output: out, tokenizer: tokenizer, lossy: common.lossy)
-        print("\(n) examples from \(input) -> \(out) in \(formatFixed(monotonicSeconds() - t0, 2)) s")
+        print("\(n) examples from \(input) -> \(out) in \(BenchTokenizer.formatFixed(BenchTokenizer.monotonicSeconds() - t0, 2)) s")
     }
 }

@@ -146,13 +146,12 @@ struct Train: ParsableCommand {
             }
             let t0 = monotonicSeconds()
             // As llm.c's tinyshakespeare.py: EOT before every "\n\n" section, first 32,768 tokens = val.
-            let all = try tokenizeDocuments(path: text, tokenizer: tok, split: .blankLine,
-                                            threads: CPUThreads.count)
-            let valCount = min(32768, all.count / 10)
+            let split = try tinyShakespeareTokens(readFileBytes(text), source: text, tokenizer: tok,
+                                                  threads: CPUThreads.count)
             out.print("data: \(text) " + format("tokenized in %.2f s: %ld train and %ld validation tokens",
-                                                monotonicSeconds() - t0, all.count - valCount, valCount))
-            trainSources = [.memory(name: text + " (train split)", tokens: Array(all[valCount...]))]
-            valSources = [.memory(name: text + " (validation split)", tokens: Array(all[..<valCount]))]
+                                                monotonicSeconds() - t0, split.train.count, split.val.count))
+            trainSources = [.memory(name: text + " (train split)", tokens: split.train)]
+            valSources = [.memory(name: text + " (validation split)", tokens: split.val)]
             tokenizer = tok
         }
         let trainLoader = try DataLoader(sources: trainSources, B: batch, T: seqLen, vocabSize: config.vocabSize,

@@ -47,3 +47,16 @@ import Testing
         Issue.record("unexpected error \(error)")
     }
 }
+
+@Test func jsonReadsTheTinyStepsFixture() throws {
+    var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
+    parts.removeLast(2)
+    let path = parts.joined(separator: "/") + "/Fixtures/tiny_steps.json"
+    let v = try JSONValue.parse(bytes: readFileBytes(path))
+    #expect(v["vocab_size"]?.intValue == 500)
+    #expect(v["adamw"]?["eps"]?.doubleValue == 1e-08)
+    #expect(v["hf_max_abs_logit_diff"]?.doubleValue == 2.384185791015625e-07)
+    #expect(v["losses_10_steps"]?.arrayValue?.count == 10)
+    #expect(v["losses_10_steps"]?[0]?.doubleValue == 6.252352714538574)
+    #expect(v["adamw"]?["note"]?.stringValue?.hasPrefix("weight decay") == true)
+}

@@ -5,28 +5,31 @@ import Foundation
 import Testing
 @testable import LLM
 
-/// Repository root, found from this file's path (Tests/LLMTests/TokenizerTests.swift).
-let repositoryRoot: String = {
-    var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
-    parts.removeLast(3)
-    return parts.joined(separator: "/")
-}()
+/// Shared by the tokenizer and prepare tests; namespaced so other test files can use the same names.
+enum TokenizerTestData {
+    /// Repository root, found from this file's path (Tests/LLMTests/TokenizerTests.swift).
+    static let repositoryRoot: String = {
+        var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
+        parts.removeLast(3)
+        return parts.joined(separator: "/")
+    }()
 
-func fixturePath(_ name: String) -> String { repositoryRoot + "/Tests/Fixtures/" + name }
+    static func fixturePath(_ name: String) -> String { TokenizerTestData.repositoryRoot + "/Tests/Fixtures/" + name }
 
-/// One tokenizer for all tests: loading it in a debug build takes a moment.
-let gpt2Tokenizer: Tokenizer = try! Tokenizer.gpt2(path: repositoryRoot + "/data/gpt2.tiktoken")
+    /// One tokenizer for all tests: loading it in a debug build takes a moment.
+    static let gpt2Tokenizer: Tokenizer = try! Tokenizer.gpt2(path: TokenizerTestData.repositoryRoot + "/data/gpt2.tiktoken")
 
-func temporaryDirectory() -> String {
-    let path = NSTemporaryDirectory() + "llm-tokenizer-tests-\(UUID().uuidString)"
-    try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    return path
+    static func temporaryDirectory() -> String {
+        let path = NSTemporaryDirectory() + "llm-tokenizer-tests-\(UUID().uuidString)"
+        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
 }
 
 // MARK: - Exactness
 
 @Test func tokenizerMatchesAll437TiktokenCases() throws {
-    let lines = try String(contentsOfFile: fixturePath("gpt2-tokenizer-cases.jsonl"), encoding: .utf8)
+    let lines = try String(contentsOfFile: TokenizerTestData.fixturePath("gpt2-tokenizer-cases.jsonl"), encoding: .utf8)
         .split(separator: "\n")
     #expect(lines.count == 437)
     var failures = 0
@@ -34,57 +37,57 @@ func temporaryDirectory() -> String {
         let record = try JSONValue.parse(String(line))
         let text = try #require(record["text"]?.stringValue)
         let expected = try #require(record["ids"]?.arrayValue).map { Int32($0.intValue!) }
-        let got = gpt2Tokenizer.encode(text)
+        let got = TokenizerTestData.gpt2Tokenizer.encode(text)
         if got != expected {
             failures += 1
             Issue.record("case \(i + 1) \(text.debugDescription): got \(got), expected \(expected)")
         }
-        #expect(try gpt2Tokenizer.decode(got) == Array(text.utf8))
+        #expect(try TokenizerTestData.gpt2Tokenizer.decode(got) == Array(text.utf8))
     }
     #expect(failures == 0)
 }
 
 @Test func tokenizerEncodesTinyShakespeareExactly() throws {
-    let text = try [UInt8](Data(contentsOf: URL(fileURLWithPath: repositoryRoot + "/data/tinyshakespeare.txt")))
-    let expectedData = try Data(contentsOf: URL(fileURLWithPath: fixturePath("tinyshakespeare.gpt2.u16")))
+    let text = try [UInt8](Data(contentsOf: URL(fileURLWithPath: TokenizerTestData.repositoryRoot + "/data/tinyshakespeare.txt")))
+    let expectedData = try Data(contentsOf: URL(fileURLWithPath: TokenizerTestData.fixturePath("tinyshakespeare.gpt2.u16")))
     let expected = expectedData.withUnsafeBytes { raw in
         (0..<(raw.count / 2)).map { Int32(UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: 2 * $0, as: UInt16.self))) }
     }
     #expect(expected.count == 338_025)
-    let ids = try gpt2Tokenizer.encode(bytes: text, source: "tinyshakespeare.txt")
+    let ids = try TokenizerTestData.gpt2Tokenizer.encode(bytes: text, source: "tinyshakespeare.txt")
     #expect(ids.count == expected.count)
     #expect(ids == expected)
-    #expect(try gpt2Tokenizer.decode(ids) == text)
+    #expect(try TokenizerTestData.gpt2Tokenizer.decode(ids) == text)
     // Several threads cut the text at line ends and must give the very same ids.
-    let parallel = text.withUnsafeBufferPointer { gpt2Tokenizer.encodeParallel(utf8: $0, threads: 7) }
+    let parallel = text.withUnsafeBufferPointer { TokenizerTestData.gpt2Tokenizer.encodeParallel(utf8: $0, threads: 7) }
     #expect(parallel == expected)
 }
 
 @Test func tokenizerKnownValues() throws {
-    #expect(gpt2Tokenizer.vocabSize == 50257)
-    #expect(gpt2Tokenizer.eotToken == 50256)
-    #expect(gpt2Tokenizer.encode("Hello world") == [15496, 995])
-    #expect(gpt2Tokenizer.encode(" the") == [262])
-    #expect(gpt2Tokenizer.encode("") == [])
-    #expect(gpt2Tokenizer.encodeWithSpecial("") == [])
+    #expect(TokenizerTestData.gpt2Tokenizer.vocabSize == 50257)
+    #expect(TokenizerTestData.gpt2Tokenizer.eotToken == 50256)
+    #expect(TokenizerTestData.gpt2Tokenizer.encode("Hello world") == [15496, 995])
+    #expect(TokenizerTestData.gpt2Tokenizer.encode(" the") == [262])
+    #expect(TokenizerTestData.gpt2Tokenizer.encode("") == [])
+    #expect(TokenizerTestData.gpt2Tokenizer.encodeWithSpecial("") == [])
 }
 
 // MARK: - Special token
 
 @Test func endOfTextIsSpecialOnlyWhenAsked() throws {
     let text = "a<|endoftext|>b<|endoftext|><|endoftext|>"
-    #expect(gpt2Tokenizer.encode("<|endoftext|>") == [27, 91, 437, 1659, 5239, 91, 29])
-    #expect(gpt2Tokenizer.encode("<|endoftext|>", allowSpecial: true) == [50256])
-    let a = gpt2Tokenizer.encode("a"), b = gpt2Tokenizer.encode("b")
-    #expect(gpt2Tokenizer.encodeWithSpecial(text) == a + [50256] + b + [50256, 50256])
-    #expect(gpt2Tokenizer.decodeString(gpt2Tokenizer.encodeWithSpecial(text)) == text)
-    #expect(gpt2Tokenizer.encode(text, allowSpecial: false) == gpt2Tokenizer.encode(text))
+    #expect(TokenizerTestData.gpt2Tokenizer.encode("<|endoftext|>") == [27, 91, 437, 1659, 5239, 91, 29])
+    #expect(TokenizerTestData.gpt2Tokenizer.encode("<|endoftext|>", allowSpecial: true) == [50256])
+    let a = TokenizerTestData.gpt2Tokenizer.encode("a"), b = TokenizerTestData.gpt2Tokenizer.encode("b")
+    #expect(TokenizerTestData.gpt2Tokenizer.encodeWithSpecial(text) == a + [50256] + b + [50256, 50256])
+    #expect(TokenizerTestData.gpt2Tokenizer.decodeString(TokenizerTestData.gpt2Tokenizer.encodeWithSpecial(text)) == text)
+    #expect(TokenizerTestData.gpt2Tokenizer.encode(text, allowSpecial: false) == TokenizerTestData.gpt2Tokenizer.encode(text))
 }
 
 // MARK: - Round trip
 
 /// A seeded xorshift generator so the property test is reproducible.
-struct SeededGenerator: RandomNumberGenerator {
+struct TokenizerTestRNG: RandomNumberGenerator {
     var state: UInt64
     mutating func next() -> UInt64 {
         state ^= state << 13; state ^= state >> 7; state ^= state << 17
@@ -93,7 +96,7 @@ struct SeededGenerator: RandomNumberGenerator {
 }
 
 @Test func decodeOfEncodeIsIdentityOnRandomUnicode() throws {
-    var rng = SeededGenerator(state: 20240520)
+    var rng = TokenizerTestRNG(state: 20240520)
     // Mix the ranges the scanner treats differently: ASCII, spaces, Latin-1, combining marks,
     // CJK, astral (emoji, letters), and every kind of whitespace.
     let pools: [ClosedRange<UInt32>] = [0x20...0x7E, 0x00...0x1F, 0x80...0xFF, 0x300...0x36F, 0x370...0x3FF,
@@ -113,22 +116,22 @@ struct SeededGenerator: RandomNumberGenerator {
             if let u = Unicode.Scalar(v) { s.append(u) }
         }
         let text = String(s)
-        let ids = gpt2Tokenizer.encode(text)
-        #expect(try gpt2Tokenizer.decode(ids) == Array(text.utf8), "\(text.debugDescription)")
+        let ids = TokenizerTestData.gpt2Tokenizer.encode(text)
+        #expect(try TokenizerTestData.gpt2Tokenizer.decode(ids) == Array(text.utf8), "\(text.debugDescription)")
         #expect(ids.allSatisfy { $0 >= 0 && $0 < 50256 })
     }
 }
 
 @Test func multiThreadedIdsEqualSingleThreaded() throws {
     // Text with many kinds of line ends so every cut rule is exercised.
-    var rng = SeededGenerator(state: 7)
+    var rng = TokenizerTestRNG(state: 7)
     var text = ""
     let words = ["the", "  spaces", "\n", "\n\n", " \n", "don't", "ÉCOLE", "数字", "123", " x", "\t", "—", "é\n", "'ll"]
     for _ in 0..<20000 { text += words.randomElement(using: &rng)! }
     let bytes = Array(text.utf8)
-    let one = gpt2Tokenizer.encode(text)
+    let one = TokenizerTestData.gpt2Tokenizer.encode(text)
     for threads in [2, 3, 8, 33] {
-        let many = bytes.withUnsafeBufferPointer { gpt2Tokenizer.encodeParallel(utf8: $0, threads: threads) }
+        let many = bytes.withUnsafeBufferPointer { TokenizerTestData.gpt2Tokenizer.encodeParallel(utf8: $0, threads: threads) }
         #expect(many == one, "threads \(threads)")
     }
 }
@@ -138,22 +141,27 @@ struct SeededGenerator: RandomNumberGenerator {
 @Test func invalidUTF8IsAnErrorNamingTheLineOrReplacedWhenLossy() throws {
     let bytes: [UInt8] = Array("first line\nsecond ".utf8) + [0xFF, 0x41] + Array("\n".utf8)
     do {
-        _ = try gpt2Tokenizer.encode(bytes: bytes, source: "input.txt")
+        _ = try TokenizerTestData.gpt2Tokenizer.encode(bytes: bytes, source: "input.txt")
         Issue.record("expected an error")
     } catch let e as LLMError {
         #expect(e.message.hasPrefix("input.txt:2: invalid UTF-8"))
     }
-    let lossy = try gpt2Tokenizer.encode(bytes: bytes, source: "input.txt", lossy: true)
-    #expect(gpt2Tokenizer.decodeString(lossy) == "first line\nsecond \u{FFFD}A\n")
+    let lossy = try TokenizerTestData.gpt2Tokenizer.encode(bytes: bytes, source: "input.txt", lossy: true)
+    #expect(TokenizerTestData.gpt2Tokenizer.decodeString(lossy) == "first line\nsecond \u{FFFD}A\n")
     // Overlong forms, surrogates and code points past U+10FFFF are all invalid.
     for bad: [UInt8] in [[0xC0, 0x80], [0xED, 0xA0, 0x80], [0xF4, 0x90, 0x80, 0x80], [0xE2, 0x82], [0x80]] {
         #expect(bad.withUnsafeBufferPointer { firstInvalidUTF8($0) } == 0)
     }
     #expect(Array("aé😀€".utf8).withUnsafeBufferPointer { firstInvalidUTF8($0) } == nil)
+    // The buffer APIs never read past a character cut at the end; they encode U+FFFD instead.
+    let cut: [UInt8] = Array("word ".utf8) + [0xE2, 0x82]
+    let ids = cut.withUnsafeBufferPointer { TokenizerTestData.gpt2Tokenizer.encode(utf8: $0) }
+    #expect(ids == TokenizerTestData.gpt2Tokenizer.encode("word \u{FFFD}"))
+    #expect(cut.withUnsafeBufferPointer { TokenizerTestData.gpt2Tokenizer.encodeWithSpecial(utf8: $0) } == ids)
 }
 
 @Test func badVocabularyLinesAreErrorsNamingFileAndLine() throws {
-    let dir = temporaryDirectory()
+    let dir = TokenizerTestData.temporaryDirectory()
     defer { try? FileManager.default.removeItem(atPath: dir) }
     func expectError(_ content: String, _ prefix: String) {
         let path = dir + "/vocab.tiktoken"
@@ -178,28 +186,28 @@ struct SeededGenerator: RandomNumberGenerator {
 }
 
 @Test func decodeRejectsIdsOutsideTheVocabulary() {
-    #expect(throws: LLMError.self) { try gpt2Tokenizer.decode([50257]) }
-    #expect(throws: LLMError.self) { try gpt2Tokenizer.decode([-1]) }
-    #expect(gpt2Tokenizer.decodeString([15496, 50257]) == "Hello\u{FFFD}")
+    #expect(throws: LLMError.self) { try TokenizerTestData.gpt2Tokenizer.decode([50257]) }
+    #expect(throws: LLMError.self) { try TokenizerTestData.gpt2Tokenizer.decode([-1]) }
+    #expect(TokenizerTestData.gpt2Tokenizer.decodeString([15496, 50257]) == "Hello\u{FFFD}")
 }
 
 // MARK: - Other vocabulary files
 
 @Test func llmcTokenizerFileRoundTrips() throws {
-    let dir = temporaryDirectory()
+    let dir = TokenizerTestData.temporaryDirectory()
     defer { try? FileManager.default.removeItem(atPath: dir) }
     let path = dir + "/gpt2_tokenizer.bin"
-    try gpt2Tokenizer.writeLLMCFile(path)
+    try TokenizerTestData.gpt2Tokenizer.writeLLMCFile(path)
     let bytes = try readFileBytes(path)
     let header = bytes.withUnsafeBytes { raw in (0..<4).map { raw.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self) } }
     #expect(header == [20240328, 2, 50257, 50256])
     let back = try Tokenizer.readLLMCFile(path)
     #expect(back.vocabSize == 50257 && back.eotToken == 50256)
     for id in [0, 1, 255, 256, 15496, 50255, 50256] as [Int32] {
-        #expect(back.tokenBytes(id) == gpt2Tokenizer.tokenBytes(id))
+        #expect(back.tokenBytes(id) == TokenizerTestData.gpt2Tokenizer.tokenBytes(id))
     }
     let sample = "Hello world, it's 2024!\n\n  Ünïcödé  "
-    #expect(back.encode(sample) == gpt2Tokenizer.encode(sample))
+    #expect(back.encode(sample) == TokenizerTestData.gpt2Tokenizer.encode(sample))
     // Version 1 (no EOT slot) reads with EOT = 50256.
     var v1 = bytes
     v1[4] = 1; v1[12] = 0; v1[13] = 0
@@ -217,18 +225,18 @@ struct SeededGenerator: RandomNumberGenerator {
 @Test func encoderJSONAndVocabBPEGiveTheSameTokenizer() throws {
     // The shared data folder has OpenAI's original files; the repository carries only
     // gpt2.tiktoken, so this check runs where ../shared is present.
-    let shared = repositoryRoot + "/../shared/data/"
+    let shared = TokenizerTestData.repositoryRoot + "/../shared/data/"
     guard FileManager.default.fileExists(atPath: shared + "encoder.json") else { return }
     let other = try Tokenizer.gpt2(path: shared + "encoder.json")
-    #expect(other.vocabSize == gpt2Tokenizer.vocabSize && other.eotToken == gpt2Tokenizer.eotToken)
-    for id in 0..<Int32(other.vocabSize) where other.tokenBytes(id) != gpt2Tokenizer.tokenBytes(id) {
+    #expect(other.vocabSize == TokenizerTestData.gpt2Tokenizer.vocabSize && other.eotToken == TokenizerTestData.gpt2Tokenizer.eotToken)
+    for id in 0..<Int32(other.vocabSize) where other.tokenBytes(id) != TokenizerTestData.gpt2Tokenizer.tokenBytes(id) {
         Issue.record("token \(id) differs")
         break
     }
 }
 
 @Test func encoderJSONErrorsNameTheFile() throws {
-    let dir = temporaryDirectory()
+    let dir = TokenizerTestData.temporaryDirectory()
     defer { try? FileManager.default.removeItem(atPath: dir) }
     // A two-byte alphabet cannot hold GPT-2's 256 single bytes; first check merge-line errors.
     var encoder: [String: Int] = [:]

@@ -11,7 +11,7 @@ import Darwin
 
 /// The first min(len, 8) bytes at p as a little-endian UInt64 with zero padding, reading no byte
 /// outside p[0..<len] (overlapping loads instead of a byte loop).
-@inline(__always) func packKey(_ p: UnsafePointer<UInt8>, _ len: Int) -> UInt64 {
+@inline(__always) func packTokenKey(_ p: UnsafePointer<UInt8>, _ len: Int) -> UInt64 {
     let raw = UnsafeRawPointer(p)
     if len >= 8 { return UInt64(littleEndian: raw.loadUnaligned(as: UInt64.self)) }
     if len >= 4 {
@@ -27,7 +27,7 @@ import Darwin
     return len == 1 ? UInt64(p[0]) : 0
 }
 
-@inline(__always) func hashKey(_ key: UInt64, _ p: UnsafePointer<UInt8>, _ len: Int) -> UInt64 {
+@inline(__always) func hashTokenKey(_ key: UInt64, _ p: UnsafePointer<UInt8>, _ len: Int) -> UInt64 {
     var h = (key ^ UInt64(truncatingIfNeeded: len) &* 0x2545F4914F6CDD1D) &* 0x9E3779B97F4A7C15
     if len > 8 {
         // Mix the rest in 8-byte chunks; the last chunk overlaps so no byte past the end is read.
@@ -49,15 +49,19 @@ import Darwin
 /// it in a local with no reference counting or exclusivity checks; the owner calls `deallocate()`.
 /// Writes are single-threaded; lookups in a table that is no longer written are safe from any thread.
 struct ByteKeyTable {
+    /// 16 bytes, so four slots share a cache line; the rarely needed fields live in `extras`.
     struct Slot {
         var key: UInt64      // first 8 bytes, packed
-        var length: Int32    // 0 = empty slot (the empty key is never stored)
-        var keyOffset: Int32 // where the whole key lives in `keyBytes` when longer than 8 bytes
         var value0: Int32
+        var length: Int32    // 0 = empty slot (the empty key is never stored)
+    }
+    struct Extra {
+        var keyOffset: Int32 // where the whole key lives in `keyBytes` when longer than 8 bytes
         var value1: Int32
     }
 
     let slots: UnsafeMutablePointer<Slot>
+    let extras: UnsafeMutablePointer<Extra>
     let mask: Int
     private(set) var count = 0
     private(set) var keyBytes: UnsafeMutablePointer<UInt8>
@@ -68,13 +72,16 @@ struct ByteKeyTable {
         let capacity = 1 << bits
         mask = capacity - 1
         slots = .allocate(capacity: capacity)
-        slots.initialize(repeating: Slot(key: 0, length: 0, keyOffset: 0, value0: 0, value1: 0), count: capacity)
+        slots.initialize(repeating: Slot(key: 0, value0: 0, length: 0), count: capacity)
+        extras = .allocate(capacity: capacity)
+        extras.initialize(repeating: Extra(keyOffset: 0, value1: 0), count: capacity)
         keyBytesCapacity = 4096
         keyBytes = .allocate(capacity: keyBytesCapacity)
     }
 
     func deallocate() {
         slots.deallocate()
+        extras.deallocate()
         keyBytes.deallocate()
     }
 
@@ -84,21 +91,21 @@ struct ByteKeyTable {
 
     /// Empties the table, keeping its memory.
     mutating func removeAll() {
-        slots.update(repeating: Slot(key: 0, length: 0, keyOffset: 0, value0: 0, value1: 0), count: capacity)
+        slots.update(repeating: Slot(key: 0, value0: 0, length: 0), count: capacity)
         count = 0
         keyBytesCount = 0
     }
 
     /// Looks up p[0..<len]; returns the slot index or -1.
     @inline(__always) func find(_ p: UnsafePointer<UInt8>, _ len: Int) -> Int {
-        let key = packKey(p, len)
-        var i = Int(truncatingIfNeeded: hashKey(key, p, len)) & mask
+        let key = packTokenKey(p, len)
+        var i = Int(truncatingIfNeeded: hashTokenKey(key, p, len)) & mask
         let len32 = Int32(truncatingIfNeeded: len)
         while true {
             let s = slots[i]
             if s.length == 0 { return -1 }
             if s.key == key && s.length == len32 {
-                if len <= 8 || memcmp(keyBytes + Int(s.keyOffset) + 8, p + 8, len - 8) == 0 { return i }
+                if len <= 8 || memcmp(keyBytes + Int(extras[i].keyOffset) + 8, p + 8, len - 8) == 0 { return i }
             }
             i = (i + 1) & mask
         }
@@ -114,9 +121,9 @@ struct ByteKeyTable {
     mutating func insert(_ p: UnsafePointer<UInt8>, _ len: Int, _ v0: Int32, _ v1: Int32 = 0) {
         precondition(len > 0 && !isFull)
         let found = find(p, len)
-        if found >= 0 { slots[found].value0 = v0; slots[found].value1 = v1; return }
-        let key = packKey(p, len)
-        var i = Int(truncatingIfNeeded: hashKey(key, p, len)) & mask
+        if found >= 0 { slots[found].value0 = v0; extras[found].value1 = v1; return }
+        let key = packTokenKey(p, len)
+        var i = Int(truncatingIfNeeded: hashTokenKey(key, p, len)) & mask
         while slots[i].length != 0 { i = (i + 1) & mask }
         var offset: Int32 = 0
         if len > 8 {
@@ -132,7 +139,8 @@ struct ByteKeyTable {
             (keyBytes + keyBytesCount).update(from: p, count: len)
             keyBytesCount += len
         }
-        slots[i] = Slot(key: key, length: Int32(len), keyOffset: offset, value0: v0, value1: v1)
+        slots[i] = Slot(key: key, value0: v0, length: Int32(len))
+        extras[i] = Extra(keyOffset: offset, value1: v1)
         count += 1
     }
 }

@@ -4,7 +4,7 @@
 // MARK: - Classes
 
 /// The four classes the pattern distinguishes; `other` is `[^\s\p{L}\p{N}]`.
-enum CharacterClass {
+enum PreTokenClass {
     static let other: UInt8 = 0
     static let letter: UInt8 = 1
     static let number: UInt8 = 2
@@ -16,16 +16,16 @@ enum CharacterClass {
 /// stage1[cp >> 8] picks a 256-entry block of stage2; identical blocks are shared, so the table
 /// for all 0x110000 code points takes about 40 KB. Block 0 (ASCII and Latin-1) comes first, so
 /// `stage2[byte]` is the class of an ASCII byte.
-final class CharacterClassTable: @unchecked Sendable {
+final class PreTokenClassTable: @unchecked Sendable {
     let stage1: UnsafeMutablePointer<UInt16>  // (0x1100,)
     let stage2: UnsafeMutablePointer<UInt8>   // (blocks * 256,)
     let blockCount: Int
 
-    static let shared = CharacterClassTable()
+    static let shared = PreTokenClassTable()
 
     private init() {
         let codePoints = 0x110000
-        var flat = [UInt8](repeating: CharacterClass.other, count: codePoints)
+        var flat = [UInt8](repeating: PreTokenClass.other, count: codePoints)
         func fill(_ ranges: [UInt32], _ c: UInt8) {
             var i = 0
             while i < ranges.count {
@@ -33,9 +33,9 @@ final class CharacterClassTable: @unchecked Sendable {
                 i += 2
             }
         }
-        fill(unicodeLetterRanges, CharacterClass.letter)
-        fill(unicodeNumberRanges, CharacterClass.number)
-        fill(unicodeWhitespaceRanges, CharacterClass.space)
+        fill(unicodeLetterRanges, PreTokenClass.letter)
+        fill(unicodeNumberRanges, PreTokenClass.number)
+        fill(unicodeWhitespaceRanges, PreTokenClass.space)
 
         let blocksInStage1 = codePoints >> 8
         stage1 = .allocate(capacity: blocksInStage1)

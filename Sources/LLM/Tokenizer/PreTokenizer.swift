@@ -5,7 +5,7 @@
 // MARK: - Classes of the scalar at a byte position
 
 /// Class and byte length of the scalar starting at p[i]. The input must be valid UTF-8.
-@inline(__always) func scalarClass(_ p: UnsafePointer<UInt8>, _ i: Int,
+@inline(__always) func gpt2ScalarClass(_ p: UnsafePointer<UInt8>, _ i: Int,
                                    _ stage1: UnsafePointer<UInt16>, _ stage2: UnsafePointer<UInt8>) -> (UInt8, Int) {
     let b0 = UInt32(p[i])
     if b0 < 0x80 { return (stage2[Int(b0)], 1) }
@@ -27,7 +27,7 @@
 // MARK: - Scanner
 
 /// The end (exclusive byte offset) of the pre-token that starts at p[i], i < n.
-@inline(__always) func preTokenEnd(_ p: UnsafePointer<UInt8>, _ i: Int, _ n: Int,
+@inline(__always) func gpt2PreTokenEnd(_ p: UnsafePointer<UInt8>, _ i: Int, _ n: Int,
                                    _ stage1: UnsafePointer<UInt16>, _ stage2: UnsafePointer<UInt8>) -> Int {
     let b = p[i]
     // 's 't 'm 'd 're 've 'll, case-sensitive, before anything else.
@@ -44,33 +44,33 @@
             }
         }
     }
-    var (cls, len) = scalarClass(p, i, stage1, stage2)
+    var (cls, len) = gpt2ScalarClass(p, i, stage1, stage2)
     var j = i
     // ` ?X+`: one leading space joins a following letter, number or other run.
     if b == 0x20 && i + 1 < n {
-        let (nextClass, nextLen) = scalarClass(p, i + 1, stage1, stage2)
-        if nextClass != CharacterClass.space {
+        let (nextClass, nextLen) = gpt2ScalarClass(p, i + 1, stage1, stage2)
+        if nextClass != PreTokenClass.space {
             j = i + 1
             cls = nextClass
             len = nextLen
         }
     }
-    if cls != CharacterClass.space {
+    if cls != PreTokenClass.space {
         j += len
-        if cls == CharacterClass.letter {
+        if cls == PreTokenClass.letter {
             // ASCII letters are most of English text: test them without decoding.
             while j < n {
                 let c = p[j] | 0x20
                 if c >= UInt8(ascii: "a") && c <= UInt8(ascii: "z") { j += 1; continue }
                 if p[j] < 0x80 { return j }
-                let (c2, l2) = scalarClass(p, j, stage1, stage2)
+                let (c2, l2) = gpt2ScalarClass(p, j, stage1, stage2)
                 if c2 != cls { return j }
                 j += l2
             }
             return j
         }
         while j < n {
-            let (c2, l2) = scalarClass(p, j, stage1, stage2)
+            let (c2, l2) = gpt2ScalarClass(p, j, stage1, stage2)
             if c2 != cls { return j }
             j += l2
         }
@@ -81,8 +81,8 @@
     var last = i
     j = i + len
     while j < n {
-        let (c2, l2) = scalarClass(p, j, stage1, stage2)
-        if c2 != CharacterClass.space { break }
+        let (c2, l2) = gpt2ScalarClass(p, j, stage1, stage2)
+        if c2 != PreTokenClass.space { break }
         last = j
         j += l2
     }

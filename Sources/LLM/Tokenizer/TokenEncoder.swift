@@ -39,19 +39,26 @@ struct TokenIdBuffer {
 public final class TokenEncoder {
     let tokenizer: Tokenizer
     let ranks: ByteKeyTable
+    let twoByteRanks: UnsafePointer<Int32>
     let stage1: UnsafePointer<UInt16>
     let stage2: UnsafePointer<UInt8>
     /// Word cache: a piece's bytes -> (offset, count) of its ids in `cacheIds`.
-    var cache = ByteKeyTable(capacityPowerOfTwo: 15)
-    var cacheIds = TokenIdBuffer(capacity: 1 << 15)
+    var cache: ByteKeyTable
+    var cacheIds: TokenIdBuffer
     /// BPE scratch: part start offsets and the rank of each adjacent pair.
     var starts: UnsafeMutablePointer<Int32>
     var pairRanks: UnsafeMutablePointer<Int32>
     var scratchCapacity = 256
 
-    init(_ tokenizer: Tokenizer) {
+    /// `expectedBytes` sizes the word cache: small for a short string, 32K words for a long text.
+    init(_ tokenizer: Tokenizer, expectedBytes: Int = 1 << 30) {
         self.tokenizer = tokenizer
+        var bits = 8
+        while bits < 16 && (1 << bits) * 8 < expectedBytes { bits += 1 }
+        cache = ByteKeyTable(capacityPowerOfTwo: bits)
+        cacheIds = TokenIdBuffer(capacity: 1 << bits)
         ranks = tokenizer.ranks
+        twoByteRanks = UnsafePointer(tokenizer.pairRanks)
         stage1 = UnsafePointer(tokenizer.classes.stage1)
         stage2 = UnsafePointer(tokenizer.classes.stage2)
         starts = .allocate(capacity: scratchCapacity)
@@ -65,8 +72,18 @@ public final class TokenEncoder {
         pairRanks.deallocate()
     }
 
-    /// Encodes valid UTF-8 (not checked here) as ordinary text.
+    /// Encodes UTF-8 as ordinary text; invalid sequences are first replaced by U+FFFD (the check
+    /// is cheap next to encoding, and the scanner must never run past the buffer).
     public func encode(utf8 text: UnsafeBufferPointer<UInt8>) -> [Int32] {
+        if firstInvalidUTF8(text) != nil {
+            let repaired = Array(String(decoding: text, as: UTF8.self).utf8)
+            return repaired.withUnsafeBufferPointer { encodeValid(utf8: $0) }
+        }
+        return encodeValid(utf8: text)
+    }
+
+    /// Encodes text the caller knows is valid UTF-8 (a Swift String, or checked bytes).
+    func encodeValid(utf8 text: UnsafeBufferPointer<UInt8>) -> [Int32] {
         guard let p = text.baseAddress, text.count > 0 else { return [] }
         var out = TokenIdBuffer(capacity: text.count / 3 + 16)
         defer { out.deallocate() }
@@ -80,7 +97,7 @@ public final class TokenEncoder {
         let stage1 = self.stage1, stage2 = self.stage2
         var i = 0
         while i < n {
-            let end = preTokenEnd(p, i, n, stage1, stage2)
+            let end = gpt2PreTokenEnd(p, i, n, stage1, stage2)
             let len = end - i
             let piece = p + i
             let whole = ranks.value0(piece, len)
@@ -98,7 +115,7 @@ public final class TokenEncoder {
         let slot = cache.find(piece, len)
         if slot >= 0 {
             let s = cache.slots[slot]
-            let k = Int(s.value1)
+            let k = Int(cache.extras[slot].value1)
             if out.count + k > out.capacity { out.grow(out.count + k) }
             (out.pointer + out.count).update(from: cacheIds.pointer + Int(s.value0), count: k)
             out.count += k
@@ -132,8 +149,9 @@ public final class TokenEncoder {
         let starts = self.starts, pairRanks = self.pairRanks
         for i in 0...n { starts[i] = Int32(i) }
         // pairRanks[i] = rank of parts i and i+1 together, for i in 0..<parts-1.
+        let twoByteRanks = self.twoByteRanks
         for i in 0..<(n - 1) {
-            let r = ranks.value0(p + i, 2)
+            let r = twoByteRanks[Int(p[i]) << 8 | Int(p[i + 1])]
             pairRanks[i] = r < 0 ? none : r
         }
         var boundaries = n + 1  // parts = boundaries - 1

@@ -1,17 +1,22 @@
 // The GPT-2 byte-level BPE tokenizer: loading (gpt2.tiktoken, encoder.json + vocab.bpe, llm.c's
 // tokenizer file), encoding with GPT-2's pre-tokenization pattern, and decoding ids to bytes.
 //
-// Public API:
-//   let tok = try Tokenizer.gpt2(path: "data/gpt2.tiktoken")   // or encoder.json, or an llm.c .bin
-//   tok.encode("Hello world")                  -> [15496, 995] as [Int32]; "<|endoftext|>" is plain text
-//   tok.encode(text, allowSpecial: true)       -> "<|endoftext|>" becomes tok.eotToken (50256)
+// Public API (ids are Int32; llm.c shards store them as UInt16):
+//   let tok = try Tokenizer.gpt2(path: "data/gpt2.tiktoken")   // or encoder.json (+ vocab.bpe), or an llm.c .bin
+//   tok.encode("Hello world")                  -> [15496, 995]; a literal "<|endoftext|>" is plain text
+//   tok.encode(text, allowSpecial: true)       -> each "<|endoftext|>" becomes tok.eotToken (50256)
 //   tok.encodeWithSpecial(text)                -> the same as allowSpecial: true
-//   try tok.encode(bytes: fileBytes, source: path, lossy: false)  -> validates UTF-8, errors name file:line
-//   tok.encodeParallel(utf8: buffer, threads: 8) -> the same ids as one thread, split at safe line ends
-//   try tok.decode(ids) -> [UInt8];  tok.decodeString(ids) -> String (invalid UTF-8 becomes U+FFFD)
+//   try tok.encode(bytes: fileBytes, source: path, lossy: false)  -> invalid UTF-8 is an error naming file:line
+//   tok.encode(utf8: buffer)                   -> bytes in place; invalid UTF-8 becomes U+FFFD
+//   tok.encodeParallel(utf8: buffer, threads: 8) -> the same ids as one thread (cut at safe line ends)
+//   try tok.decode(ids) -> [UInt8]             (ids outside the vocabulary are an error)
+//   tok.decodeString(ids) -> String            (for printing samples; bad UTF-8 becomes U+FFFD)
 //   tok.vocabSize (50257), tok.eotToken (50256), tok.tokenBytes(id)
-//   try tok.writeLLMCFile(path) / Tokenizer.readLLMCFile(path)   (TokenizerFile.swift)
-//   tok.makeEncoder() -> a TokenEncoder with its own word cache, for one thread's bulk work.
+//   try tok.writeLLMCFile(path), try Tokenizer.readLLMCFile(path)   (Formats/TokenizerFile.swift)
+//   tok.makeEncoder(expectedBytes:) -> a TokenEncoder with its own word cache, for one thread's bulk work.
+// Data preparation on top of it: Prepare.swift (prepareShards, prepareTinyShakespeare,
+// tinyShakespeareTokens), PrepareHellaSwag.swift, Formats/EvalFile.swift.
+// Encoding is thread-safe (each call uses its own encoder); a TokenEncoder is not.
 
 import Dispatch
 #if canImport(Glibc)
@@ -32,7 +37,10 @@ public final class Tokenizer: @unchecked Sendable {
     let tokenData: [UInt8]
     /// Mergeable tokens' bytes -> rank (= id). The rank is also the merge priority.
     let ranks: ByteKeyTable
-    let classes = CharacterClassTable.shared
+    /// Ranks of all two-byte strings (-1 when not a token), indexed by first << 8 | second: the
+    /// first round of every merge looks these up without hashing.
+    let pairRanks: UnsafeMutablePointer<Int32>  // (65536,)
+    let classes = PreTokenClassTable.shared
 
     // MARK: - Construction
 
@@ -56,7 +64,7 @@ public final class Tokenizer: @unchecked Sendable {
         tokenData = data
         var bits = 4
         while (1 << bits) < 2 * tokens.count + 2 { bits += 1 }
-        var table = ByteKeyTable(capacityPowerOfTwo: bits + 1)
+        var table = ByteKeyTable(capacityPowerOfTwo: bits)
         var seenSingleBytes = [Bool](repeating: false, count: 256)
         for (id, t) in tokens.enumerated() where id != eotToken {
             if t.isEmpty {
@@ -79,9 +87,17 @@ public final class Tokenizer: @unchecked Sendable {
             throw LLMError("\(source): no token for the single byte \(missing), so some text cannot be encoded")
         }
         ranks = table
+        pairRanks = .allocate(capacity: 65536)
+        pairRanks.initialize(repeating: -1, count: 65536)
+        for (id, t) in tokens.enumerated() where id != eotToken && t.count == 2 {
+            pairRanks[Int(t[0]) << 8 | Int(t[1])] = Int32(id)
+        }
     }
 
-    deinit { ranks.deallocate() }
+    deinit {
+        ranks.deallocate()
+        pairRanks.deallocate()
+    }
 
     /// GPT-2's tokenizer from `gpt2.tiktoken` (base64 token, rank per line), an llm.c tokenizer
     /// file (`.bin`), or `encoder.json` (with `vocab.bpe` beside it, or a folder holding both).
@@ -100,14 +116,17 @@ public final class Tokenizer: @unchecked Sendable {
         return try fromTiktoken(path)
     }
 
-    public func makeEncoder() -> TokenEncoder { TokenEncoder(self) }
+    /// An encoder with its own word cache, for one thread; `expectedBytes` sizes the cache.
+    public func makeEncoder(expectedBytes: Int = 1 << 30) -> TokenEncoder {
+        TokenEncoder(self, expectedBytes: expectedBytes)
+    }
 
     // MARK: - Encoding
 
     /// Ordinary text: the literal "<|endoftext|>" is encoded as text, never as the special id.
     public func encode(_ text: String) -> [Int32] {
         var text = text
-        return text.withUTF8 { makeEncoder().encode(utf8: $0) }
+        return text.withUTF8 { makeEncoder(expectedBytes: $0.count).encodeValid(utf8: $0) }
     }
 
     /// With `allowSpecial`, each literal "<|endoftext|>" becomes `eotToken`.
@@ -119,10 +138,14 @@ public final class Tokenizer: @unchecked Sendable {
 
     public func encodeWithSpecial(_ text: String) -> [Int32] { encode(text, allowSpecial: true) }
 
-    /// Valid UTF-8 (the caller checked) with "<|endoftext|>" as the special token.
+    /// UTF-8 with "<|endoftext|>" as the special token; invalid UTF-8 becomes U+FFFD.
     public func encodeWithSpecial(utf8 text: UnsafeBufferPointer<UInt8>) -> [Int32] {
         guard let p = text.baseAddress, text.count > 0 else { return [] }
-        let encoder = makeEncoder()
+        if firstInvalidUTF8(text) != nil {
+            let repaired = Array(String(decoding: text, as: UTF8.self).utf8)
+            return repaired.withUnsafeBufferPointer { encodeWithSpecial(utf8: $0) }
+        }
+        let encoder = makeEncoder(expectedBytes: text.count)
         var out = TokenIdBuffer(capacity: text.count / 3 + 16)
         defer { out.deallocate() }
         let marker = Array(Tokenizer.endOfTextText.utf8)
@@ -142,9 +165,9 @@ public final class Tokenizer: @unchecked Sendable {
         return out.toArray()
     }
 
-    /// Valid UTF-8 (the caller checked; see `validateUTF8`) as ordinary text.
+    /// UTF-8 as ordinary text; invalid UTF-8 becomes U+FFFD (use `encode(bytes:source:)` to get an error instead).
     public func encode(utf8 text: UnsafeBufferPointer<UInt8>) -> [Int32] {
-        makeEncoder().encode(utf8: text)
+        makeEncoder(expectedBytes: text.count).encode(utf8: text)
     }
 
     /// Bytes from a file: invalid UTF-8 is an error naming `source` and the line, or with `lossy`
@@ -160,6 +183,10 @@ public final class Tokenizer: @unchecked Sendable {
     public func encodeParallel(utf8 text: UnsafeBufferPointer<UInt8>, threads: Int) -> [Int32] {
         let n = text.count
         guard let p = text.baseAddress, threads > 1, n >= 1 << 14 else { return encode(utf8: text) }
+        if firstInvalidUTF8(text) != nil {
+            let repaired = Array(String(decoding: text, as: UTF8.self).utf8)
+            return repaired.withUnsafeBufferPointer { encodeParallel(utf8: $0, threads: threads) }
+        }
         var cuts = [0]
         for k in 1..<threads {
             if let cut = Tokenizer.safeCut(p, n, from: max(k * n / threads, cuts.last! + 1)), cut < n {
@@ -173,7 +200,7 @@ public final class Tokenizer: @unchecked Sendable {
         defer { results.deinitialize(); results.deallocate() }
         DispatchQueue.concurrentPerform(iterations: chunks) { c in
             let chunk = UnsafeBufferPointer(start: p + cuts[c], count: cuts[c + 1] - cuts[c])
-            results[c] = self.makeEncoder().encode(utf8: chunk)
+            results[c] = self.makeEncoder(expectedBytes: chunk.count).encodeValid(utf8: chunk)
         }
         var all: [Int32] = []
         all.reserveCapacity(results.reduce(0) { $0 + $1.count })
