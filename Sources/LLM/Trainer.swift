@@ -17,8 +17,10 @@ public struct TrainingOptions {
     /// Optimizer steps; nil = one epoch of the training data.
     public var steps: Int? = nil
     public var learningRate: Float = 3e-4
-    /// Learning rate at a 0-based step, given the peak rate and the step count.
-    public var schedule: (_ step: Int, _ steps: Int) -> Float = { _, _ in 1 }
+    public var schedule: LearningRateSchedule.Kind = .cosine
+    public var warmupSteps = 0
+    /// The rate decays to learningRate * finalLearningRateFraction.
+    public var finalLearningRateFraction: Float = 1
     public var beta1: Float = 0.9
     public var beta2: Float = 0.95
     public var epsilon: Float = 1e-8
@@ -33,6 +35,9 @@ public struct TrainingOptions {
     public var sampleSeed: UInt64 = 1337
     /// Train repeatedly on the first validation batch (llm.c's -a 1), to debug a model.
     public var overfitSingleBatch = false
+    /// Skip an update whose loss / grad-norm z-score (over the last 128 steps) exceeds this; 0 = off.
+    public var skipLossZ: Double = 0
+    public var skipNormZ: Double = 0
 
     public init() {}
 }
@@ -51,7 +56,9 @@ public struct TrainStepReport {
     public var step: Int             // 0-based
     public var steps: Int
     public var loss: Float
+    public var lossZ: Double         // z-score against the last 128 steps (NaN while filling)
     public var gradNorm: Float
+    public var normZ: Double
     public var learningRate: Float
     public var milliseconds: Double
     public var tokensPerSecond: Double
@@ -77,6 +84,10 @@ public final class Trainer {
     public let val: DataLoader?
     public let gradAccumSteps: Int
     public let steps: Int
+    public let schedule: LearningRateSchedule
+    /// Outlier detectors for the loss and the gradient norm (saved in training checkpoints).
+    public var lossDetector = OutlierDetector()
+    public var normDetector = OutlierDetector()
     /// Decodes tokens for samples; nil prints token ids.
     public var decode: (([Int32]) -> String)?
     public var eotToken: Int32 = 50256
@@ -102,6 +113,10 @@ public final class Trainer {
         let epochSteps = max(1, train.batchesPerEpoch / gradAccumSteps)
         steps = options.steps ?? epochSteps
         if steps < 0 { throw LLMError("--steps \(steps) must be >= 0") }
+        schedule = LearningRateSchedule(kind: options.schedule, learningRate: options.learningRate,
+                                        warmupSteps: options.warmupSteps, totalSteps: steps,
+                                        finalFraction: options.finalLearningRateFraction)
+        try schedule.validate(flag: "--lr")
     }
 
     /// FLOPs per token for MFU, as llm.c: 6N + 6 L C T (N with the padded vocabulary).
@@ -196,9 +211,16 @@ public final class Trainer {
                 try model.backward(microSteps: gradAccumSteps)
             }
             let loss = lossSum / Float(gradAccumSteps)
-            let lr = o.learningRate * o.schedule(step, steps)
+            let lr = schedule.learningRate(atStep: step)
             let norm = try model.gradientNorm()
-            let skipped = try applyUpdate(step: step, loss: loss, norm: norm, lr: lr)
+            let lossZ = lossDetector.update(Double(loss)), normZ = normDetector.update(Double(norm))
+            let outlier = OutlierDetector.isOutlier(lossZ, threshold: o.skipLossZ)
+                || OutlierDetector.isOutlier(normZ, threshold: o.skipNormZ)
+            if outlier {
+                observer?.message(format("step %d: loss z-score %.2f, grad-norm z-score %.2f: update skipped",
+                                         Int32(step + 1), lossZ, normZ))
+            }
+            let skipped = try outlier || applyUpdate(step: step, loss: loss, norm: norm, lr: lr)
             let seconds = monotonicSeconds() - t0
             losses.append(loss)
 
@@ -213,19 +235,15 @@ public final class Trainer {
             let meanStep = timedSteps > 0 ? timedSeconds / Double(timedSteps) : seconds
             let mfu = model.peakFLOPs.map { flopsPerToken * tokensPerStep / seconds / $0 }
             observer?.trainStep(TrainStepReport(
-                step: step, steps: steps, loss: loss, gradNorm: norm, learningRate: lr,
+                step: step, steps: steps, loss: loss, lossZ: lossZ, gradNorm: norm, normZ: normZ, learningRate: lr,
                 milliseconds: seconds * 1000, tokensPerSecond: tokensPerSecond, mfu: mfu, skipped: skipped,
                 etaSeconds: meanStep * Double(steps - step - 1)))
         }
         return losses
     }
 
-    /// Outlier checks for the update; returns whether it was skipped. Overridden by the
-    /// outlier detector when configured (see `shouldSkip`).
-    public var shouldSkip: ((_ loss: Float, _ norm: Float) -> Bool)?
-
+    /// Clips and applies AdamW; returns true (skipped) when the loss or norm is not finite.
     func applyUpdate(step: Int, loss: Float, norm: Float, lr: Float) throws -> Bool {
-        if let shouldSkip, shouldSkip(loss, norm) { return true }
         if !loss.isFinite || !norm.isFinite {
             observer?.message("step \(step + 1): loss \(loss), grad norm \(norm) is not finite; update skipped")
             return true

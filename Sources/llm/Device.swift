@@ -37,5 +37,5 @@ func makeBackend(_ device: DeviceChoice, config: GPT2Config, parameters: [Float]
 }
 
 func makeCPUBackend(config: GPT2Config, parameters: [Float], B: Int, T: Int) throws -> GPT2Backend {
-    throw LLMError("the CPU backend is not built yet")
+    try CPUModel(config: config, parameters: parameters, B: B, T: T)
 }

@@ -1,4 +1,4 @@
-// The `llm` command line: train, sample, check, prepare, bench.
+// The `llm` command line: train, sample, check, prepare, eval, bench, plot.
 
 import ArgumentParser
 import LLM
@@ -7,7 +7,14 @@ struct LLMCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "llm",
         abstract: "Train GPT-2 from scratch in Swift, on the CPU or an NVIDIA GPU; llm.c-compatible files.",
-        subcommands: [CheckCommand.self])
+        subcommands: [CheckCommand.self, Prepare.self, PlotCommand.self, Bench.self])
+}
+
+/// `llm bench ...`: benchmarks print figures; tests never time anything.
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Benchmarks: training steps, matrix multiplies, the tokenizer.",
+        subcommands: [BenchMatmul.self, BenchTokenizer.self])
 }
 
 LLMCommand.main()

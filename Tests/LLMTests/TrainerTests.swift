@@ -25,7 +25,7 @@ final class RecordingObserver: TrainingObserver {
         var o = TrainingOptions()
         o.B = 2; o.T = 4; o.totalBatchTokens = 24; o.steps = 6
         o.learningRate = 0.5
-        o.schedule = { step, steps in Float(step + 1) / Float(steps) }
+        o.schedule = .linear; o.warmupSteps = 6
         o.valEvery = 3; o.valSteps = 2; o.sampleEvery = 4; o.sampleTokens = 3
         o.gradClip = 1
         let trainer = try Trainer(model: model, train: loader(B: 2, T: 4), val: loader(B: 2, T: 4), options: o)

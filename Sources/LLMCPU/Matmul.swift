@@ -1,0 +1,423 @@
+// Matmul: y = x·Wᵀ + b and its backward, the CPU's hot path. One packed, blocked SIMD16 GEMM
+// (an 8 × 48 register tile) serves all three products; strided packing supplies the transposes.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// MARK: - Public API
+
+/// out (BT, OC) = inp (BT, C) · weight (OC, C)ᵀ + bias (OC); bias may be nil (the LM head).
+public func matmulForward(_ out: UnsafeMutablePointer<Float>, _ inp: UnsafePointer<Float>,
+                          _ weight: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?,
+                          _ BT: Int, _ C: Int, _ OC: Int) {
+    // M = BT, N = OC, K = C; B(k, n) = weight[n, k], so B is weight read column-wise.
+    gemm(BT, OC, C,
+         Operand(inp, rowStride: C, colStride: 1),
+         Operand(weight, rowStride: 1, colStride: C),
+         out, OC, accumulate: false, bias: bias)
+}
+
+/// dinp (BT, C) += dout (BT, OC) · weight (OC, C); dweight (OC, C) += doutᵀ · inp; dbias (OC) += Σ_bt dout.
+/// dbias may be nil. Backward ACCUMULATES (+=) into dinp, dweight and dbias.
+public func matmulBackward(_ dinp: UnsafeMutablePointer<Float>, _ dweight: UnsafeMutablePointer<Float>,
+                           _ dbias: UnsafeMutablePointer<Float>?, _ dout: UnsafePointer<Float>,
+                           _ inp: UnsafePointer<Float>, _ weight: UnsafePointer<Float>,
+                           _ BT: Int, _ C: Int, _ OC: Int) {
+    matmulBackwardInput(dinp, dout, weight, BT, C, OC)
+    matmulBackwardWeight(dweight, dbias, dout, inp, BT, C, OC)
+}
+
+/// dinp (BT, C) += dout (BT, OC) · weight (OC, C). The first half of `matmulBackward`, public so
+/// `llm bench matmul` can time each product alone.
+public func matmulBackwardInput(_ dinp: UnsafeMutablePointer<Float>, _ dout: UnsafePointer<Float>,
+                                _ weight: UnsafePointer<Float>, _ BT: Int, _ C: Int, _ OC: Int) {
+    // M = BT, N = C, K = OC; both operands row-major.
+    gemm(BT, C, OC,
+         Operand(dout, rowStride: OC, colStride: 1),
+         Operand(weight, rowStride: C, colStride: 1),
+         dinp, C, accumulate: true, bias: nil)
+}
+
+/// dweight (OC, C) += dout (BT, OC)ᵀ · inp (BT, C); dbias (OC) += Σ_bt dout (when not nil).
+public func matmulBackwardWeight(_ dweight: UnsafeMutablePointer<Float>, _ dbias: UnsafeMutablePointer<Float>?,
+                                 _ dout: UnsafePointer<Float>, _ inp: UnsafePointer<Float>,
+                                 _ BT: Int, _ C: Int, _ OC: Int) {
+    // M = OC, N = C, K = BT; A(m, k) = dout[k, m], so A is dout read column-wise.
+    gemm(OC, C, BT,
+         Operand(dout, rowStride: 1, colStride: OC),
+         Operand(inp, rowStride: C, colStride: 1),
+         dweight, C, accumulate: true, bias: nil)
+    if let dbias { biasBackward(dbias, dout, BT, OC) }
+}
+
+// MARK: - Scalar references (test oracles)
+
+/// The plain triple loop of `matmulForward`, in Double, for tests.
+public func matmulForwardReference(_ out: UnsafeMutablePointer<Float>, _ inp: UnsafePointer<Float>,
+                                   _ weight: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?,
+                                   _ BT: Int, _ C: Int, _ OC: Int) {
+    for bt in 0 ..< BT {
+        for o in 0 ..< OC {
+            var sum = Double(bias?[o] ?? 0)
+            for i in 0 ..< C { sum += Double(inp[bt * C + i]) * Double(weight[o * C + i]) }
+            out[bt * OC + o] = Float(sum)
+        }
+    }
+}
+
+/// The plain loops of `matmulBackward` (accumulating), in Double, for tests.
+public func matmulBackwardReference(_ dinp: UnsafeMutablePointer<Float>, _ dweight: UnsafeMutablePointer<Float>,
+                                    _ dbias: UnsafeMutablePointer<Float>?, _ dout: UnsafePointer<Float>,
+                                    _ inp: UnsafePointer<Float>, _ weight: UnsafePointer<Float>,
+                                    _ BT: Int, _ C: Int, _ OC: Int) {
+    for bt in 0 ..< BT {
+        for i in 0 ..< C {
+            var sum = 0.0
+            for o in 0 ..< OC { sum += Double(dout[bt * OC + o]) * Double(weight[o * C + i]) }
+            dinp[bt * C + i] += Float(sum)
+        }
+    }
+    for o in 0 ..< OC {
+        for i in 0 ..< C {
+            var sum = 0.0
+            for bt in 0 ..< BT { sum += Double(dout[bt * OC + o]) * Double(inp[bt * C + i]) }
+            dweight[o * C + i] += Float(sum)
+        }
+        if let dbias {
+            var sum = 0.0
+            for bt in 0 ..< BT { sum += Double(dout[bt * OC + o]) }
+            dbias[o] += Float(sum)
+        }
+    }
+}
+
+// MARK: - Blocking
+
+/// Register tile: MR rows × NR columns of C live in 24 zmm accumulators (8 × 3 SIMD16).
+let MR = 8
+let NR = 48
+/// Cache blocks. A KC × NR strip of packed B (48 KiB) is reused by every MR-row panel of the
+/// MC × KC packed A block (256 KiB, L2); the KC × NC packed B block (768 KiB) sits in L2/L3.
+/// A tile of C is read and written once per KC of the K loop.
+public nonisolated(unsafe) var matmulKC = 256
+public nonisolated(unsafe) var matmulMC = 256
+public nonisolated(unsafe) var matmulNC = 768
+
+/// A matrix read through strides: element (i, j) is at base[i * rowStride + j * colStride].
+struct Operand {
+    let base: UnsafePointer<Float>
+    let rowStride: Int
+    let colStride: Int
+    init(_ base: UnsafePointer<Float>, rowStride: Int, colStride: Int) {
+        self.base = base; self.rowStride = rowStride; self.colStride = colStride
+    }
+}
+
+// MARK: - Scratch
+
+/// Packing buffers for one thread of one call. Calls take them from a locked pool and give them
+/// back, so the steady state allocates nothing and concurrent calls never share a buffer.
+final class MatmulScratch {
+    let a: UnsafeMutablePointer<Float> // (MC, KC) packed in MR-row panels
+    let b: UnsafeMutablePointer<Float> // (KC, NC) packed in NR-column strips
+    let mc: Int, kc: Int, nc: Int
+    init(mc: Int, kc: Int, nc: Int) {
+        self.mc = mc; self.kc = kc; self.nc = nc
+        let aCount = (mc + MR - 1) / MR * MR * kc
+        let bCount = (nc + NR - 1) / NR * NR * kc
+        a = UnsafeMutableRawPointer.allocate(byteCount: aCount * 4, alignment: 64).bindMemory(to: Float.self, capacity: aCount)
+        b = UnsafeMutableRawPointer.allocate(byteCount: bCount * 4, alignment: 64).bindMemory(to: Float.self, capacity: bCount)
+    }
+    deinit { a.deallocate(); b.deallocate() }
+}
+
+private let scratchLock: UnsafeMutablePointer<pthread_mutex_t> = {
+    let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    pthread_mutex_init(lock, nil)
+    return lock
+}()
+nonisolated(unsafe) private var scratchPool: [MatmulScratch] = []
+
+private func takeScratch(mc: Int, kc: Int, nc: Int) -> MatmulScratch {
+    pthread_mutex_lock(scratchLock)
+    var found: MatmulScratch? = nil
+    if let last = scratchPool.popLast() { found = last }
+    pthread_mutex_unlock(scratchLock)
+    if let found, found.mc >= mc, found.kc >= kc, found.nc >= nc { return found }
+    // None free, or too small because the block sizes grew: a fresh one; a small one is dropped.
+    return MatmulScratch(mc: mc, kc: kc, nc: nc)
+}
+
+private func giveScratch(_ scratch: MatmulScratch) {
+    pthread_mutex_lock(scratchLock)
+    scratchPool.append(scratch)
+    pthread_mutex_unlock(scratchLock)
+}
+
+// MARK: - GEMM driver
+
+/// c (M, N) (=|+=) a (M, K) · b (K, N) [+ bias (N) when not accumulating]. Threads split the
+/// larger of M and N in whole register tiles; each runs the blocked loops on its own part.
+func gemm(_ M: Int, _ N: Int, _ K: Int, _ a: Operand, _ b: Operand,
+          _ c: UnsafeMutablePointer<Float>, _ ldc: Int, accumulate: Bool, bias: UnsafePointer<Float>?) {
+    if M <= 0 || N <= 0 { return }
+    if K <= 0 {
+        if !accumulate {
+            for i in 0 ..< M { for j in 0 ..< N { c[i * ldc + j] = bias?[j] ?? 0 } }
+        }
+        return
+    }
+    let KC = matmulKC, MC = matmulMC, NC = matmulNC
+    let mTiles = (M + MR - 1) / MR, nTiles = (N + NR - 1) / NR
+    let splitN = nTiles >= mTiles
+    let tiles = splitN ? nTiles : mTiles
+    let threads = max(1, min(CPUThreads.count, tiles))
+    parallelFor(threads) { t in
+        let lo = tiles * t / threads, hi = tiles * (t + 1) / threads
+        if lo >= hi { return }
+        let scratch = takeScratch(mc: MC, kc: KC, nc: NC)
+        if splitN {
+            gemmBlocked(0, M, lo * NR, min(N, hi * NR), K, a, b, c, ldc, accumulate, bias, scratch, MC, KC, NC)
+        } else {
+            gemmBlocked(lo * MR, min(M, hi * MR), 0, N, K, a, b, c, ldc, accumulate, bias, scratch, MC, KC, NC)
+        }
+        giveScratch(scratch)
+    }
+}
+
+/// The blocked loops on rows m0..<m1 and columns n0..<n1 of c, one thread.
+private func gemmBlocked(_ m0: Int, _ m1: Int, _ n0: Int, _ n1: Int, _ K: Int,
+                         _ a: Operand, _ b: Operand, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
+                         _ accumulate: Bool, _ bias: UnsafePointer<Float>?, _ scratch: MatmulScratch,
+                         _ MC: Int, _ KC: Int, _ NC: Int) {
+    let packedA = scratch.a, packedB = scratch.b
+    var jc = n0
+    while jc < n1 {
+        let nc = min(NC, n1 - jc)
+        var pc = 0
+        while pc < K {
+            let kc = min(KC, K - pc)
+            // Only the first K block may overwrite c (and add the bias); later ones add to it.
+            let overwrite = !accumulate && pc == 0
+            packB(packedB, b, pc, kc, jc, nc)
+            var ic = m0
+            while ic < m1 {
+                let mc = min(MC, m1 - ic)
+                packA(packedA, a, ic, mc, pc, kc)
+                var jr = 0
+                while jr < nc {
+                    let nr = min(NR, nc - jr)
+                    let stripB = packedB + jr * kc
+                    let biasStrip = bias.map { $0 + jc + jr }
+                    var ir = 0
+                    while ir < mc {
+                        let mr = min(MR, mc - ir)
+                        let tileC = c + (ic + ir) * ldc + jc + jr
+                        let panelA = UnsafePointer(packedA + ir * kc)
+                        if mr == MR && nr == NR {
+                            kernel8x48(kc, panelA, stripB, tileC, ldc, overwrite, biasStrip)
+                        } else {
+                            kernelEdge(kc, panelA, stripB, tileC, ldc, mr, nr, overwrite, biasStrip)
+                        }
+                        ir += MR
+                    }
+                    jr += NR
+                }
+                ic += mc
+            }
+            pc += kc
+        }
+        jc += nc
+    }
+}
+
+// MARK: - Packing
+
+/// Packs a (i0..<i0+mc, k0..<k0+kc) into MR-row panels: panel p holds element (p*MR + r, k)
+/// at [p*MR*kc + k*MR + r], rows past mc zero, so the kernel broadcasts one A value at a time.
+@inline(__always)
+private func packA(_ dst: UnsafeMutablePointer<Float>, _ a: Operand, _ i0: Int, _ mc: Int, _ k0: Int, _ kc: Int) {
+    var p = 0
+    while p < mc {
+        let rows = min(MR, mc - p)
+        let panel = dst + p * kc
+        if a.rowStride == 1 {
+            // Column-major source (dout read as doutᵀ): each k gives MR contiguous rows.
+            for k in 0 ..< kc {
+                let src = a.base + (k0 + k) * a.colStride + i0 + p
+                let out = panel + k * MR
+                if rows == MR {
+                    for r in 0 ..< MR { out[r] = src[r] }
+                } else {
+                    for r in 0 ..< MR { out[r] = r < rows ? src[r] : 0 }
+                }
+            }
+        } else {
+            for r in 0 ..< MR {
+                if r < rows {
+                    let src = a.base + (i0 + p + r) * a.rowStride + k0 * a.colStride
+                    let cs = a.colStride
+                    for k in 0 ..< kc { panel[k * MR + r] = src[k * cs] }
+                } else {
+                    for k in 0 ..< kc { panel[k * MR + r] = 0 }
+                }
+            }
+        }
+        p += MR
+    }
+}
+
+/// Packs b (k0..<k0+kc, j0..<j0+nc) into NR-column strips: strip s holds element (k, s*NR + j)
+/// at [s*NR*kc + k*NR + j], columns past nc zero, so the kernel loads three SIMD16 per k.
+@inline(__always)
+private func packB(_ dst: UnsafeMutablePointer<Float>, _ b: Operand, _ k0: Int, _ kc: Int, _ j0: Int, _ nc: Int) {
+    var s = 0
+    while s < nc {
+        let cols = min(NR, nc - s)
+        let strip = dst + s * kc
+        if b.colStride == 1 {
+            // Row-major source: each k row of the strip is a contiguous copy.
+            for k in 0 ..< kc {
+                let src = b.base + (k0 + k) * b.rowStride + j0 + s
+                let out = strip + k * NR
+                if cols == NR {
+                    storeVec(out, loadVec(src))
+                    storeVec(out + 16, loadVec(src + 16))
+                    storeVec(out + 32, loadVec(src + 32))
+                } else {
+                    for j in 0 ..< NR { out[j] = j < cols ? src[j] : 0 }
+                }
+            }
+        } else {
+            // Transposed source (the forward's weight): each column is contiguous in k. Copy in
+            // 16-k slabs so the 48 source lines and the 16 destination rows all stay in L1;
+            // a whole column at a time would stride through the 48 KiB strip and cost 2.5x more.
+            let rs = b.rowStride
+            var kb = 0
+            while kb < kc {
+                let kn = min(16, kc - kb)
+                for j in 0 ..< NR {
+                    let out = strip + kb * NR + j
+                    if j < cols {
+                        let src = b.base + (j0 + s + j) * b.colStride + (k0 + kb) * rs
+                        for k in 0 ..< kn { out[k * NR] = src[k * rs] }
+                    } else {
+                        for k in 0 ..< kn { out[k * NR] = 0 }
+                    }
+                }
+                kb += 16
+            }
+        }
+        s += NR
+    }
+}
+
+// MARK: - Kernels
+
+@inline(__always) func loadVec(_ p: UnsafePointer<Float>) -> SIMD16<Float> {
+    UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
+}
+@inline(__always) func loadVec(_ p: UnsafeMutablePointer<Float>) -> SIMD16<Float> {
+    UnsafeRawPointer(p).loadUnaligned(as: SIMD16<Float>.self)
+}
+@inline(__always) func storeVec(_ p: UnsafeMutablePointer<Float>, _ v: SIMD16<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD16<Float>.self)
+}
+
+/// c (8, 48) (=|+=) panelA (kc, 8) · stripB (kc, 48) [+ bias]: 24 SIMD16 accumulators, 24 FMAs
+/// per k for 3 vector loads and 8 broadcasts. `addingProduct` is what emits vfmadd231ps:
+/// Swift never fuses `a * b + c`.
+@inline(never)
+func kernel8x48(_ kc: Int, _ panelA: UnsafePointer<Float>, _ stripB: UnsafePointer<Float>,
+                _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ overwrite: Bool, _ bias: UnsafePointer<Float>?) {
+    var c00 = SIMD16<Float>(), c01 = SIMD16<Float>(), c02 = SIMD16<Float>()
+    var c10 = SIMD16<Float>(), c11 = SIMD16<Float>(), c12 = SIMD16<Float>()
+    var c20 = SIMD16<Float>(), c21 = SIMD16<Float>(), c22 = SIMD16<Float>()
+    var c30 = SIMD16<Float>(), c31 = SIMD16<Float>(), c32 = SIMD16<Float>()
+    var c40 = SIMD16<Float>(), c41 = SIMD16<Float>(), c42 = SIMD16<Float>()
+    var c50 = SIMD16<Float>(), c51 = SIMD16<Float>(), c52 = SIMD16<Float>()
+    var c60 = SIMD16<Float>(), c61 = SIMD16<Float>(), c62 = SIMD16<Float>()
+    var c70 = SIMD16<Float>(), c71 = SIMD16<Float>(), c72 = SIMD16<Float>()
+    var a = panelA, b = stripB
+    for _ in 0 ..< kc {
+        let b0 = loadVec(b), b1 = loadVec(b + 16), b2 = loadVec(b + 32)
+        var x = SIMD16<Float>(repeating: a[0])
+        c00 = c00.addingProduct(x, b0); c01 = c01.addingProduct(x, b1); c02 = c02.addingProduct(x, b2)
+        x = SIMD16<Float>(repeating: a[1])
+        c10 = c10.addingProduct(x, b0); c11 = c11.addingProduct(x, b1); c12 = c12.addingProduct(x, b2)
+        x = SIMD16<Float>(repeating: a[2])
+        c20 = c20.addingProduct(x, b0); c21 = c21.addingProduct(x, b1); c22 = c22.addingProduct(x, b2)
+        x = SIMD16<Float>(repeating: a[3])
+        c30 = c30.addingProduct(x, b0); c31 = c31.addingProduct(x, b1); c32 = c32.addingProduct(x, b2)
+        x = SIMD16<Float>(repeating: a[4])
+        c40 = c40.addingProduct(x, b0); c41 = c41.addingProduct(x, b1); c42 = c42.addingProduct(x, b2)
+        x = SIMD16<Float>(repeating: a[5])
+        c50 = c50.addingProduct(x, b0); c51 = c51.addingProduct(x, b1); c52 = c52.addingProduct(x, b2)
+        x = SIMD16<Float>(repeating: a[6])
+        c60 = c60.addingProduct(x, b0); c61 = c61.addingProduct(x, b1); c62 = c62.addingProduct(x, b2)
+        x = SIMD16<Float>(repeating: a[7])
+        c70 = c70.addingProduct(x, b0); c71 = c71.addingProduct(x, b1); c72 = c72.addingProduct(x, b2)
+        a += MR; b += NR
+    }
+    // Epilogue: one row of three vectors at a time.
+    @inline(__always) func put(_ row: UnsafeMutablePointer<Float>, _ v0: SIMD16<Float>, _ v1: SIMD16<Float>, _ v2: SIMD16<Float>) {
+        if !overwrite {
+            storeVec(row, loadVec(row) + v0); storeVec(row + 16, loadVec(row + 16) + v1)
+            storeVec(row + 32, loadVec(row + 32) + v2)
+        } else if let bias {
+            storeVec(row, loadVec(bias) + v0); storeVec(row + 16, loadVec(bias + 16) + v1)
+            storeVec(row + 32, loadVec(bias + 32) + v2)
+        } else {
+            storeVec(row, v0); storeVec(row + 16, v1); storeVec(row + 32, v2)
+        }
+    }
+    put(c, c00, c01, c02)
+    put(c + ldc, c10, c11, c12)
+    put(c + 2 * ldc, c20, c21, c22)
+    put(c + 3 * ldc, c30, c31, c32)
+    put(c + 4 * ldc, c40, c41, c42)
+    put(c + 5 * ldc, c50, c51, c52)
+    put(c + 6 * ldc, c60, c61, c62)
+    put(c + 7 * ldc, c70, c71, c72)
+}
+
+/// A partial tile (mr < 8 or nr < 48 at the matrix edge): the full kernel into a stack tile
+/// (packing zero-padded the missing rows and columns), then only the valid part goes to c.
+private func kernelEdge(_ kc: Int, _ panelA: UnsafePointer<Float>, _ stripB: UnsafePointer<Float>,
+                        _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ mr: Int, _ nr: Int,
+                        _ overwrite: Bool, _ bias: UnsafePointer<Float>?) {
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: MR * NR) { tile in
+        let t = tile.baseAddress!
+        kernel8x48(kc, panelA, stripB, t, NR, true, nil)
+        for r in 0 ..< mr {
+            let row = c + r * ldc, src = t + r * NR
+            for j in 0 ..< nr {
+                row[j] = (overwrite ? (bias?[j] ?? 0) : row[j]) + src[j]
+            }
+        }
+    }
+}
+
+// MARK: - Bias backward
+
+/// dbias (OC) += Σ_bt dout (BT, OC), threads over column chunks, SIMD16 down each chunk.
+func biasBackward(_ dbias: UnsafeMutablePointer<Float>, _ dout: UnsafePointer<Float>, _ BT: Int, _ OC: Int) {
+    let chunks = (OC + 255) / 256
+    parallelFor(chunks) { ch in
+        let o0 = ch * 256, o1 = min(OC, o0 + 256)
+        var o = o0
+        while o + 16 <= o1 {
+            var sum = SIMD16<Float>()
+            for bt in 0 ..< BT { sum += loadVec(dout + bt * OC + o) }
+            storeVec(dbias + o, loadVec(dbias + o) + sum)
+            o += 16
+        }
+        while o < o1 {
+            var sum: Float = 0
+            for bt in 0 ..< BT { sum += dout[bt * OC + o] }
+            dbias[o] += sum
+            o += 1
+        }
+    }
+}

@@ -1,0 +1,78 @@
+// Peak fp32 rate of this machine, measured: a register-only SIMD16 FMA loop on every thread and on
+// one. Benchmarks divide by it to print the fraction of peak.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Measured peak fp32 rates in GFLOP/s (an FMA counts as 2 FLOPs).
+public struct PeakFLOPs {
+    public let allThreads: Double
+    public let oneThread: Double
+    public let threads: Int
+}
+
+/// Seconds on the monotonic clock.
+public func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
+/// Runs `iterations` steps of 16 independent SIMD16 FMA chains (enough to cover FMA latency on
+/// two 512-bit pipes) and returns a value that depends on all of them so nothing is optimized away.
+@inline(never)
+func fmaLoop(_ iterations: Int, _ seed: Float) -> Float {
+    let m = SIMD16<Float>(repeating: 0.999_999), d = SIMD16<Float>(repeating: 1e-7)
+    var a0 = SIMD16<Float>(repeating: seed), a1 = a0 + 1, a2 = a0 + 2, a3 = a0 + 3
+    var a4 = a0 + 4, a5 = a0 + 5, a6 = a0 + 6, a7 = a0 + 7
+    var a8 = a0 + 8, a9 = a0 + 9, a10 = a0 + 10, a11 = a0 + 11
+    var a12 = a0 + 12, a13 = a0 + 13, a14 = a0 + 14, a15 = a0 + 15
+    for _ in 0 ..< iterations {
+        a0 = a0.addingProduct(m, d); a1 = a1.addingProduct(m, d); a2 = a2.addingProduct(m, d)
+        a3 = a3.addingProduct(m, d); a4 = a4.addingProduct(m, d); a5 = a5.addingProduct(m, d)
+        a6 = a6.addingProduct(m, d); a7 = a7.addingProduct(m, d); a8 = a8.addingProduct(m, d)
+        a9 = a9.addingProduct(m, d); a10 = a10.addingProduct(m, d); a11 = a11.addingProduct(m, d)
+        a12 = a12.addingProduct(m, d); a13 = a13.addingProduct(m, d); a14 = a14.addingProduct(m, d)
+        a15 = a15.addingProduct(m, d)
+    }
+    let s = (a0 + a1 + a2 + a3) + (a4 + a5 + a6 + a7) + (a8 + a9 + a10 + a11) + (a12 + a13 + a14 + a15)
+    return s.sum()
+}
+
+/// FLOPs per fmaLoop iteration: 16 FMAs of 16 lanes, 2 FLOPs each.
+let fmaLoopFLOPs = 16.0 * 16.0 * 2.0
+
+/// Measures the peak with `threads` threads (CPUThreads.count by default) and with one; each is
+/// the best of `repeats` runs of about `seconds` seconds, so a busy moment on a shared machine
+/// does not lower it.
+public func measurePeakFLOPs(threads: Int = CPUThreads.count, seconds: Double = 0.1, repeats: Int = 5) -> PeakFLOPs {
+    // Calibrate the iteration count on one thread.
+    var iterations = 1 << 16
+    while true {
+        let t0 = monotonicSeconds()
+        _ = fmaLoop(iterations, 1)
+        if monotonicSeconds() - t0 > seconds / 4 || iterations > 1 << 30 { break }
+        iterations *= 2
+    }
+    let n = iterations * 4
+    func rate(_ threadCount: Int) -> Double {
+        var best = 0.0
+        let saved = CPUThreads.count
+        CPUThreads.count = threadCount
+        defer { CPUThreads.count = saved }
+        for _ in 0 ..< repeats {
+            let t0 = monotonicSeconds()
+            parallelFor(threadCount) { t in
+                let r = fmaLoop(n, Float(t))
+                if r == .infinity { print(r) } // keep the result alive
+            }
+            let dt = monotonicSeconds() - t0
+            best = max(best, Double(threadCount) * Double(n) * fmaLoopFLOPs / dt / 1e9)
+        }
+        return best
+    }
+    let all = rate(threads)
+    let one = rate(1)
+    return PeakFLOPs(allThreads: all, oneThread: one, threads: threads)
+}

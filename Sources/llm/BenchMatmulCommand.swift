@@ -1,0 +1,121 @@
+// `llm bench matmul`: times the CPU matmul on the GPT-2 124M shapes (forward and both backward
+// products) against the measured peak; the floor of each is its FLOPs over that peak.
+
+import ArgumentParser
+import LLMCPU
+
+struct BenchMatmul: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "matmul",
+        abstract: "Time the CPU matmul on the GPT-2 124M shapes: ms, GFLOP/s and fraction of peak.")
+
+    @Option(help: "Threads (default: all online cores).")
+    var threads: Int?
+
+    @Option(help: "Rows of the input, B*T (GPT-2 124M at B=4, T=64 gives 256).")
+    var bt: Int = 256
+
+    @Option(help: "Timed repeats per product; the median is printed.")
+    var repeats: Int = 10
+
+    @Option(help: "Untimed warm-up runs per product.")
+    var warmup: Int = 2
+
+    @Option(help: "Only the shapes whose name contains this (qkv, attproj, fc, fcproj, lm).")
+    var only: String?
+
+    @Option(help: ArgumentHelp("Cache block sizes MC,KC,NC (tuning).", visibility: .hidden))
+    var blocks: String?
+
+    mutating func run() throws {
+        if let threads {
+            guard threads >= 1 else { throw ValidationError("--threads: must be at least 1") }
+            CPUThreads.count = threads
+        }
+        if let blocks {
+            let sizes = blocks.split(separator: ",").compactMap { Int($0) }
+            guard sizes.count == 3, sizes.allSatisfy({ $0 > 0 }) else {
+                throw ValidationError("--blocks: expected MC,KC,NC, three positive integers")
+            }
+            matmulMC = sizes[0]; matmulKC = sizes[1]; matmulNC = sizes[2]
+        }
+        let BT = bt
+        let peak = measurePeakFLOPs()
+        print("peak fp32 (FMA loop): \(fmt(peak.allThreads, 1)) GFLOP/s on \(peak.threads) threads, "
+              + "\(fmt(peak.oneThread, 1)) on one")
+        print("BT=\(BT), threads=\(CPUThreads.count), median of \(repeats) after \(warmup) warm-up, "
+              + "blocks MC=\(matmulMC) KC=\(matmulKC) NC=\(matmulNC)")
+        print("")
+        let shapes: [(String, Int, Int)] = [
+            ("qkv", 768, 2304), ("attproj", 768, 768), ("fc", 768, 3072),
+            ("fcproj", 3072, 768), ("lm head", 768, 50304),
+        ]
+        print(pad("shape", 9) + pad("C", 6) + pad("OC", 7) + pad("product", 9)
+              + pad("ms", 9) + pad("GFLOP/s", 9) + pad("peak", 7) + "floor ms")
+        var totalMs = 0.0, totalFLOPs = 0.0
+        for (name, C, OC) in shapes where only.map({ name.hasPrefix($0) }) ?? true {
+            let inp = randomBuffer(BT * C), weight = randomBuffer(OC * C), bias = randomBuffer(OC)
+            let out = randomBuffer(BT * OC), dout = randomBuffer(BT * OC)
+            let dinp = randomBuffer(BT * C), dweight = randomBuffer(OC * C)
+            defer { for p in [inp, weight, bias, out, dout, dinp, dweight] { p.deallocate() } }
+            let flops = 2.0 * Double(BT) * Double(C) * Double(OC)
+            let products: [(String, () -> Void)] = [
+                ("forward", { matmulForward(out, inp, weight, bias, BT, C, OC) }),
+                ("dinp", { matmulBackwardInput(dinp, dout, weight, BT, C, OC) }),
+                ("dweight", { matmulBackwardWeight(dweight, nil, dout, inp, BT, C, OC) }),
+            ]
+            for (product, body) in products {
+                let ms = medianMs(body)
+                let gflops = flops / (ms * 1e-3) / 1e9
+                totalMs += ms; totalFLOPs += flops
+                print(pad(name, 9) + pad("\(C)", 6) + pad("\(OC)", 7) + pad(product, 9)
+                      + pad(fmt(ms, 2), 9) + pad(fmt(gflops, 1), 9)
+                      + pad(fmt(100 * gflops / peak.allThreads, 0) + "%", 7)
+                      + fmt(flops / (peak.allThreads * 1e9) * 1e3, 2))
+            }
+        }
+        let gflops = totalFLOPs / (totalMs * 1e-3) / 1e9
+        print("")
+        print("all 15 products: \(fmt(totalMs, 1)) ms, \(fmt(gflops, 1)) GFLOP/s, "
+              + "\(fmt(100 * gflops / peak.allThreads, 0))% of peak")
+    }
+
+    func medianMs(_ body: () -> Void) -> Double {
+        for _ in 0 ..< warmup { body() }
+        var times: [Double] = []
+        for _ in 0 ..< max(1, repeats) {
+            let t0 = monotonicSeconds()
+            body()
+            times.append((monotonicSeconds() - t0) * 1e3)
+        }
+        times.sort()
+        return times[times.count / 2]
+    }
+}
+
+/// A buffer of uniform values in [-1, 1) from a fixed xorshift stream.
+private func randomBuffer(_ count: Int) -> UnsafeMutablePointer<Float> {
+    let p = UnsafeMutablePointer<Float>.allocate(capacity: count)
+    var state: UInt64 = 0x9E37_79B9_7F4A_7C15 &+ UInt64(count)
+    for i in 0 ..< count {
+        state ^= state << 13; state ^= state >> 7; state ^= state << 17
+        p[i] = Float(state >> 40) / Float(1 << 23) - 1
+    }
+    return p
+}
+
+private func fmt(_ x: Double, _ decimals: Int) -> String {
+    var scale = 1.0
+    for _ in 0 ..< decimals { scale *= 10 }
+    let r = (x * scale).rounded() / scale
+    if decimals == 0 { return String(Int(r)) }
+    let whole = Int(r.magnitude)
+    let frac = Int(((r.magnitude - Double(whole)) * scale).rounded())
+    var fs = String(frac)
+    while fs.count < decimals { fs = "0" + fs }
+    return (r < 0 ? "-" : "") + "\(whole).\(fs)"
+}
+
+private func pad(_ s: String, _ width: Int) -> String {
+    s.count >= width ? s + " " : s + String(repeating: " ", count: width - s.count)
+}

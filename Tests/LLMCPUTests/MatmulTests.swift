@@ -1,0 +1,132 @@
+// Tests for the packed SIMD matmul: each product against the scalar reference on small, odd and
+// tiny-model shapes, with the accumulate (+=) semantics and a nil bias checked.
+
+import Testing
+@testable import LLMCPU
+
+/// A buffer of uniform values in [-1, 1) from a seeded xorshift stream.
+private func randomArray(_ count: Int, seed: UInt64) -> [Float] {
+    var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1
+    return (0 ..< count).map { _ in
+        state ^= state << 13; state ^= state >> 7; state ^= state << 17
+        return Float(state >> 40) / Float(1 << 23) - 1
+    }
+}
+
+/// max |a - b| / max(1, max |b|): the error relative to the magnitude of the reference.
+private func relativeMaxDiff(_ a: [Float], _ b: [Float]) -> Float {
+    var diff: Float = 0, scale: Float = 1
+    for i in a.indices {
+        diff = max(diff, abs(a[i] - b[i]))
+        scale = max(scale, abs(b[i]))
+    }
+    return diff / scale
+}
+
+/// (BT, C, OC): odd sizes that hit every edge of the 8 × 48 tile and the cache blocks, and the
+/// tiny test model's shapes.
+private let shapes: [(Int, Int, Int)] = [
+    (1, 1, 1), (7, 5, 3), (9, 17, 49), (8, 48, 48), (13, 33, 97), (17, 300, 50), (31, 257, 95),
+    (128, 64, 512), (128, 64, 192), (128, 256, 64), (40, 520, 790),
+]
+
+@Test func matmulForwardMatchesReference() {
+    for (index, (BT, C, OC)) in shapes.enumerated() {
+        let inp = randomArray(BT * C, seed: UInt64(index) + 1)
+        let weight = randomArray(OC * C, seed: UInt64(index) + 100)
+        let bias = randomArray(OC, seed: UInt64(index) + 200)
+        for withBias in [true, false] {
+            // Garbage in out: the forward must overwrite it, not add to it.
+            var out = randomArray(BT * OC, seed: 7), ref = [Float](repeating: 0, count: BT * OC)
+            bias.withUnsafeBufferPointer { b in
+                let biasPointer = withBias ? b.baseAddress : nil
+                matmulForward(&out, inp, weight, biasPointer, BT, C, OC)
+                matmulForwardReference(&ref, inp, weight, biasPointer, BT, C, OC)
+            }
+            let diff = relativeMaxDiff(out, ref)
+            #expect(diff < 1e-5, "forward BT=\(BT) C=\(C) OC=\(OC) bias=\(withBias): \(diff)")
+        }
+    }
+}
+
+@Test func matmulBackwardMatchesReferenceAndAccumulates() {
+    for (index, (BT, C, OC)) in shapes.enumerated() {
+        let inp = randomArray(BT * C, seed: UInt64(index) + 1)
+        let weight = randomArray(OC * C, seed: UInt64(index) + 100)
+        let dout = randomArray(BT * OC, seed: UInt64(index) + 300)
+        // Start every gradient from non-zero values: backward must add to them.
+        let dinp0 = randomArray(BT * C, seed: 11), dweight0 = randomArray(OC * C, seed: 12)
+        let dbias0 = randomArray(OC, seed: 13)
+        var dinp = dinp0, dweight = dweight0, dbias = dbias0
+        var dinpRef = dinp0, dweightRef = dweight0, dbiasRef = dbias0
+        matmulBackward(&dinp, &dweight, &dbias, dout, inp, weight, BT, C, OC)
+        matmulBackwardReference(&dinpRef, &dweightRef, &dbiasRef, dout, inp, weight, BT, C, OC)
+        let shape = "BT=\(BT) C=\(C) OC=\(OC)"
+        #expect(relativeMaxDiff(dinp, dinpRef) < 1e-5, "dinp \(shape)")
+        #expect(relativeMaxDiff(dweight, dweightRef) < 1e-5, "dweight \(shape)")
+        #expect(relativeMaxDiff(dbias, dbiasRef) < 1e-5, "dbias \(shape)")
+
+        // A second call adds the same gradient again: the result is the start plus twice it.
+        matmulBackward(&dinp, &dweight, &dbias, dout, inp, weight, BT, C, OC)
+        let twice = { (start: [Float], once: [Float]) in zip(start, once).map { s, o in s + 2 * (o - s) } }
+        #expect(relativeMaxDiff(dinp, twice(dinp0, dinpRef)) < 1e-5, "dinp twice \(shape)")
+        #expect(relativeMaxDiff(dweight, twice(dweight0, dweightRef)) < 1e-5, "dweight twice \(shape)")
+        #expect(relativeMaxDiff(dbias, twice(dbias0, dbiasRef)) < 1e-5, "dbias twice \(shape)")
+    }
+}
+
+@Test func matmulBackwardWithoutBias() {
+    let (BT, C, OC) = (13, 33, 97)
+    let inp = randomArray(BT * C, seed: 1), weight = randomArray(OC * C, seed: 2)
+    let dout = randomArray(BT * OC, seed: 3)
+    var dinp = [Float](repeating: 0, count: BT * C), dweight = [Float](repeating: 0, count: OC * C)
+    var dinpRef = dinp, dweightRef = dweight
+    matmulBackward(&dinp, &dweight, nil, dout, inp, weight, BT, C, OC)
+    matmulBackwardReference(&dinpRef, &dweightRef, nil, dout, inp, weight, BT, C, OC)
+    #expect(relativeMaxDiff(dinp, dinpRef) < 1e-5)
+    #expect(relativeMaxDiff(dweight, dweightRef) < 1e-5)
+}
+
+/// The reference itself on a 2 × 2 case worked by hand, so the oracle is not just self-consistent.
+@Test func matmulReferenceByHand() {
+    // inp = [[1, 2], [3, 4]], weight = [[5, 6], [7, 8]], bias = [1, -1]
+    // out = inp · weightᵀ + bias = [[17+1, 23-1], [39+1, 53-1]]
+    let inp: [Float] = [1, 2, 3, 4], weight: [Float] = [5, 6, 7, 8], bias: [Float] = [1, -1]
+    var out = [Float](repeating: 0, count: 4), fast = out
+    matmulForwardReference(&out, inp, weight, bias, 2, 2, 2)
+    matmulForward(&fast, inp, weight, bias, 2, 2, 2)
+    #expect(out == [18, 22, 40, 52])
+    #expect(fast == [18, 22, 40, 52])
+    // dout = [[1, 0], [0, 1]]: dinp = dout · weight = weight, dweight = doutᵀ · inp = inp, dbias = [1, 1]
+    let dout: [Float] = [1, 0, 0, 1]
+    var dinp = [Float](repeating: 0, count: 4), dweight = dinp, dbias: [Float] = [0, 0]
+    matmulBackward(&dinp, &dweight, &dbias, dout, inp, weight, 2, 2, 2)
+    #expect(dinp == weight)
+    #expect(dweight == inp)
+    #expect(dbias == [1, 1])
+}
+
+/// Several cache blocks in every dimension (small block sizes), on several threads, and calls
+/// from concurrent tasks sharing the scratch pool.
+@Test func matmulSmallBlocksAndThreads() {
+    let saved = (matmulMC, matmulKC, matmulNC, CPUThreads.count)
+    defer { (matmulMC, matmulKC, matmulNC, CPUThreads.count) = saved }
+    let (BT, C, OC) = (70, 150, 230)
+    let inp = randomArray(BT * C, seed: 21), weight = randomArray(OC * C, seed: 22)
+    let bias = randomArray(OC, seed: 23), dout = randomArray(BT * OC, seed: 24)
+    var outRef = [Float](repeating: 0, count: BT * OC)
+    var dinpRef = [Float](repeating: 0, count: BT * C), dweightRef = [Float](repeating: 0, count: OC * C)
+    matmulForwardReference(&outRef, inp, weight, bias, BT, C, OC)
+    matmulBackwardReference(&dinpRef, &dweightRef, nil, dout, inp, weight, BT, C, OC)
+    for (mc, kc, nc, threads) in [(16, 40, 96, 3), (24, 64, 48, 2), (256, 256, 768, 4)] {
+        matmulMC = mc; matmulKC = kc; matmulNC = nc; CPUThreads.count = threads
+        var out = [Float](repeating: 0, count: BT * OC)
+        var dinp = [Float](repeating: 0, count: BT * C), dweight = [Float](repeating: 0, count: OC * C)
+        matmulForward(&out, inp, weight, bias, BT, C, OC)
+        matmulBackward(&dinp, &dweight, nil, dout, inp, weight, BT, C, OC)
+        let blocks = "MC=\(mc) KC=\(kc) NC=\(nc) threads=\(threads)"
+        #expect(relativeMaxDiff(out, outRef) < 1e-5, "forward \(blocks)")
+        #expect(relativeMaxDiff(dinp, dinpRef) < 1e-5, "dinp \(blocks)")
+        #expect(relativeMaxDiff(dweight, dweightRef) < 1e-5, "dweight \(blocks)")
+    }
+}
