@@ -66,8 +66,15 @@ public protocol GPT2Backend: AnyObject {
 
     /// Peak FLOP/s of the device for MFU (llm.c's table for GPUs); nil where MFU means nothing.
     var peakFLOPs: Double? { get }
+
+    /// Random-generator states the backend owns (the GPU's stochastic-rounding seeds), saved in
+    /// training checkpoints so a resumed run rounds exactly as the uninterrupted one.
+    func readRandomState() throws -> [UInt64]
+    func writeRandomState(_ state: [UInt64]) throws
 }
 
 extension GPT2Backend {
     public var peakFLOPs: Double? { nil }
+    public func readRandomState() throws -> [UInt64] { [] }
+    public func writeRandomState(_ state: [UInt64]) throws {}
 }

@@ -1,17 +1,6 @@
 // HellaSwag-style multiple-choice evaluation with llm.c's scoring: each completion is scored by
 // its mean per-token loss after the shared context, and the lowest mean loss wins ("acc_norm").
 
-public struct MultipleChoiceExample: Equatable {
-    public var label: Int              // index of the right completion
-    public var context: [Int32]        // tokens shared by every completion
-    public var completions: [[Int32]]  // 4 for HellaSwag
-    public init(label: Int, context: [Int32], completions: [[Int32]]) {
-        self.label = label
-        self.context = context
-        self.completions = completions
-    }
-}
-
 /// The index of the completion with the lowest mean loss (ties go to the lowest index).
 /// `rowLosses[i]` are the per-token losses of completion i's tokens.
 public func pickCompletion(_ rowLosses: [[Float]]) -> Int {
@@ -33,7 +22,7 @@ public struct MultipleChoiceResult: Equatable {
 /// Scores examples on `model`, packing B / choices examples per forward pass of (B, T), one row per
 /// completion: the context, then the completion; the targets at the completion's positions are
 /// the completion's tokens. `progress(done, total)` is called after each batch.
-public func evaluateMultipleChoice(_ examples: [MultipleChoiceExample], model: GPT2Backend, B: Int, T: Int,
+public func evaluateMultipleChoice(_ examples: [EvalExample], model: GPT2Backend, B: Int, T: Int,
                                    padToken: Int32 = 50256,
                                    progress: ((Int, Int) -> Void)? = nil) throws -> MultipleChoiceResult {
     guard let choices = examples.first?.completions.count, choices > 0 else { return MultipleChoiceResult(correct: 0, total: 0) }

@@ -103,6 +103,25 @@ public func prepareTinyShakespeare(input: String, outputDirectory: String, token
     return try prepareShards(inputs: [input], tokenizer: tokenizer, options: options)
 }
 
+/// The tokens `prepareShards` would write for one text file, kept in memory: [EOT] + ids per
+/// document. The default `llm train` run uses this to train on bundled text with no files.
+public func tokenizeDocuments(path: String, tokenizer: Tokenizer, split: DocumentSplit,
+                              threads: Int = 1) throws -> [UInt16] {
+    let raw = try readFileBytes(path)
+    if raw.isEmpty { throw LLMError("\(path): empty input") }
+    let bytes = try checkedUTF8(raw, source: path, lossy: false)
+    var tokens: [UInt16] = []
+    for batch in try documentBatches(bytes, path: path, split: split) {
+        for doc in encodeDocuments(batch, tokenizer: tokenizer, threads: threads) {
+            for id in doc {
+                guard id >= 0 && id < 65536 else { throw LLMError("\(path): token id \(id) does not fit uint16") }
+                tokens.append(UInt16(id))
+            }
+        }
+    }
+    return tokens
+}
+
 // MARK: - Documents
 
 /// Documents as byte ranges of one text buffer, at most about 16 MB of text per batch.

@@ -38,6 +38,9 @@ public struct TrainingOptions {
     /// Skip an update whose loss / grad-norm z-score (over the last 128 steps) exceeds this; 0 = off.
     public var skipLossZ: Double = 0
     public var skipNormZ: Double = 0
+    /// With `checkpoints` set: save a checkpoint every N steps (0 = only at the end) and at the end.
+    public var checkpointEvery = 0
+    public var checkpointPrecision: CheckpointFile.Precision = .fp32
 
     public init() {}
 }
@@ -62,9 +65,14 @@ public struct TrainStepReport {
     public var learningRate: Float
     public var milliseconds: Double
     public var tokensPerSecond: Double
-    public var mfu: Double?          // fraction, GPU only
+    public var mfuPercent: Double?   // GPU only
     public var skipped: Bool
     public var etaSeconds: Double
+}
+
+/// Thrown when the loop stops early on request (`stopAfterStep`).
+public struct TrainingStopped: Error {
+    public let step: Int
 }
 
 // MARK: - Clock
@@ -94,8 +102,10 @@ public final class Trainer {
     public weak var observer: TrainingObserver?
     /// The step the loop starts at (after a resume).
     public var startStep = 0
-    /// Called before each optimizer step's training work, e.g. to save a checkpoint.
-    public var beforeStep: ((Int) throws -> Void)?
+    /// Stop with `TrainingStopped` once this step's update is done (tests use it as a kill).
+    public var stopAfterStep: Int?
+    /// Where checkpoints go (model_, state_, DONE_ files); nil = no checkpoints.
+    public var checkpoints: CheckpointDirectory?
     /// Called at each evaluation point (step % valEvery == 0 and the last step) after val loss.
     public var evaluate: ((Int) throws -> Void)?
 
@@ -117,12 +127,6 @@ public final class Trainer {
                                         warmupSteps: options.warmupSteps, totalSteps: steps,
                                         finalFraction: options.finalLearningRateFraction)
         try schedule.validate(flag: "--lr")
-    }
-
-    /// FLOPs per token for MFU, as llm.c: 6N + 6 L C T (N with the padded vocabulary).
-    public var flopsPerToken: Double {
-        let c = model.config
-        return 6 * Double(ParameterLayout(c).count) + 6 * Double(c.numLayers * c.channels * options.T)
     }
 
     // MARK: Evaluation
@@ -182,10 +186,8 @@ public final class Trainer {
     public func run() throws -> [Float] {
         let o = options
         var losses: [Float] = []
-        var emaTokensPerSecond = 0.0
-        var emaCount = 0
-        var timedSeconds = 0.0, timedSteps = 0
-        let tokensPerStep = Double(o.B * o.T * gradAccumSteps)
+        var meter = ThroughputMeter(totalSteps: steps)
+        let tokensPerStep = o.B * o.T * gradAccumSteps
         for step in startStep ... steps {
             let last = step == steps
             if val != nil && o.valEvery > 0 && (step % o.valEvery == 0 || last) {
@@ -197,7 +199,10 @@ public final class Trainer {
                 let text = decode?(generated) ?? generated.map(String.init).joined(separator: " ")
                 observer?.sample(step: step, text: text)
             }
-            try beforeStep?(step)
+            if let checkpoints, step > startStep, last || (o.checkpointEvery > 0 && step % o.checkpointEvery == 0) {
+                try saveCheckpoint(step: step, to: checkpoints, precision: o.checkpointPrecision)
+                observer?.message("saved checkpoint " + checkpoints.modelPath(step: step))
+            }
             if last { break }
 
             let t0 = monotonicSeconds()
@@ -224,20 +229,16 @@ public final class Trainer {
             let seconds = monotonicSeconds() - t0
             losses.append(loss)
 
-            if step > startStep {  // the first step carries warm-up costs
-                timedSeconds += seconds
-                timedSteps += 1
-                emaCount += 1
-                emaTokensPerSecond = 0.95 * emaTokensPerSecond + 0.05 * tokensPerStep / seconds
+            meter.record(step: step, seconds: seconds, tokens: tokensPerStep)
+            let mfu = model.peakFLOPs.map {
+                mfuPercent(config: model.config, sequenceLength: o.T, tokensPerSecond: Double(tokensPerStep) / seconds,
+                           peakFlops: $0)
             }
-            let tokensPerSecond = emaCount > 0 ? emaTokensPerSecond / (1 - pow(0.95, Double(emaCount)))
-                                               : tokensPerStep / seconds
-            let meanStep = timedSteps > 0 ? timedSeconds / Double(timedSteps) : seconds
-            let mfu = model.peakFLOPs.map { flopsPerToken * tokensPerStep / seconds / $0 }
             observer?.trainStep(TrainStepReport(
                 step: step, steps: steps, loss: loss, lossZ: lossZ, gradNorm: norm, normZ: normZ, learningRate: lr,
-                milliseconds: seconds * 1000, tokensPerSecond: tokensPerSecond, mfu: mfu, skipped: skipped,
-                etaSeconds: meanStep * Double(steps - step - 1)))
+                milliseconds: seconds * 1000, tokensPerSecond: meter.tokensPerSecond, mfuPercent: mfu,
+                skipped: skipped, etaSeconds: meter.etaSeconds(afterStep: step)))
+            if let stop = stopAfterStep, step >= stop { throw TrainingStopped(step: step) }
         }
         return losses
     }

@@ -31,8 +31,11 @@ func makeBackend(_ device: DeviceChoice, config: GPT2Config, parameters: [Float]
     switch device {
     case .cpu:
         return try makeCPUBackend(config: config, parameters: parameters, B: B, T: T)
-    case .cuda, .auto:
-        throw LLMError("--device \(device.rawValue): the CUDA backend is not built yet")
+    case .auto:
+        log("device: no CUDA backend in this build; using the CPU")
+        return try makeCPUBackend(config: config, parameters: parameters, B: B, T: T)
+    case .cuda:
+        throw LLMError("--device cuda: the CUDA backend is not built yet")
     }
 }
 

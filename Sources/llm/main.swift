@@ -7,7 +7,7 @@ struct LLMCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "llm",
         abstract: "Train GPT-2 from scratch in Swift, on the CPU or an NVIDIA GPU; llm.c-compatible files.",
-        subcommands: [CheckCommand.self, Prepare.self, PlotCommand.self, Bench.self])
+        subcommands: [Train.self, CheckCommand.self, Prepare.self, PlotCommand.self, Bench.self])
 }
 
 /// `llm bench ...`: benchmarks print figures; tests never time anything.

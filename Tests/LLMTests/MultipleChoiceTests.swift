@@ -15,9 +15,9 @@ import Testing
         // Loss of a target token is its id / 10: completions of small ids win.
         model.lossOf = { _, target in Float(target) / 10 }
         let examples = [
-            MultipleChoiceExample(label: 2, context: [5, 6], completions: [[30, 31], [20], [1, 2, 3], [40]]),
-            MultipleChoiceExample(label: 0, context: [7], completions: [[9, 9], [10, 50], [11], [12]]),
-            MultipleChoiceExample(label: 3, context: [1, 2, 3], completions: [[5], [6], [7], [8]]),  // wrong: 0 wins
+            EvalExample(label: 2, context: [5, 6], completions: [[30, 31], [20], [1, 2, 3], [40]]),
+            EvalExample(label: 0, context: [7], completions: [[9, 9], [10, 50], [11], [12]]),
+            EvalExample(label: 3, context: [1, 2, 3], completions: [[5], [6], [7], [8]]),  // wrong: 0 wins
         ]
         var calls: [Int] = []
         let r = try evaluateMultipleChoice(examples, model: model, B: 8, T: 8, progress: { done, _ in calls.append(done) })
@@ -27,7 +27,7 @@ import Testing
 
     @Test func examplesThatDoNotFitAreNamed() {
         let model = MockBackend(config: mockConfig, B: 4, T: 4)
-        let ex = MultipleChoiceExample(label: 0, context: [1, 2, 3], completions: [[1, 2], [1], [1], [1]])
+        let ex = EvalExample(label: 0, context: [1, 2, 3], completions: [[1, 2], [1], [1], [1]])
         #expect(throws: LLMError.self) { _ = try evaluateMultipleChoice([ex], model: model, B: 4, T: 4) }
         #expect(throws: LLMError.self) { _ = try evaluateMultipleChoice([ex], model: model, B: 2, T: 8) }
     }

@@ -84,7 +84,7 @@ func temporaryDirectory() -> String {
 // MARK: - Round trip
 
 /// A seeded xorshift generator so the property test is reproducible.
-struct XorShift: RandomNumberGenerator {
+struct SeededGenerator: RandomNumberGenerator {
     var state: UInt64
     mutating func next() -> UInt64 {
         state ^= state << 13; state ^= state >> 7; state ^= state << 17
@@ -93,7 +93,7 @@ struct XorShift: RandomNumberGenerator {
 }
 
 @Test func decodeOfEncodeIsIdentityOnRandomUnicode() throws {
-    var rng = XorShift(state: 20240520)
+    var rng = SeededGenerator(state: 20240520)
     // Mix the ranges the scanner treats differently: ASCII, spaces, Latin-1, combining marks,
     // CJK, astral (emoji, letters), and every kind of whitespace.
     let pools: [ClosedRange<UInt32>] = [0x20...0x7E, 0x00...0x1F, 0x80...0xFF, 0x300...0x36F, 0x370...0x3FF,
@@ -121,7 +121,7 @@ struct XorShift: RandomNumberGenerator {
 
 @Test func multiThreadedIdsEqualSingleThreaded() throws {
     // Text with many kinds of line ends so every cut rule is exercised.
-    var rng = XorShift(state: 7)
+    var rng = SeededGenerator(state: 7)
     var text = ""
     let words = ["the", "  spaces", "\n", "\n\n", " \n", "don't", "ÉCOLE", "数字", "123", " x", "\t", "—", "é\n", "'ll"]
     for _ in 0..<20000 { text += words.randomElement(using: &rng)! }
