@@ -19,6 +19,13 @@ public func monotonicSeconds() -> Double {
     return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
 }
 
+/// CPU seconds used by this process, all threads together.
+public func processCPUSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
 /// Runs `iterations` steps of 16 independent SIMD16 FMA chains (enough to cover FMA latency on
 /// two 512-bit pipes) and returns a value that depends on all of them so nothing is optimized away.
 @inline(never)

@@ -27,6 +27,13 @@ struct BenchMatmul: ParsableCommand {
     @Option(help: ArgumentHelp("Cache block sizes MC,KC,NC (tuning).", visibility: .hidden))
     var blocks: String?
 
+    @Option(help: ArgumentHelp("K block of the forward (tuning).", visibility: .hidden))
+    var forwardKC: Int?
+
+    @Flag(help: ArgumentHelp("Time with the process CPU clock (tuning on a busy machine, one thread).",
+                             visibility: .hidden))
+    var cpuClock = false
+
     mutating func run() throws {
         if let threads {
             guard threads >= 1 else { throw ValidationError("--threads: must be at least 1") }
@@ -39,6 +46,7 @@ struct BenchMatmul: ParsableCommand {
             }
             matmulMC = sizes[0]; matmulKC = sizes[1]; matmulNC = sizes[2]
         }
+        if let forwardKC { matmulForwardKC = forwardKC }
         let BT = bt
         let peak = measurePeakFLOPs()
         print("peak fp32 (FMA loop): \(fmt(peak.allThreads, 1)) GFLOP/s on \(peak.threads) threads, "
@@ -80,13 +88,15 @@ struct BenchMatmul: ParsableCommand {
               + "\(fmt(100 * gflops / peak.allThreads, 0))% of peak")
     }
 
+    func now() -> Double { cpuClock ? processCPUSeconds() : monotonicSeconds() }
+
     func medianMs(_ body: () -> Void) -> Double {
         for _ in 0 ..< warmup { body() }
         var times: [Double] = []
         for _ in 0 ..< max(1, repeats) {
-            let t0 = monotonicSeconds()
+            let t0 = now()
             body()
-            times.append((monotonicSeconds() - t0) * 1e3)
+            times.append((now() - t0) * 1e3)
         }
         times.sort()
         return times[times.count / 2]
