@@ -178,22 +178,38 @@ func gemm(_ M: Int, _ N: Int, _ K: Int, _ a: Operand, _ b: Operand,
         if lo >= hi { return }
         let aCount = (MC + MR - 1) / MR * MR * KC, bCount = (NC + NR - 1) / NR * NR * KC
         let scratch = takeScratch(aCount + bCount)
+        let panelsOuter = matmulLoopOrder == 0 ? !splitN : matmulLoopOrder == 1
         if splitN {
-            gemmBlocked(0, M, lo * NR, min(N, hi * NR), K, a, b, c, ldc, accumulate, bias, scratch, MC, KC, NC)
+            gemmBlocked(0, M, lo * NR, min(N, hi * NR), K, a, b, c, ldc, accumulate, bias, scratch,
+                        MC, KC, NC, panelsOuter: panelsOuter)
         } else {
-            gemmBlocked(lo * MR, min(M, hi * MR), 0, N, K, a, b, c, ldc, accumulate, bias, scratch, MC, KC, NC)
+            gemmBlocked(lo * MR, min(M, hi * MR), 0, N, K, a, b, c, ldc, accumulate, bias, scratch,
+                        MC, KC, NC, panelsOuter: panelsOuter)
         }
         giveScratch(scratch)
     }
 }
 
+/// Loop order of the two innermost loops: 0 picks (panels outer when the threads split M),
+/// 1 forces panels outer, 2 forces strips outer. A tuning knob.
+public nonisolated(unsafe) var matmulLoopOrder = 0
+/// Reads a row-major A in place (true) or packs it like any other (false). A tuning knob.
+public nonisolated(unsafe) var matmulRowMajorAInPlace = true
+
 /// The blocked loops on rows m0..<m1 and columns n0..<n1 of c, one thread.
+///
+/// A row-major a (dinp's dout) is not packed: the kernel broadcasts from 8 of its rows in place,
+/// so the threads splitting N do not each copy all of it. Other layouts are packed per MC × KC
+/// block. With M split (dweight: OC rows), the panel loop is outer: one A panel stays in L1
+/// while the row of C tiles it feeds is walked in memory order; with N split, the strip loop is
+/// outer: one B strip serves every panel.
 private func gemmBlocked(_ m0: Int, _ m1: Int, _ n0: Int, _ n1: Int, _ K: Int,
                          _ a: Operand, _ b: Operand, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
                          _ accumulate: Bool, _ bias: UnsafePointer<Float>?, _ scratch: MatmulScratch,
-                         _ MC: Int, _ KC: Int, _ NC: Int) {
+                         _ MC: Int, _ KC: Int, _ NC: Int, panelsOuter: Bool) {
     let packedA = scratch.buffer // (MC, KC) in MR-row panels
     let packedB = scratch.buffer + (MC + MR - 1) / MR * MR * KC // (KC, NC) in NR-column strips
+    let aInPlace = a.colStride == 1 && matmulRowMajorAInPlace
     var jc = n0
     while jc < n1 {
         let nc = min(NC, n1 - jc)
@@ -206,25 +222,49 @@ private func gemmBlocked(_ m0: Int, _ m1: Int, _ n0: Int, _ n1: Int, _ K: Int,
             var ic = m0
             while ic < m1 {
                 let mc = min(MC, m1 - ic)
-                packA(packedA, a, ic, mc, pc, kc)
-                var jr = 0
-                while jr < nc {
-                    let nr = min(NR, nc - jr)
-                    let stripB = packedB + jr * kc
+                if !aInPlace { packA(packedA, a, ic, mc, pc, kc) }
+
+                @inline(__always) func tile(_ ir: Int, _ jr: Int) {
+                    let mr = min(MR, mc - ir), nr = min(NR, nc - jr)
+                    let stripB = UnsafePointer(packedB + jr * kc)
                     let biasStrip = bias.map { $0 + jc + jr }
+                    let tileC = c + (ic + ir) * ldc + jc + jr
+                    if aInPlace && mr == MR {
+                        let rows = a.base + (ic + ir) * a.rowStride + pc
+                        if nr == NR {
+                            kernel8x48Rows(kc, rows, a.rowStride, stripB, tileC, ldc, overwrite, biasStrip)
+                        } else {
+                            kernelEdge(kc, rows, a.rowStride, 1, stripB, tileC, ldc, mr, nr, overwrite, biasStrip)
+                        }
+                        return
+                    }
+                    var panel = UnsafePointer(packedA + ir * kc)
+                    if aInPlace {
+                        // The last rows of a: fewer than 8, so pack them zero-padded.
+                        packA(packedA, a, ic + ir, mr, pc, kc)
+                        panel = UnsafePointer(packedA)
+                    }
+                    if mr == MR && nr == NR {
+                        kernel8x48Packed(kc, panel, stripB, tileC, ldc, overwrite, biasStrip)
+                    } else {
+                        kernelEdge(kc, panel, 1, MR, stripB, tileC, ldc, mr, nr, overwrite, biasStrip)
+                    }
+                }
+
+                if panelsOuter {
                     var ir = 0
                     while ir < mc {
-                        let mr = min(MR, mc - ir)
-                        let tileC = c + (ic + ir) * ldc + jc + jr
-                        let panelA = UnsafePointer(packedA + ir * kc)
-                        if mr == MR && nr == NR {
-                            kernel8x48(kc, panelA, stripB, tileC, ldc, overwrite, biasStrip)
-                        } else {
-                            kernelEdge(kc, panelA, stripB, tileC, ldc, mr, nr, overwrite, biasStrip)
-                        }
+                        var jr = 0
+                        while jr < nc { tile(ir, jr); jr += NR }
                         ir += MR
                     }
-                    jr += NR
+                } else {
+                    var jr = 0
+                    while jr < nc {
+                        var ir = 0
+                        while ir < mc { tile(ir, jr); ir += MR }
+                        jr += NR
+                    }
                 }
                 ic += mc
             }
@@ -321,11 +361,12 @@ private func packB(_ dst: UnsafeMutablePointer<Float>, _ b: Operand, _ k0: Int, 
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD16<Float>.self)
 }
 
-/// c (8, 48) (=|+=) panelA (kc, 8) · stripB (kc, 48) [+ bias]: 24 SIMD16 accumulators, 24 FMAs
-/// per k for 3 vector loads and 8 broadcasts. `addingProduct` is what emits vfmadd231ps:
-/// Swift never fuses `a * b + c`.
-@inline(never)
-func kernel8x48(_ kc: Int, _ panelA: UnsafePointer<Float>, _ stripB: UnsafePointer<Float>,
+/// c (8, 48) (=|+=) A (8, kc) · stripB (kc, 48) [+ bias], A(r, k) at panelA[r*rowStride + k*kStride]:
+/// 24 SIMD16 accumulators, 24 FMAs per k for 3 vector loads and 8 broadcasts. `addingProduct`
+/// is what emits vfmadd231ps: Swift never fuses `a * b + c`.
+@inline(__always)
+func kernel8x48(_ kc: Int, _ panelA: UnsafePointer<Float>, _ rowStride: Int, _ kStride: Int,
+                _ stripB: UnsafePointer<Float>,
                 _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ overwrite: Bool, _ bias: UnsafePointer<Float>?) {
     var c00 = SIMD16<Float>(), c01 = SIMD16<Float>(), c02 = SIMD16<Float>()
     var c10 = SIMD16<Float>(), c11 = SIMD16<Float>(), c12 = SIMD16<Float>()
@@ -335,26 +376,28 @@ func kernel8x48(_ kc: Int, _ panelA: UnsafePointer<Float>, _ stripB: UnsafePoint
     var c50 = SIMD16<Float>(), c51 = SIMD16<Float>(), c52 = SIMD16<Float>()
     var c60 = SIMD16<Float>(), c61 = SIMD16<Float>(), c62 = SIMD16<Float>()
     var c70 = SIMD16<Float>(), c71 = SIMD16<Float>(), c72 = SIMD16<Float>()
-    var a = panelA, b = stripB
+    let a0 = panelA, a1 = a0 + rowStride, a2 = a0 + 2 * rowStride, a3 = a0 + 3 * rowStride
+    let a4 = a0 + 4 * rowStride, a5 = a0 + 5 * rowStride, a6 = a0 + 6 * rowStride, a7 = a0 + 7 * rowStride
+    var b = stripB, ak = 0
     for _ in 0 ..< kc {
         let b0 = loadVec(b), b1 = loadVec(b + 16), b2 = loadVec(b + 32)
-        var x = SIMD16<Float>(repeating: a[0])
+        var x = SIMD16<Float>(repeating: a0[ak])
         c00 = c00.addingProduct(x, b0); c01 = c01.addingProduct(x, b1); c02 = c02.addingProduct(x, b2)
-        x = SIMD16<Float>(repeating: a[1])
+        x = SIMD16<Float>(repeating: a1[ak])
         c10 = c10.addingProduct(x, b0); c11 = c11.addingProduct(x, b1); c12 = c12.addingProduct(x, b2)
-        x = SIMD16<Float>(repeating: a[2])
+        x = SIMD16<Float>(repeating: a2[ak])
         c20 = c20.addingProduct(x, b0); c21 = c21.addingProduct(x, b1); c22 = c22.addingProduct(x, b2)
-        x = SIMD16<Float>(repeating: a[3])
+        x = SIMD16<Float>(repeating: a3[ak])
         c30 = c30.addingProduct(x, b0); c31 = c31.addingProduct(x, b1); c32 = c32.addingProduct(x, b2)
-        x = SIMD16<Float>(repeating: a[4])
+        x = SIMD16<Float>(repeating: a4[ak])
         c40 = c40.addingProduct(x, b0); c41 = c41.addingProduct(x, b1); c42 = c42.addingProduct(x, b2)
-        x = SIMD16<Float>(repeating: a[5])
+        x = SIMD16<Float>(repeating: a5[ak])
         c50 = c50.addingProduct(x, b0); c51 = c51.addingProduct(x, b1); c52 = c52.addingProduct(x, b2)
-        x = SIMD16<Float>(repeating: a[6])
+        x = SIMD16<Float>(repeating: a6[ak])
         c60 = c60.addingProduct(x, b0); c61 = c61.addingProduct(x, b1); c62 = c62.addingProduct(x, b2)
-        x = SIMD16<Float>(repeating: a[7])
+        x = SIMD16<Float>(repeating: a7[ak])
         c70 = c70.addingProduct(x, b0); c71 = c71.addingProduct(x, b1); c72 = c72.addingProduct(x, b2)
-        a += MR; b += NR
+        ak += kStride; b += NR
     }
     // Epilogue: one row of three vectors at a time.
     @inline(__always) func put(_ row: UnsafeMutablePointer<Float>, _ v0: SIMD16<Float>, _ v1: SIMD16<Float>, _ v2: SIMD16<Float>) {
@@ -378,14 +421,33 @@ func kernel8x48(_ kc: Int, _ panelA: UnsafePointer<Float>, _ stripB: UnsafePoint
     put(c + 7 * ldc, c70, c71, c72)
 }
 
+/// The kernel on a packed A panel ([k*8 + r]).
+@inline(never)
+func kernel8x48Packed(_ kc: Int, _ panelA: UnsafePointer<Float>, _ stripB: UnsafePointer<Float>,
+                      _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ overwrite: Bool, _ bias: UnsafePointer<Float>?) {
+    kernel8x48(kc, panelA, 1, MR, stripB, c, ldc, overwrite, bias)
+}
+
+/// The kernel on 8 rows of a row-major A read in place (row r at rows + r*lda).
+@inline(never)
+func kernel8x48Rows(_ kc: Int, _ rows: UnsafePointer<Float>, _ lda: Int, _ stripB: UnsafePointer<Float>,
+                    _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ overwrite: Bool, _ bias: UnsafePointer<Float>?) {
+    kernel8x48(kc, rows, lda, 1, stripB, c, ldc, overwrite, bias)
+}
+
 /// A partial tile (mr < 8 or nr < 48 at the matrix edge): the full kernel into a stack tile
 /// (packing zero-padded the missing rows and columns), then only the valid part goes to c.
-private func kernelEdge(_ kc: Int, _ panelA: UnsafePointer<Float>, _ stripB: UnsafePointer<Float>,
+private func kernelEdge(_ kc: Int, _ panelA: UnsafePointer<Float>, _ rowStride: Int, _ kStride: Int,
+                        _ stripB: UnsafePointer<Float>,
                         _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ mr: Int, _ nr: Int,
                         _ overwrite: Bool, _ bias: UnsafePointer<Float>?) {
     withUnsafeTemporaryAllocation(of: Float.self, capacity: MR * NR) { tile in
         let t = tile.baseAddress!
-        kernel8x48(kc, panelA, stripB, t, NR, true, nil)
+        if kStride == MR && rowStride == 1 {
+            kernel8x48Packed(kc, panelA, stripB, t, NR, true, nil)
+        } else {
+            kernel8x48Rows(kc, panelA, rowStride, stripB, t, NR, true, nil)
+        }
         for r in 0 ..< mr {
             let row = c + r * ldc, src = t + r * NR
             for j in 0 ..< nr {

@@ -30,6 +30,13 @@ struct BenchMatmul: ParsableCommand {
     @Option(help: ArgumentHelp("K block of the forward (tuning).", visibility: .hidden))
     var forwardKC: Int?
 
+    @Option(help: ArgumentHelp("GEMM loop order: 0 auto, 1 panels outer, 2 strips outer (tuning).",
+                               visibility: .hidden))
+    var loopOrder: Int?
+
+    @Option(help: ArgumentHelp("Read a row-major A in place (1) or pack it (0) (tuning).", visibility: .hidden))
+    var aInPlace: Int?
+
     @Flag(help: ArgumentHelp("Time with the process CPU clock (tuning on a busy machine, one thread).",
                              visibility: .hidden))
     var cpuClock = false
@@ -47,6 +54,8 @@ struct BenchMatmul: ParsableCommand {
             matmulMC = sizes[0]; matmulKC = sizes[1]; matmulNC = sizes[2]
         }
         if let forwardKC { matmulForwardKC = forwardKC }
+        if let loopOrder { matmulLoopOrder = loopOrder }
+        if let aInPlace { matmulRowMajorAInPlace = aInPlace != 0 }
         let BT = bt
         let peak = measurePeakFLOPs()
         print("peak fp32 (FMA loop): \(fmt(peak.allThreads, 1)) GFLOP/s on \(peak.threads) threads, "

@@ -133,7 +133,11 @@ private let shapes: [(Int, Int, Int)] = [
 /// from concurrent tasks sharing the scratch pool.
 @Test func matmulSmallBlocksAndThreads() {
     let saved = (matmulMC, matmulKC, matmulNC, matmulForwardKC, CPUThreads.count)
-    defer { (matmulMC, matmulKC, matmulNC, matmulForwardKC, CPUThreads.count) = saved }
+    let savedOrder = (matmulLoopOrder, matmulRowMajorAInPlace)
+    defer {
+        (matmulMC, matmulKC, matmulNC, matmulForwardKC, CPUThreads.count) = saved
+        (matmulLoopOrder, matmulRowMajorAInPlace) = savedOrder
+    }
     let (BT, C, OC) = (70, 150, 230)
     let inp = randomArray(BT * C, seed: 21), weight = randomArray(OC * C, seed: 22)
     let bias = randomArray(OC, seed: 23), dout = randomArray(BT * OC, seed: 24)
@@ -141,13 +145,15 @@ private let shapes: [(Int, Int, Int)] = [
     var dinpRef = [Float](repeating: 0, count: BT * C), dweightRef = [Float](repeating: 0, count: OC * C)
     matmulForwardReference(&outRef, inp, weight, bias, BT, C, OC)
     matmulBackwardReference(&dinpRef, &dweightRef, nil, dout, inp, weight, BT, C, OC)
-    for (mc, kc, nc, threads) in [(16, 40, 96, 3), (24, 64, 48, 2), (256, 256, 768, 4)] {
+    for (mc, kc, nc, threads, order, inPlace) in [(16, 40, 96, 3, 1, true), (24, 64, 48, 2, 2, false),
+                                                  (256, 256, 768, 4, 0, true), (8, 300, 500, 1, 1, false)] {
         matmulMC = mc; matmulKC = kc; matmulNC = nc; matmulForwardKC = kc; CPUThreads.count = threads
+        matmulLoopOrder = order; matmulRowMajorAInPlace = inPlace
         var out = [Float](repeating: 0, count: BT * OC)
         var dinp = [Float](repeating: 0, count: BT * C), dweight = [Float](repeating: 0, count: OC * C)
         matmulForward(&out, inp, weight, bias, BT, C, OC)
         matmulBackward(&dinp, &dweight, nil, dout, inp, weight, BT, C, OC)
-        let blocks = "MC=\(mc) KC=\(kc) NC=\(nc) threads=\(threads)"
+        let blocks = "MC=\(mc) KC=\(kc) NC=\(nc) threads=\(threads) order=\(order) inPlace=\(inPlace)"
         #expect(relativeMaxDiff(out, outRef) < 1e-5, "forward \(blocks)")
         #expect(relativeMaxDiff(dinp, dinpRef) < 1e-5, "dinp \(blocks)")
         #expect(relativeMaxDiff(dweight, dweightRef) < 1e-5, "dweight \(blocks)")
