@@ -157,8 +157,19 @@ private func giveScratch(_ scratch: MatmulScratch) {
 
 // MARK: - GEMM driver
 
-/// c (M, N) (=|+=) a (M, K) · b (K, N) [+ bias (N) when not accumulating]. Threads split the
-/// larger of M and N in whole register tiles; each runs the blocked loops on its own part.
+/// Loop order of the two innermost loops: 0 picks (panels outer when the threads split M),
+/// 1 forces panels outer, 2 forces strips outer. A tuning knob.
+public nonisolated(unsafe) var matmulLoopOrder = 0
+/// Reads a row-major A in place (true) or packs it like any other (false). A tuning knob.
+public nonisolated(unsafe) var matmulRowMajorAInPlace = true
+/// Work items per thread for the dynamic schedules (more: better balance on a shared machine;
+/// fewer: less re-reading of the shared operand). A tuning knob.
+public nonisolated(unsafe) var matmulChunksPerThread = 4
+
+/// c (M, N) (=|+=) a (M, K) · b (K, N) [+ bias (N) when not accumulating]. The threads split the
+/// larger of M and N into chunks of whole register tiles, each chunk run by the blocked loops.
+/// Where no chunk would pack what another chunk packs too, there are several chunks per thread,
+/// claimed dynamically, so a core shared with another process does not hold the others back.
 func gemm(_ M: Int, _ N: Int, _ K: Int, _ a: Operand, _ b: Operand,
           _ c: UnsafeMutablePointer<Float>, _ ldc: Int, accumulate: Bool, bias: UnsafePointer<Float>?) {
     if M <= 0 || N <= 0 { return }
@@ -171,30 +182,49 @@ func gemm(_ M: Int, _ N: Int, _ K: Int, _ a: Operand, _ b: Operand,
     let KC = matmulKC, MC = matmulMC, NC = matmulNC
     let mTiles = (M + MR - 1) / MR, nTiles = (N + NR - 1) / NR
     let splitN = nTiles >= mTiles
-    let tiles = splitN ? nTiles : mTiles
-    let threads = max(1, min(CPUThreads.count, tiles))
-    parallelFor(threads) { t in
-        let lo = tiles * t / threads, hi = tiles * (t + 1) / threads
-        if lo >= hi { return }
-        let aCount = (MC + MR - 1) / MR * MR * KC, bCount = (NC + NR - 1) / NR * NR * KC
-        let scratch = takeScratch(aCount + bCount)
-        let panelsOuter = matmulLoopOrder == 0 ? !splitN : matmulLoopOrder == 1
-        if splitN {
-            gemmBlocked(0, M, lo * NR, min(N, hi * NR), K, a, b, c, ldc, accumulate, bias, scratch,
-                        MC, KC, NC, panelsOuter: panelsOuter)
-        } else {
-            gemmBlocked(lo * MR, min(M, hi * MR), 0, N, K, a, b, c, ldc, accumulate, bias, scratch,
-                        MC, KC, NC, panelsOuter: panelsOuter)
+    let panelsOuter = matmulLoopOrder == 0 ? !splitN : matmulLoopOrder == 1
+    let aInPlace = a.colStride == 1 && matmulRowMajorAInPlace
+    let aCount = (MC + MR - 1) / MR * MR * KC, bCount = (NC + NR - 1) / NR * NR * KC
+    let threads = max(1, CPUThreads.count)
+    let perThread = max(1, matmulChunksPerThread)
+
+    if splitN {
+        // Column chunks pack disjoint parts of b; a is packed per chunk unless read in place.
+        let chunks = min(nTiles, aInPlace ? threads * perThread : threads)
+        parallelForDynamic(chunks) { ch in
+            let lo = nTiles * ch / chunks, hi = nTiles * (ch + 1) / chunks
+            let scratch = takeScratch(aCount + bCount)
+            gemmBlocked(0, M, lo * NR, min(N, hi * NR), K, a, b, c, ldc, accumulate, bias,
+                        scratch.buffer, nil, MC, KC, NC, panelsOuter: panelsOuter, aInPlace: aInPlace)
+            giveScratch(scratch)
         }
-        giveScratch(scratch)
+    } else if K <= KC && N <= NC {
+        // All of b is one block (dweight: K = BT): pack it once for every chunk of rows.
+        let shared = takeScratch(nTiles * NR * K)
+        packB(shared.buffer, b, 0, K, 0, N)
+        let packedB = UnsafePointer(shared.buffer)
+        let chunks = min(mTiles, threads * perThread)
+        parallelForDynamic(chunks) { ch in
+            let lo = mTiles * ch / chunks, hi = mTiles * (ch + 1) / chunks
+            let scratch = takeScratch(aCount)
+            gemmBlocked(lo * MR, min(M, hi * MR), 0, N, K, a, b, c, ldc, accumulate, bias,
+                        scratch.buffer, packedB, MC, KC, NC, panelsOuter: panelsOuter, aInPlace: aInPlace)
+            giveScratch(scratch)
+        }
+        giveScratch(shared)
+    } else {
+        // Row chunks would each pack all of b again: one chunk per thread.
+        let chunks = min(mTiles, threads)
+        parallelFor(chunks) { ch in
+            let lo = mTiles * ch / chunks, hi = mTiles * (ch + 1) / chunks
+            let scratch = takeScratch(aCount + bCount)
+            gemmBlocked(lo * MR, min(M, hi * MR), 0, N, K, a, b, c, ldc, accumulate, bias,
+                        scratch.buffer, nil, MC, KC, NC, panelsOuter: panelsOuter, aInPlace: aInPlace)
+            giveScratch(scratch)
+        }
     }
 }
 
-/// Loop order of the two innermost loops: 0 picks (panels outer when the threads split M),
-/// 1 forces panels outer, 2 forces strips outer. A tuning knob.
-public nonisolated(unsafe) var matmulLoopOrder = 0
-/// Reads a row-major A in place (true) or packs it like any other (false). A tuning knob.
-public nonisolated(unsafe) var matmulRowMajorAInPlace = true
 
 /// The blocked loops on rows m0..<m1 and columns n0..<n1 of c, one thread.
 ///
@@ -205,11 +235,13 @@ public nonisolated(unsafe) var matmulRowMajorAInPlace = true
 /// outer: one B strip serves every panel.
 private func gemmBlocked(_ m0: Int, _ m1: Int, _ n0: Int, _ n1: Int, _ K: Int,
                          _ a: Operand, _ b: Operand, _ c: UnsafeMutablePointer<Float>, _ ldc: Int,
-                         _ accumulate: Bool, _ bias: UnsafePointer<Float>?, _ scratch: MatmulScratch,
-                         _ MC: Int, _ KC: Int, _ NC: Int, panelsOuter: Bool) {
-    let packedA = scratch.buffer // (MC, KC) in MR-row panels
-    let packedB = scratch.buffer + (MC + MR - 1) / MR * MR * KC // (KC, NC) in NR-column strips
-    let aInPlace = a.colStride == 1 && matmulRowMajorAInPlace
+                         _ accumulate: Bool, _ bias: UnsafePointer<Float>?,
+                         _ scratch: UnsafeMutablePointer<Float>, _ prepackedB: UnsafePointer<Float>?,
+                         _ MC: Int, _ KC: Int, _ NC: Int, panelsOuter: Bool, aInPlace: Bool) {
+    let packedA = scratch // (MC, KC) in MR-row panels
+    // (KC, NC) in NR-column strips; when prepacked, all of b (K ≤ KC, N ≤ NC).
+    let packedB = prepackedB.map { UnsafeMutablePointer(mutating: $0) }
+        ?? scratch + (MC + MR - 1) / MR * MR * KC
     var jc = n0
     while jc < n1 {
         let nc = min(NC, n1 - jc)
@@ -218,7 +250,7 @@ private func gemmBlocked(_ m0: Int, _ m1: Int, _ n0: Int, _ n1: Int, _ K: Int,
             let kc = min(KC, K - pc)
             // Only the first K block may overwrite c (and add the bias); later ones add to it.
             let overwrite = !accumulate && pc == 0
-            packB(packedB, b, pc, kc, jc, nc)
+            if prepackedB == nil { packB(packedB, b, pc, kc, jc, nc) }
             var ic = m0
             while ic < m1 {
                 let mc = min(MC, m1 - ic)
@@ -478,7 +510,8 @@ private func forwardWeightInPlace(_ out: UnsafeMutablePointer<Float>, _ inp: Uns
     let scratch = takeScratch(strips * FM * KC)
     defer { giveScratch(scratch) }
     let packed = scratch.buffer // (strips, KC, FM): inpᵀ in 64-row strips
-    let threads = max(1, min(CPUThreads.count, panels))
+    // Chunks of panels claimed dynamically: nothing is packed per chunk.
+    let chunks = min(panels, max(1, CPUThreads.count) * max(1, matmulChunksPerThread) * 4)
     var pc = 0
     while pc < C {
         let kc = min(KC, C - pc), k0 = pc
@@ -486,8 +519,8 @@ private func forwardWeightInPlace(_ out: UnsafeMutablePointer<Float>, _ inp: Uns
         parallelFor(strips) { s in
             packInputTransposed(packed + s * FM * kc, inp, s * FM, min(FM, BT - s * FM), C, k0, kc)
         }
-        parallelFor(threads) { t in
-            let lo = panels * t / threads, hi = panels * (t + 1) / threads
+        parallelForDynamic(chunks) { ch in
+            let lo = panels * ch / chunks, hi = panels * (ch + 1) / chunks
             withUnsafeTemporaryAllocation(of: Float.self, capacity: FR * FM + FR * kc) { temp in
                 let tile = temp.baseAddress!        // (FR, FM) one output tile, transposed
                 let edgePanel = tile + FR * FM       // (FR, kc) the last weight rows, zero-padded

@@ -37,6 +37,9 @@ struct BenchMatmul: ParsableCommand {
     @Option(help: ArgumentHelp("Read a row-major A in place (1) or pack it (0) (tuning).", visibility: .hidden))
     var aInPlace: Int?
 
+    @Option(help: ArgumentHelp("Work items per thread in the dynamic schedules (tuning).", visibility: .hidden))
+    var chunksPerThread: Int?
+
     @Flag(help: ArgumentHelp("Time with the process CPU clock (tuning on a busy machine, one thread).",
                              visibility: .hidden))
     var cpuClock = false
@@ -55,6 +58,7 @@ struct BenchMatmul: ParsableCommand {
         }
         if let forwardKC { matmulForwardKC = forwardKC }
         if let loopOrder { matmulLoopOrder = loopOrder }
+        if let chunksPerThread { matmulChunksPerThread = chunksPerThread }
         if let aInPlace { matmulRowMajorAInPlace = aInPlace != 0 }
         let BT = bt
         let peak = measurePeakFLOPs()

@@ -133,10 +133,10 @@ private let shapes: [(Int, Int, Int)] = [
 /// from concurrent tasks sharing the scratch pool.
 @Test func matmulSmallBlocksAndThreads() {
     let saved = (matmulMC, matmulKC, matmulNC, matmulForwardKC, CPUThreads.count)
-    let savedOrder = (matmulLoopOrder, matmulRowMajorAInPlace)
+    let savedOrder = (matmulLoopOrder, matmulRowMajorAInPlace, matmulChunksPerThread)
     defer {
         (matmulMC, matmulKC, matmulNC, matmulForwardKC, CPUThreads.count) = saved
-        (matmulLoopOrder, matmulRowMajorAInPlace) = savedOrder
+        (matmulLoopOrder, matmulRowMajorAInPlace, matmulChunksPerThread) = savedOrder
     }
     let (BT, C, OC) = (70, 150, 230)
     let inp = randomArray(BT * C, seed: 21), weight = randomArray(OC * C, seed: 22)
@@ -148,7 +148,7 @@ private let shapes: [(Int, Int, Int)] = [
     for (mc, kc, nc, threads, order, inPlace) in [(16, 40, 96, 3, 1, true), (24, 64, 48, 2, 2, false),
                                                   (256, 256, 768, 4, 0, true), (8, 300, 500, 1, 1, false)] {
         matmulMC = mc; matmulKC = kc; matmulNC = nc; matmulForwardKC = kc; CPUThreads.count = threads
-        matmulLoopOrder = order; matmulRowMajorAInPlace = inPlace
+        matmulLoopOrder = order; matmulRowMajorAInPlace = inPlace; matmulChunksPerThread = mc % 3 + 1
         var out = [Float](repeating: 0, count: BT * OC)
         var dinp = [Float](repeating: 0, count: BT * C), dweight = [Float](repeating: 0, count: OC * C)
         matmulForward(&out, inp, weight, bias, BT, C, OC)
