@@ -137,15 +137,16 @@ private let scratchLock: UnsafeMutablePointer<pthread_mutex_t> = {
 }()
 nonisolated(unsafe) private var scratchPool: [MatmulScratch] = []
 
-/// A buffer of at least `count` floats: the largest free one if it is big enough, else a new one
-/// (the pool keeps every buffer it is given, so sizes settle after the first calls).
+/// A buffer of at least `count` floats: the smallest free one that fits, else a new one (the
+/// pool keeps every buffer given back, so after the first calls every request finds one).
 private func takeScratch(_ count: Int) -> MatmulScratch {
     pthread_mutex_lock(scratchLock)
     defer { pthread_mutex_unlock(scratchLock) }
-    if let best = scratchPool.indices.max(by: { scratchPool[$0].capacity < scratchPool[$1].capacity }),
-       scratchPool[best].capacity >= count {
-        return scratchPool.remove(at: best)
+    var best = -1
+    for i in scratchPool.indices where scratchPool[i].capacity >= count {
+        if best < 0 || scratchPool[i].capacity < scratchPool[best].capacity { best = i }
     }
+    if best >= 0 { return scratchPool.remove(at: best) }
     return MatmulScratch(capacity: count)
 }
 
@@ -224,7 +225,6 @@ func gemm(_ M: Int, _ N: Int, _ K: Int, _ a: Operand, _ b: Operand,
         }
     }
 }
-
 
 /// The blocked loops on rows m0..<m1 and columns n0..<n1 of c, one thread.
 ///
@@ -498,6 +498,8 @@ private func kernelEdge(_ kc: Int, _ panelA: UnsafePointer<Float>, _ rowStride: 
 /// time, while transposing the 6 × 64 output tiles costs about 3%.
 let FR = 6
 let FM = 64
+/// Outputs per group of panels written to out together: 8 panels, 48 floats, 3 cache lines.
+let FG = 48
 /// K block of the forward: the packed inpᵀ block (KC × BT, 768 KiB at BT = 256) sits in L2,
 /// the weight panel (6 × KC) in L1; each output tile is written once per K block.
 public nonisolated(unsafe) var matmulForwardKC = 768
@@ -510,8 +512,11 @@ private func forwardWeightInPlace(_ out: UnsafeMutablePointer<Float>, _ inp: Uns
     let scratch = takeScratch(strips * FM * KC)
     defer { giveScratch(scratch) }
     let packed = scratch.buffer // (strips, KC, FM): inpᵀ in 64-row strips
-    // Chunks of panels claimed dynamically: nothing is packed per chunk.
-    let chunks = min(panels, max(1, CPUThreads.count) * max(1, matmulChunksPerThread) * 4)
+    // Groups of 8 panels (48 outputs: whole cache lines of out when OC is a multiple of 16),
+    // claimed dynamically in chunks: nothing is packed per chunk.
+    let groups = (OC + FG - 1) / FG
+    let chunks = min(groups, max(1, CPUThreads.count) * max(1, matmulChunksPerThread) * 4)
+    let rowsPadded = strips * FM
     var pc = 0
     while pc < C {
         let kc = min(KC, C - pc), k0 = pc
@@ -520,33 +525,56 @@ private func forwardWeightInPlace(_ out: UnsafeMutablePointer<Float>, _ inp: Uns
             packInputTransposed(packed + s * FM * kc, inp, s * FM, min(FM, BT - s * FM), C, k0, kc)
         }
         parallelForDynamic(chunks) { ch in
-            let lo = panels * ch / chunks, hi = panels * (ch + 1) / chunks
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: FR * FM + FR * kc) { temp in
-                let tile = temp.baseAddress!        // (FR, FM) one output tile, transposed
-                let edgePanel = tile + FR * FM       // (FR, kc) the last weight rows, zero-padded
-                for p in lo ..< hi {
-                    let n0 = p * FR, rows = min(FR, OC - n0)
-                    var panel = weight + n0 * C + k0, lda = C
-                    if rows < FR {
-                        // Past OC there are no weight rows to read: copy and pad with zeros.
-                        for r in 0 ..< FR {
-                            for k in 0 ..< kc { edgePanel[r * kc + k] = r < rows ? panel[r * C + k] : 0 }
+            let lo = groups * ch / chunks, hi = groups * (ch + 1) / chunks
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: FR * FM + FR * kc + rowsPadded * FG) { temp in
+                let tile = temp.baseAddress!            // (FR, FM) one output tile, transposed
+                let edgePanel = tile + FR * FM           // (FR, kc) the last weight rows, zero-padded
+                let groupRows = edgePanel + FR * kc      // (rowsPadded, FG) a group's outputs, row-major
+                for g in lo ..< hi {
+                    let g0 = g * FG, width = min(FG, OC - g0)
+                    var n0 = g0
+                    while n0 < g0 + width {
+                        let rows = min(FR, OC - n0)
+                        var panel = weight + n0 * C + k0, lda = C
+                        if rows < FR {
+                            // Past OC there are no weight rows to read: copy and pad with zeros.
+                            for r in 0 ..< FR {
+                                for k in 0 ..< kc { edgePanel[r * kc + k] = r < rows ? panel[r * C + k] : 0 }
+                            }
+                            panel = UnsafePointer(edgePanel); lda = kc
                         }
-                        panel = UnsafePointer(edgePanel); lda = kc
+                        for s in 0 ..< strips {
+                            kernel6x64(kc, panel, lda, packed + s * FM * kc, tile)
+                            // Transpose the tile into the group buffer (L1/L2, not out in memory).
+                            let dst = groupRows + s * FM * FG + (n0 - g0)
+                            for m in 0 ..< FM {
+                                for r in 0 ..< FR { dst[m * FG + r] = tile[r * FM + m] }
+                            }
+                        }
+                        n0 += FR
                     }
-                    for s in 0 ..< strips {
-                        kernel6x64(kc, panel, lda, packed + s * FM * kc, tile)
-                        let m0 = s * FM, ms = min(FM, BT - m0)
-                        // Transpose the tile into out: 6 contiguous floats per input row.
-                        if first {
-                            for m in 0 ..< ms {
-                                let row = out + (m0 + m) * OC + n0
-                                for r in 0 ..< rows { row[r] = tile[r * FM + m] + (bias?[n0 + r] ?? 0) }
+                    // Out gets whole rows of 48: three vector stores, whole lines in flight.
+                    for m in 0 ..< BT {
+                        let row = out + m * OC + g0, src = groupRows + m * FG
+                        if width == FG {
+                            if first {
+                                if let bias {
+                                    let b = bias + g0
+                                    storeVec(row, loadVec(src) + loadVec(b))
+                                    storeVec(row + 16, loadVec(src + 16) + loadVec(b + 16))
+                                    storeVec(row + 32, loadVec(src + 32) + loadVec(b + 32))
+                                } else {
+                                    storeVec(row, loadVec(src)); storeVec(row + 16, loadVec(src + 16))
+                                    storeVec(row + 32, loadVec(src + 32))
+                                }
+                            } else {
+                                storeVec(row, loadVec(row) + loadVec(src))
+                                storeVec(row + 16, loadVec(row + 16) + loadVec(src + 16))
+                                storeVec(row + 32, loadVec(row + 32) + loadVec(src + 32))
                             }
                         } else {
-                            for m in 0 ..< ms {
-                                let row = out + (m0 + m) * OC + n0
-                                for r in 0 ..< rows { row[r] += tile[r * FM + m] }
+                            for j in 0 ..< width {
+                                row[j] = (first ? (bias?[g0 + j] ?? 0) : row[j]) + src[j]
                             }
                         }
                     }
