@@ -1,5 +1,14 @@
-// Matmul: y = x·Wᵀ + b and its backward, the CPU's hot path. One packed, blocked SIMD16 GEMM
-// (an 8 × 48 register tile) serves all three products; strided packing supplies the transposes.
+// Matmul: y = x·Wᵀ + b and its backward, the CPU's hot path. The forward broadcasts weight rows
+// in place against a packed inpᵀ (6 × 64 tiles); both backward products share one packed, blocked
+// SIMD16 GEMM (8 × 48 tiles) whose strided operands supply the transposes.
+//
+// Floors for GPT-2 124M at B=4, T=64 (BT = 256), 2·BT·C·OC FLOPs per product, 190 GFLOP per step
+// over the three products of all 49 matmuls. Peak (`measurePeakFLOPs`): 232 GFLOP/s on this
+// machine's 2 Zen 4 cores (one 512-bit FMA per cycle each), 354 on 2 Emerald Rapids cores, so
+// 0.82 s (0.54 s) per step at 100%. Bytes: the weights, 0.49 GB in fp32, are read by the
+// forward and dinp and read and written by dweight, about 2 GB per step: 0.08 s at the 26 GB/s
+// one core streams. Compute-bound, so the aim is the FMA rate: the kernels reach 99% of peak
+// with their operands in L1, the products 85-90% of one core's peak in place.
 
 #if canImport(Glibc)
 import Glibc
