@@ -27,7 +27,7 @@ private func relativeMaxDiff(_ a: [Float], _ b: [Float]) -> Float {
 /// tiny test model's shapes.
 private let shapes: [(Int, Int, Int)] = [
     (1, 1, 1), (7, 5, 3), (9, 17, 49), (8, 48, 48), (13, 33, 97), (17, 300, 50), (31, 257, 95),
-    (128, 64, 512), (128, 64, 192), (128, 256, 64), (40, 520, 790),
+    (128, 64, 512), (128, 64, 192), (128, 256, 64), (40, 520, 790), (600, 20, 30),
 ]
 
 @Test func matmulForwardMatchesReference() {
