@@ -1,6 +1,8 @@
-// parallelFor: the `#pragma omp parallel for` of llm.swift, over Dispatch's thread pool.
+// parallelFor: the `#pragma omp parallel for` of llm.swift, over Dispatch's thread pool (static
+// contiguous chunks), and parallelForDynamic, its `schedule(dynamic)`.
 
 import Dispatch
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -28,6 +30,28 @@ public func parallelForChunks(_ n: Int, _ body: (Range<Int>) -> Void) {
         DispatchQueue.concurrentPerform(iterations: threads) { k in
             let lo = n * k / threads, hi = n * (k + 1) / threads
             if lo < hi { body(lo ..< hi) }
+        }
+    }
+}
+
+/// Runs body(i) for i in 0..<n on CPUThreads.count threads that claim items in order, one at a
+/// time, from a shared counter: a thread slowed by another process on its core simply claims
+/// fewer. Use it when items are many, independent and equal, and each is worth far more than an
+/// atomic increment (a few tens of microseconds or more).
+public func parallelForDynamic(_ n: Int, _ body: (Int) -> Void) {
+    let threads = min(CPUThreads.count, n)
+    if threads <= 1 {
+        for i in 0 ..< n { body(i) }
+        return
+    }
+    let next = Atomic<Int>(0)
+    withoutActuallyEscaping(body) { body in
+        DispatchQueue.concurrentPerform(iterations: threads) { _ in
+            while true {
+                let i = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                if i >= n { break }
+                body(i)
+            }
         }
     }
 }

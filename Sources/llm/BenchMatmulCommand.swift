@@ -27,6 +27,23 @@ struct BenchMatmul: ParsableCommand {
     @Option(help: ArgumentHelp("Cache block sizes MC,KC,NC (tuning).", visibility: .hidden))
     var blocks: String?
 
+    @Option(help: ArgumentHelp("K block of the forward (tuning).", visibility: .hidden))
+    var forwardKC: Int?
+
+    @Option(help: ArgumentHelp("GEMM loop order: 0 auto, 1 panels outer, 2 strips outer (tuning).",
+                               visibility: .hidden))
+    var loopOrder: Int?
+
+    @Option(help: ArgumentHelp("Read a row-major A in place (1) or pack it (0) (tuning).", visibility: .hidden))
+    var aInPlace: Int?
+
+    @Option(help: ArgumentHelp("Work items per thread in the dynamic schedules (tuning).", visibility: .hidden))
+    var chunksPerThread: Int?
+
+    @Flag(help: ArgumentHelp("Time with the process CPU clock (tuning on a busy machine, one thread).",
+                             visibility: .hidden))
+    var cpuClock = false
+
     mutating func run() throws {
         if let threads {
             guard threads >= 1 else { throw ValidationError("--threads: must be at least 1") }
@@ -39,21 +56,26 @@ struct BenchMatmul: ParsableCommand {
             }
             matmulMC = sizes[0]; matmulKC = sizes[1]; matmulNC = sizes[2]
         }
+        if let forwardKC { matmulForwardKC = forwardKC }
+        if let loopOrder { matmulLoopOrder = loopOrder }
+        if let chunksPerThread { matmulChunksPerThread = chunksPerThread }
+        if let aInPlace { matmulRowMajorAInPlace = aInPlace != 0 }
         let BT = bt
         let peak = measurePeakFLOPs()
-        print("peak fp32 (FMA loop): \(fmt(peak.allThreads, 1)) GFLOP/s on \(peak.threads) threads, "
+        print("peak fp32 (FMA loop): \(fmt(peak.allThreads, 1)) GFLOP/s with \(peak.threads) thread(s), "
               + "\(fmt(peak.oneThread, 1)) on one")
         print("BT=\(BT), threads=\(CPUThreads.count), median of \(repeats) after \(warmup) warm-up, "
               + "blocks MC=\(matmulMC) KC=\(matmulKC) NC=\(matmulNC)")
         print("")
-        let shapes: [(String, Int, Int)] = [
-            ("qkv", 768, 2304), ("attproj", 768, 768), ("fc", 768, 3072),
-            ("fcproj", 3072, 768), ("lm head", 768, 50304),
+        // (name, C, OC, uses per training step: once per layer of the 12, or once).
+        let shapes: [(String, Int, Int, Int)] = [
+            ("qkv", 768, 2304, 12), ("attproj", 768, 768, 12), ("fc", 768, 3072, 12),
+            ("fcproj", 3072, 768, 12), ("lm head", 768, 50304, 1),
         ]
         print(pad("shape", 9) + pad("C", 6) + pad("OC", 7) + pad("product", 9)
               + pad("ms", 9) + pad("GFLOP/s", 9) + pad("peak", 7) + "floor ms")
-        var totalMs = 0.0, totalFLOPs = 0.0
-        for (name, C, OC) in shapes where only.map({ name.hasPrefix($0) }) ?? true {
+        var count = 0, totalMs = 0.0, totalFLOPs = 0.0, stepMs = 0.0, stepFLOPs = 0.0
+        for (name, C, OC, uses) in shapes where only.map({ name.hasPrefix($0) }) ?? true {
             let inp = randomBuffer(BT * C), weight = randomBuffer(OC * C), bias = randomBuffer(OC)
             let out = randomBuffer(BT * OC), dout = randomBuffer(BT * OC)
             let dinp = randomBuffer(BT * C), dweight = randomBuffer(OC * C)
@@ -67,26 +89,35 @@ struct BenchMatmul: ParsableCommand {
             for (product, body) in products {
                 let ms = medianMs(body)
                 let gflops = flops / (ms * 1e-3) / 1e9
-                totalMs += ms; totalFLOPs += flops
+                count += 1; totalMs += ms; totalFLOPs += flops
+                stepMs += Double(uses) * ms; stepFLOPs += Double(uses) * flops
                 print(pad(name, 9) + pad("\(C)", 6) + pad("\(OC)", 7) + pad(product, 9)
                       + pad(fmt(ms, 2), 9) + pad(fmt(gflops, 1), 9)
                       + pad(fmt(100 * gflops / peak.allThreads, 0) + "%", 7)
                       + fmt(flops / (peak.allThreads * 1e9) * 1e3, 2))
             }
         }
+        if count == 0 { return }
         let gflops = totalFLOPs / (totalMs * 1e-3) / 1e9
+        let stepRate = stepFLOPs / (stepMs * 1e-3) / 1e9
         print("")
-        print("all 15 products: \(fmt(totalMs, 1)) ms, \(fmt(gflops, 1)) GFLOP/s, "
+        print("these \(count) products: \(fmt(totalMs, 1)) ms, \(fmt(gflops, 1)) GFLOP/s, "
               + "\(fmt(100 * gflops / peak.allThreads, 0))% of peak")
+        print("as in one training step (layer shapes x12, LM head x1): \(fmt(stepMs, 1)) ms for "
+              + "\(fmt(stepFLOPs / 1e9, 1)) GFLOP, \(fmt(stepRate, 1)) GFLOP/s, "
+              + "\(fmt(100 * stepRate / peak.allThreads, 0))% of peak (floor "
+              + "\(fmt(stepFLOPs / (peak.allThreads * 1e9) * 1e3, 1)) ms)")
     }
+
+    func now() -> Double { cpuClock ? processCPUSeconds() : monotonicSeconds() }
 
     func medianMs(_ body: () -> Void) -> Double {
         for _ in 0 ..< warmup { body() }
         var times: [Double] = []
         for _ in 0 ..< max(1, repeats) {
-            let t0 = monotonicSeconds()
+            let t0 = now()
             body()
-            times.append((monotonicSeconds() - t0) * 1e3)
+            times.append((now() - t0) * 1e3)
         }
         times.sort()
         return times[times.count / 2]

@@ -27,7 +27,7 @@ private func relativeMaxDiff(_ a: [Float], _ b: [Float]) -> Float {
 /// tiny test model's shapes.
 private let shapes: [(Int, Int, Int)] = [
     (1, 1, 1), (7, 5, 3), (9, 17, 49), (8, 48, 48), (13, 33, 97), (17, 300, 50), (31, 257, 95),
-    (128, 64, 512), (128, 64, 192), (128, 256, 64), (40, 520, 790),
+    (128, 64, 512), (128, 64, 192), (128, 256, 64), (40, 520, 790), (600, 20, 30),
 ]
 
 @Test func matmulForwardMatchesReference() {
@@ -106,11 +106,38 @@ private let shapes: [(Int, Int, Int)] = [
     #expect(dbias == [1, 1])
 }
 
+/// The generic GEMM with both operands read through non-unit strides (a path no public call
+/// takes on its hot loop, but the driver accepts it).
+@Test func gemmWithTransposedOperands() {
+    let (M, N, K) = (19, 53, 37)
+    let a = randomArray(K * M, seed: 31), b = randomArray(N * K, seed: 32) // aᵀ (K, M), bᵀ (N, K)
+    var c = randomArray(M * N, seed: 33)
+    var ref = c
+    for i in 0 ..< M {
+        for j in 0 ..< N {
+            var sum = 0.0
+            for k in 0 ..< K { sum += Double(a[k * M + i]) * Double(b[j * K + k]) }
+            ref[i * N + j] += Float(sum)
+        }
+    }
+    a.withUnsafeBufferPointer { ap in
+        b.withUnsafeBufferPointer { bp in
+            gemm(M, N, K, Operand(ap.baseAddress!, rowStride: 1, colStride: M),
+                 Operand(bp.baseAddress!, rowStride: 1, colStride: K), &c, N, accumulate: true, bias: nil)
+        }
+    }
+    #expect(relativeMaxDiff(c, ref) < 1e-5)
+}
+
 /// Several cache blocks in every dimension (small block sizes), on several threads, and calls
 /// from concurrent tasks sharing the scratch pool.
 @Test func matmulSmallBlocksAndThreads() {
-    let saved = (matmulMC, matmulKC, matmulNC, CPUThreads.count)
-    defer { (matmulMC, matmulKC, matmulNC, CPUThreads.count) = saved }
+    let saved = (matmulMC, matmulKC, matmulNC, matmulForwardKC, CPUThreads.count)
+    let savedOrder = (matmulLoopOrder, matmulRowMajorAInPlace, matmulChunksPerThread)
+    defer {
+        (matmulMC, matmulKC, matmulNC, matmulForwardKC, CPUThreads.count) = saved
+        (matmulLoopOrder, matmulRowMajorAInPlace, matmulChunksPerThread) = savedOrder
+    }
     let (BT, C, OC) = (70, 150, 230)
     let inp = randomArray(BT * C, seed: 21), weight = randomArray(OC * C, seed: 22)
     let bias = randomArray(OC, seed: 23), dout = randomArray(BT * OC, seed: 24)
@@ -118,13 +145,15 @@ private let shapes: [(Int, Int, Int)] = [
     var dinpRef = [Float](repeating: 0, count: BT * C), dweightRef = [Float](repeating: 0, count: OC * C)
     matmulForwardReference(&outRef, inp, weight, bias, BT, C, OC)
     matmulBackwardReference(&dinpRef, &dweightRef, nil, dout, inp, weight, BT, C, OC)
-    for (mc, kc, nc, threads) in [(16, 40, 96, 3), (24, 64, 48, 2), (256, 256, 768, 4)] {
-        matmulMC = mc; matmulKC = kc; matmulNC = nc; CPUThreads.count = threads
+    for (mc, kc, nc, threads, order, inPlace) in [(16, 40, 96, 3, 1, true), (24, 64, 48, 2, 2, false),
+                                                  (256, 256, 768, 4, 0, true), (8, 300, 500, 1, 1, false)] {
+        matmulMC = mc; matmulKC = kc; matmulNC = nc; matmulForwardKC = kc; CPUThreads.count = threads
+        matmulLoopOrder = order; matmulRowMajorAInPlace = inPlace; matmulChunksPerThread = mc % 3 + 1
         var out = [Float](repeating: 0, count: BT * OC)
         var dinp = [Float](repeating: 0, count: BT * C), dweight = [Float](repeating: 0, count: OC * C)
         matmulForward(&out, inp, weight, bias, BT, C, OC)
         matmulBackward(&dinp, &dweight, nil, dout, inp, weight, BT, C, OC)
-        let blocks = "MC=\(mc) KC=\(kc) NC=\(nc) threads=\(threads)"
+        let blocks = "MC=\(mc) KC=\(kc) NC=\(nc) threads=\(threads) order=\(order) inPlace=\(inPlace)"
         #expect(relativeMaxDiff(out, outRef) < 1e-5, "forward \(blocks)")
         #expect(relativeMaxDiff(dinp, dinpRef) < 1e-5, "dinp \(blocks)")
         #expect(relativeMaxDiff(dweight, dweightRef) < 1e-5, "dweight \(blocks)")
