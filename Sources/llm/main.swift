@@ -7,7 +7,7 @@ struct LLMCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "llm",
         abstract: "Train GPT-2 from scratch in Swift, on the CPU or an NVIDIA GPU; llm.c-compatible files.",
-        subcommands: [KernelsCommand.self])
+        subcommands: [KernelsCommand.self, CUDASelfTestCommand.self])
 }
 
 LLMCommand.main()
