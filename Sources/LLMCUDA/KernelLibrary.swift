@@ -64,11 +64,11 @@ public enum KernelCache {
         return "/tmp/llm-swift-kernels"
     }
 
+    /// mkdir -p
     static func makeDirectories(_ path: String) {
-        var prefix = ""
-        for part in path.split(separator: "/", omittingEmptySubsequences: false) {
-            prefix += (prefix.isEmpty && path.hasPrefix("/") ? "" : "/") + part
-            if prefix.isEmpty || prefix == "/" { continue }
+        var prefix = path.hasPrefix("/") ? "" : "."
+        for part in path.split(separator: "/") {
+            prefix += "/" + part
             mkdir(prefix, 0o755)
         }
     }

@@ -124,6 +124,11 @@ public final class MatmulEngine {
         workspace = try device.allocate(bytes: workspaceBytes, what: "cublasLt workspace")
     }
 
+    deinit {
+        device.free(workspace)
+        _ = lt.destroy(handle)  // descriptors are small and live as long as the process
+    }
+
     func plan(_ s: MatmulShape, bias: CUdeviceptr) throws -> Plan {
         if let p = plans[s] { return p }
         var desc: OpaquePointer? = nil
