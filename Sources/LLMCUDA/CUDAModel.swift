@@ -189,6 +189,15 @@ public final class CUDAModel: GPT2Backend {
 
     public var deviceDescription: String { "cuda: \(device.name) (\(precision.rawValue))" }
 
+    /// Dense bf16 tensor-core peak (fp32 accumulate) for MFU, as llm.c's table; nil for unknown
+    /// GPUs and in fp32 mode (no tensor cores there).
+    public var peakFLOPs: Double? {
+        guard precision == .bf16 else { return nil }
+        if device.name.contains("H100") || device.name.contains("H200") { return 989.4e12 }
+        if device.name.contains("A100") { return 312e12 }
+        return nil
+    }
+
     // MARK: Views
 
     @inline(__always) func elements(_ base: CUdeviceptr, _ n: Int) -> CUdeviceptr { base + UInt64(n * E) }
@@ -439,15 +448,26 @@ public final class CUDAModel: GPT2Backend {
         try launch1D("encoder_backward_wpe", count: T * C,
                      [.ptr(tensor(grads, .wpe)), .ptr(dresidual), .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(C)),
                       .u32(nextSeed())])
-        let N = B * T
-        let order = (0 ..< N).sorted { (lastInputs[$0], $0) < (lastInputs[$1], $1) }
+        // Counting sort of the positions by token: buckets in token order, positions ascending.
+        let N = B * T, V = config.vocabSize
+        var count = [Int32](repeating: 0, count: V)
+        for x in lastInputs { count[Int(x)] += 1 }
         var bucketTokens: [Int32] = [], starts: [Int32] = []
-        for (i, pos) in order.enumerated() where i == 0 || lastInputs[pos] != lastInputs[order[i - 1]] {
-            bucketTokens.append(lastInputs[pos])
-            starts.append(Int32(i))
+        var next = [Int32](repeating: 0, count: V)  // next free slot of each token's bucket
+        var running: Int32 = 0
+        for v in 0 ..< V where count[v] > 0 {
+            bucketTokens.append(Int32(v))
+            starts.append(running)
+            next[v] = running
+            running += count[v]
         }
         starts.append(Int32(N))
-        let table = bucketTokens + starts + order.map { Int32($0) }
+        var order = [Int32](repeating: 0, count: N)
+        for (pos, x) in lastInputs.enumerated() {
+            order[Int(next[Int(x)])] = Int32(pos)
+            next[Int(x)] += 1
+        }
+        let table = bucketTokens + starts + order
         try device.upload(buckets, table)
         let n = bucketTokens.count
         try launch("encoder_backward_wte", grid: (n, 1, 1), block: (min(256, (C + 31) / 32 * 32), 1, 1),

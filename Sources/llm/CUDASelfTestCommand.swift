@@ -97,7 +97,23 @@ struct CUDASelfTestCommand: ParsableCommand {
             if rel > worstRel { worstRel = rel; worstName = t.name }
             elementFails += fails
         }
-        print("[\(p)] loss \(loss) (ref \(state.loss)), logits max |diff| \(sci(logitsMax))")
+        // Gradient accumulation: the batch as two micro-batches of B/2 gives the same gradients.
+        model.zeroGradients()
+        let half = B / 2 * T
+        for k in 0 ..< 2 {
+            _ = try model.forward(inputs: Array(state.inputs[k * half ..< (k + 1) * half]),
+                                  targets: Array(state.targets[k * half ..< (k + 1) * half]), B: B / 2, T: T)
+            try model.backward(microSteps: 2)
+        }
+        let accumulated = try model.readGradients()
+        var accD2 = 0.0, accR2 = 0.0
+        for i in accumulated.indices {
+            accD2 += Double(accumulated[i] - state.gradients[i]) * Double(accumulated[i] - state.gradients[i])
+            accR2 += Double(state.gradients[i]) * Double(state.gradients[i])
+        }
+        let accRel = Float((accD2 / accR2).squareRoot())
+        print("[\(p)] loss \(loss) (ref \(state.loss)), logits max |diff| \(sci(logitsMax)), "
+              + "2 micro-steps of B/2: all-grad rel. error \(sci(accRel))")
         print("[\(p)] grad rel. error: " + gradLines.joined(separator: ", "))
 
         // 10 AdamW steps on the same batch, as tiny_steps.json.
@@ -125,15 +141,17 @@ struct CUDASelfTestCommand: ParsableCommand {
             if lossErr > 1e-4 { failures.append("fp32 loss") }
             if worstRel > 1e-4 { failures.append("fp32 grads (\(worstName))") }
             if lossDiff > 1e-4 { failures.append("fp32 10 losses") }
+            if accRel > 1e-4 { failures.append("fp32 micro-step accumulation") }
         } else {
             if logitsMax > 25 { failures.append("bf16 logits") }
             if lossErr > 0.05 { failures.append("bf16 loss") }
             if elementFails > 0 { failures.append("bf16 grads (\(elementFails) elements)") }
             if lossDiff > 0.05 { failures.append("bf16 10 losses") }
+            if accRel > 2e-2 { failures.append("bf16 micro-step accumulation") }
         }
         let row = "\(p.rawValue) tiny: logits max \(sci(logitsMax)), loss diff \(sci(lossErr)), "
             + "worst grad rel \(sci(worstRel)) (\(worstName)), llm.c grad tol fails \(elementFails), "
-            + "10-step loss max diff \(sci(lossDiff))  \(failures.isEmpty ? "PASS" : "FAIL")"
+            + "10-step loss max diff \(sci(lossDiff)), 2-micro-step grads rel \(sci(accRel))  \(failures.isEmpty ? "PASS" : "FAIL")"
         return ([row], failures)
     }
 
@@ -195,7 +213,7 @@ struct CUDASelfTestCommand: ParsableCommand {
         let tokensPerStep = Double(B * T)
         let N = Double(ParameterLayout(config).count)
         let flops = (6 * N + 6 * Double(config.numLayers * config.channels * T)) * tokensPerStep
-        let mfu = flops / median(times) / 989e12 * 100
+        let mfu = flops / median(times) / (model.peakFLOPs ?? 989.4e12) * 100
         let mem = try model.device.memoryInfo()
         return ["bench d12 bf16 B=\(B) T=\(T): \(fmt(ms)) ms/step (fwd \(fmt(median(fwd) * 1000)), bwd \(fmt(median(bwd) * 1000)), "
                 + "norm+update \(fmt(median(upd) * 1000))), \(Int(tokensPerStep / median(times))) tok/s, MFU \(fmt(mfu))%, "
