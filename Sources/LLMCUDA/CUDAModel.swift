@@ -538,6 +538,16 @@ public final class CUDAModel: GPT2Backend {
         fromDeviceOrder(try downloadFloatX(grads, count: deviceCount))
     }
 
+    /// The stochastic-rounding seed generator, saved in training checkpoints for exact resume.
+    public func readRandomState() throws -> [UInt64] { [rngState] }
+
+    public func writeRandomState(_ state: [UInt64]) throws {
+        guard state.count == 1, state[0] != 0 else {
+            throw LLMError("cuda model: random state needs one non-zero xorshift state, got \(state)")
+        }
+        rngState = state[0]
+    }
+
     /// "params 248 MiB, activations 1.2 GiB, ..." for the start-up message.
     public var memorySummary: String {
         func mib(_ b: Int) -> String { "\(b >> 20) MiB" }
