@@ -338,7 +338,7 @@ public final class CUDAModel: GPT2Backend {
                                  tensor(params, .ln1w, layer: l), tensor(params, .ln1b, layer: l), N: N, C: C)
             try matmulForward(qkvl, ln1l, tensor(params, .qkvw, layer: l), tensor(params, .qkvb, layer: l),
                               N: N, K: C, OC: 3 * C)
-            try launch("attention_forward_hs\(hs)", grid: ((T + 63) / 64, NH, B), block: (64, 1, 1),
+            try launch("attention_forward_hs\(hs)", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
                        shared: 2 * 64 * hs * 4, [.ptr(attyl), .ptr(lsel), .ptr(qkvl), .i32(Int32(T)), .i32(Int32(NH))])
             try matmulForward(scratchBTC, attyl, tensor(params, .attprojw, layer: l),
                               tensor(params, .attprojb, layer: l), N: N, K: C, OC: C)
@@ -429,10 +429,11 @@ public final class CUDAModel: GPT2Backend {
                           .i32(Int32(NH)), .i32(Int32(hs))])
             let attArgs: [KernelArgument] = [.ptr(dqkv), .ptr(qkvl), .ptr(scratchBTC), .ptr(lsel), .ptr(attDsum),
                                              .i32(Int32(T)), .i32(Int32(NH))]
-            try launch("attention_backward_query_hs\(hs)", grid: ((T + 63) / 64, NH, B), block: (64, 1, 1),
+            // 64 rows per block, two threads per row.
+            try launch("attention_backward_query_hs\(hs)", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
                        shared: 2 * 64 * hs * 4, attArgs)
-            try launch("attention_backward_key_value_hs\(hs)", grid: ((T + 63) / 64, NH, B), block: (64, 1, 1),
-                       shared: (2 * 64 * (hs + 1) + 2 * 64 * hs + 2 * 64) * 4, attArgs)
+            try launch("attention_backward_key_value_hs\(hs)", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
+                       shared: (2 * 64 * (hs + 2) + 2 * 64 * hs + 2 * 64) * 4, attArgs)
             try matmulBackward(dinp: scratchBTC, dweight: g(.qkvw), dbias: g(.qkvb), dout: dqkv,
                                inp: ln1l, weight: p(.qkvw), N: N, K: C, OC: 3 * C)
             try layerNormBackward(dinp: dresidual, dweight: g(.ln1w), dbias: g(.ln1b), dout: scratchBTC, inp: residual,
