@@ -19,7 +19,10 @@ let package = Package(
         .target(name: "LLMCPU", dependencies: ["LLM"], swiftSettings: [.swiftLanguageMode(.v5), .unsafeFlags(["-O"], .when(configuration: .debug))]),
         // CUDA backend: driver API, NVRTC and cuBLASLt through dlopen; kernels embedded at build time.
         .target(name: "LLMCUDA", dependencies: ["LLM"], exclude: ["Kernels"],
-                swiftSettings: [.swiftLanguageMode(.v5)]),
+                swiftSettings: [.swiftLanguageMode(.v5)], plugins: ["EmbedKernels"]),
+        // Embeds LLMCUDA/Kernels/*.cu into the binary as Swift string literals.
+        .plugin(name: "EmbedKernels", capability: .buildTool(), dependencies: ["EmbedKernelsTool"]),
+        .executableTarget(name: "EmbedKernelsTool", path: "Plugins/EmbedKernelsTool"),
         .executableTarget(
             name: "llm",
             dependencies: ["LLM", "LLMCPU", "LLMCUDA",

@@ -1,0 +1,557 @@
+// GPT-2 on one NVIDIA GPU, llm.c's precision policy: bf16 (or fp32) parameters, activations and
+// gradients, fp32 master weights and AdamW moments, cuBLASLt matmuls with fp32 accumulation.
+// Memory is planned once for (B, T): parameters, gradients, optimizer state, activations.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+import LLM
+
+// MARK: - Availability
+
+public enum CUDABackend {
+    /// nil when a GPU, its driver and cuBLASLt are usable; otherwise one line saying why not.
+    public static func unavailableReason() -> String? {
+        switch CUDADriver.shared {
+        case .failure(let e): return e.message
+        case .success(let d):
+            do {
+                if try d.deviceCount() == 0 { return "cuda: the driver found no GPU" }
+            } catch { return "\(error)" }
+        }
+        if case .failure(let e) = CuBLASLt.shared { return e.message }
+        return nil
+    }
+
+    public static func isAvailable() -> Bool { unavailableReason() == nil }
+}
+
+// MARK: - Model
+
+public final class CUDAModel: GPT2Backend {
+    public let config: GPT2Config
+    public let batchSize: Int
+    public let sequenceLength: Int
+    public let precision: GPUPrecision
+    public let device: CUDADevice
+    public let kernels: KernelLibrary
+    let matmul: MatmulEngine
+    let layout: ParameterLayout
+    let E: Int  // bytes per floatX element
+
+    // Parameters, gradients and optimizer state share one padded layout: each of the 16 tensors
+    // starts at a 128-element boundary so that every cuBLASLt operand is well aligned.
+    let deviceOffsets: [Int]
+    let deviceCount: Int
+    let params: CUdeviceptr      // (deviceCount) floatX
+    let grads: CUdeviceptr       // (deviceCount) floatX
+    let master: CUdeviceptr      // (deviceCount) fp32, bf16 mode only (0 in fp32 mode)
+    let adamM: CUdeviceptr       // (deviceCount) fp32
+    let adamV: CUdeviceptr       // (deviceCount) fp32
+
+    // Activations (floatX unless noted), one allocation, L-stacked where per layer.
+    let activations: CUdeviceptr
+    let encoded: CUdeviceptr     // (B, T, C)
+    let ln1: CUdeviceptr         // (L, B, T, C)
+    let ln1Mean: CUdeviceptr     // (L, B, T) fp32
+    let ln1Rstd: CUdeviceptr     // (L, B, T) fp32
+    let qkv: CUdeviceptr         // (L, B, T, 3C)
+    let atty: CUdeviceptr        // (L, B, T, C)
+    let attLse: CUdeviceptr      // (L, B, NH, T) fp32: log-sum-exp per attention row
+    let residual2: CUdeviceptr   // (L, B, T, C)
+    let ln2: CUdeviceptr         // (L, B, T, C)
+    let ln2Mean: CUdeviceptr     // (L, B, T) fp32
+    let ln2Rstd: CUdeviceptr     // (L, B, T) fp32
+    let fch: CUdeviceptr         // (L, B, T, 4C) before GELU
+    let fchGelu: CUdeviceptr     // (L, B, T, 4C)
+    let residual3: CUdeviceptr   // (L, B, T, C)
+    let lnf: CUdeviceptr         // (B, T, C)
+    let lnfMean: CUdeviceptr     // (B, T) fp32
+    let lnfRstd: CUdeviceptr     // (B, T) fp32
+    let logitsBuffer: CUdeviceptr  // (B, T, Vp): logits, then dlogits in place
+    let losses: CUdeviceptr      // (B, T) fp32
+    // Backward scratch, reused by every layer.
+    let dresidual: CUdeviceptr   // (B, T, C)
+    let scratchBTC: CUdeviceptr  // (B, T, C)
+    let scratchBT4C: CUdeviceptr // (B, T, 4C), also dqkv (B, T, 3C)
+    let attDsum: CUdeviceptr     // (B, NH, T) fp32
+    let partials: CUdeviceptr    // fp32 per-block partial sums
+    let partialFloats: Int
+    let tokens: CUdeviceptr      // (B, T) int32 inputs
+    let targetsBuffer: CUdeviceptr  // (B, T) int32
+    let buckets: CUdeviceptr     // 3 * B * T + 1 int32: wte-gradient buckets for the encoder backward
+    public let activationBytes: Int
+    public let parameterBytes: Int
+
+    // State of the last forward.
+    var lastB = 0, lastT = 0
+    var lastInputs: [Int32] = []
+    var haveTargets = false
+    var hostLosses: [Float] = []
+    /// xorshift state for the stochastic-rounding seeds (llm.c: 13371337 + rank).
+    var rngState: UInt64 = 13371337
+
+    static let lnBackwardBlocks = 256
+    static let normBlocks = 512
+    static let maxBiasRowBlocks = 64
+
+    /// `parameters`: N fp32 values in checkpoint order (these become the master weights).
+    public init(config: GPT2Config, parameters: [Float], B: Int, T: Int, precision: GPUPrecision = .bf16,
+                deviceOrdinal: Int = 0) throws {
+        try config.validate(source: "cuda model")
+        if B <= 0 || T <= 0 || T > config.maxSeqLen {
+            throw LLMError("cuda model: batch B=\(B) T=\(T) does not fit (maxT \(config.maxSeqLen))")
+        }
+        let hs = config.headSize
+        if ![16, 32, 64, 128].contains(hs) {
+            throw LLMError("cuda model: head size \(hs) not supported by the attention kernels (16, 32, 64 or 128)")
+        }
+        self.config = config
+        batchSize = B
+        sequenceLength = T
+        self.precision = precision
+        layout = ParameterLayout(config)
+        if parameters.count != layout.count {
+            throw LLMError("cuda model: \(parameters.count) parameters given, \(config) has \(layout.count)")
+        }
+        E = precision.elementBytes
+        device = try CUDADevice(ordinal: deviceOrdinal)
+        kernels = try KernelLibrary(device: device, precision: precision)
+        matmul = try MatmulEngine(device: device, bf16: precision == .bf16)
+
+        var offsets: [Int] = []
+        var total = 0
+        for size in layout.sizes {
+            offsets.append(total)
+            total = (total + size + 127) / 128 * 128
+        }
+        deviceOffsets = offsets
+        deviceCount = total
+        params = try device.allocate(bytes: total * E, what: "parameters")
+        grads = try device.allocate(bytes: total * E, what: "gradients")
+        master = precision == .bf16 ? try device.allocate(bytes: total * 4, what: "master weights") : 0
+        adamM = try device.allocate(bytes: total * 4, what: "AdamW m")
+        adamV = try device.allocate(bytes: total * 4, what: "AdamW v")
+        parameterBytes = total * (2 * E + 8 + (precision == .bf16 ? 4 : 0))
+
+        // Activations: sizes in bytes, each rounded to 256 so every view is aligned.
+        let L = config.numLayers, C = config.channels, NH = config.numHeads, Vp = config.paddedVocabSize
+        let BT = B * T
+        let x = E, f = 4
+        let plan: [Int] = [
+            BT * C * x,                      // encoded
+            L * BT * C * x, L * BT * f, L * BT * f,  // ln1, mean, rstd
+            L * BT * 3 * C * x,              // qkv
+            L * BT * C * x,                  // atty
+            L * B * NH * T * f,              // attLse
+            L * BT * C * x,                  // residual2
+            L * BT * C * x, L * BT * f, L * BT * f,  // ln2, mean, rstd
+            L * BT * 4 * C * x,              // fch
+            L * BT * 4 * C * x,              // fchGelu
+            L * BT * C * x,                  // residual3
+            BT * C * x, BT * f, BT * f,      // lnf, mean, rstd
+            BT * Vp * x,                     // logits
+            BT * f,                          // losses
+            BT * C * x, BT * C * x, BT * 4 * C * x,  // dresidual, scratchBTC, scratchBT4C
+            B * NH * T * f,                  // attDsum
+        ]
+        let aligned = plan.map { ($0 + 255) / 256 * 256 }
+        activationBytes = aligned.reduce(0, +)
+        activations = try device.allocate(bytes: activationBytes, what: "activations")
+        try device.zero(activations, bytes: activationBytes)
+        var views: [CUdeviceptr] = []
+        var at = activations
+        for a in aligned { views.append(at); at += UInt64(a) }
+        encoded = views[0]; ln1 = views[1]; ln1Mean = views[2]; ln1Rstd = views[3]; qkv = views[4]
+        atty = views[5]; attLse = views[6]; residual2 = views[7]; ln2 = views[8]; ln2Mean = views[9]
+        ln2Rstd = views[10]; fch = views[11]; fchGelu = views[12]; residual3 = views[13]; lnf = views[14]
+        lnfMean = views[15]; lnfRstd = views[16]; logitsBuffer = views[17]; losses = views[18]
+        dresidual = views[19]; scratchBTC = views[20]; scratchBT4C = views[21]; attDsum = views[22]
+
+        partialFloats = max(CUDAModel.lnBackwardBlocks * 2 * C, CUDAModel.maxBiasRowBlocks * 4 * C,
+                            CUDAModel.normBlocks + 1)
+        partials = try device.allocate(bytes: partialFloats * 4, what: "reduction partials")
+        tokens = try device.allocate(bytes: BT * 4, what: "input tokens")
+        targetsBuffer = try device.allocate(bytes: BT * 4, what: "target tokens")
+        buckets = try device.allocate(bytes: (3 * BT + 1) * 4, what: "encoder buckets")
+
+        try device.zero(adamM, bytes: total * 4)
+        try device.zero(adamV, bytes: total * 4)
+        try device.zero(grads, bytes: total * E)
+        try writeParameters(parameters)
+    }
+
+    deinit {
+        for p in [params, grads, master, adamM, adamV, activations, partials, tokens, targetsBuffer, buckets] {
+            device.free(p)
+        }
+    }
+
+    public var deviceDescription: String { "cuda: \(device.name) (\(precision.rawValue))" }
+
+    /// Dense bf16 tensor-core peak (fp32 accumulate) for MFU, as llm.c's table; nil for unknown
+    /// GPUs and in fp32 mode (no tensor cores there).
+    public var peakFLOPs: Double? {
+        guard precision == .bf16 else { return nil }
+        if device.name.contains("H100") || device.name.contains("H200") { return 989.4e12 }
+        if device.name.contains("A100") { return 312e12 }
+        return nil
+    }
+
+    // MARK: Views
+
+    @inline(__always) func elements(_ base: CUdeviceptr, _ n: Int) -> CUdeviceptr { base + UInt64(n * E) }
+    @inline(__always) func floats(_ base: CUdeviceptr, _ n: Int) -> CUdeviceptr { base + UInt64(n * 4) }
+
+    /// Layer `l`'s slice of a parameter (or gradient) tensor; whole tensor for the non-layer ones.
+    func tensor(_ base: CUdeviceptr, _ t: ParameterTensor, layer l: Int = 0) -> CUdeviceptr {
+        let perLayer = t.isPerLayer ? layout.size(t) / config.numLayers : 0
+        return elements(base, deviceOffsets[t.rawValue] + l * perLayer)
+    }
+
+    // MARK: Host layout conversion
+
+    func toDeviceOrder(_ values: [Float]) -> [Float] {
+        var out = [Float](repeating: 0, count: deviceCount)
+        for (i, r) in layout.sizes.enumerated() {
+            let src = layout.offsets[i], dst = deviceOffsets[i]
+            for j in 0 ..< r { out[dst + j] = values[src + j] }
+        }
+        return out
+    }
+
+    func fromDeviceOrder(_ values: [Float]) -> [Float] {
+        var out = [Float](repeating: 0, count: layout.count)
+        for (i, r) in layout.sizes.enumerated() {
+            let src = deviceOffsets[i], dst = layout.offsets[i]
+            for j in 0 ..< r { out[dst + j] = values[src + j] }
+        }
+        return out
+    }
+
+    func downloadFloatX(_ p: CUdeviceptr, count: Int) throws -> [Float] {
+        if precision == .fp32 { return try device.download(p, count: count, as: Float.self, fill: 0) }
+        let half = try device.download(p, count: count, as: UInt16.self, fill: 0)
+        return half.map(floatFromBF16)
+    }
+
+    func uploadFloatX(_ p: CUdeviceptr, _ values: [Float]) throws {
+        if precision == .fp32 { try device.upload(p, values) } else { try device.upload(p, values.map(bf16FromFloat)) }
+    }
+
+    // MARK: Launch helpers
+
+    func launch(_ name: String, grid: (Int, Int, Int), block: (Int, Int, Int), shared: Int = 0,
+                _ args: [KernelArgument]) throws {
+        try kernels.launch(kernels.function(name), grid: grid, block: block, shared: shared, args)
+    }
+
+    func launch1D(_ name: String, count: Int, block: Int = 256, _ args: [KernelArgument]) throws {
+        try launch(name, grid: ((count + block - 1) / block, 1, 1), block: (block, 1, 1), args)
+    }
+
+    /// out (N, OC) = inp (N, K) . weight (OC, K)^T (+ bias (OC)), row-major.
+    func matmulForward(_ out: CUdeviceptr, _ inp: CUdeviceptr, _ weight: CUdeviceptr, _ bias: CUdeviceptr?,
+                       N: Int, K: Int, OC: Int) throws {
+        try matmul.run(MatmulShape(m: OC, n: N, k: K, transA: true, transB: false, bias: bias != nil, accumulate: false),
+                       d: out, a: weight, b: inp, bias: bias ?? 0)
+    }
+
+    /// dinp (N, K) = dout (N, OC) . weight (OC, K); dweight (OC, K) += dout^T . inp; dbias (OC) += column sums.
+    func matmulBackward(dinp: CUdeviceptr, dweight: CUdeviceptr, dbias: CUdeviceptr?, dout: CUdeviceptr,
+                        inp: CUdeviceptr, weight: CUdeviceptr, N: Int, K: Int, OC: Int) throws {
+        try matmul.run(MatmulShape(m: K, n: N, k: OC, transA: false, transB: false, bias: false, accumulate: false),
+                       d: dinp, a: weight, b: dout)
+        try matmul.run(MatmulShape(m: K, n: OC, k: N, transA: false, transB: true, bias: false, accumulate: true),
+                       d: dweight, a: inp, b: dout)
+        if let dbias = dbias {
+            let rowBlocks = min(CUDAModel.maxBiasRowBlocks, (N + 255) / 256)
+            let rowsPerBlock = (N + rowBlocks - 1) / rowBlocks
+            try launch("bias_backward_partial", grid: ((OC + 31) / 32, rowBlocks, 1), block: (32, 8, 1),
+                       [.ptr(partials), .ptr(dout), .i32(Int32(N)), .i32(Int32(OC)), .i32(Int32(rowsPerBlock))])
+            try launch1D("bias_backward_reduce", count: OC,
+                         [.ptr(dbias), .ptr(partials), .i32(Int32(rowBlocks)), .i32(Int32(OC))])
+        }
+    }
+
+    func layerNormForward(_ out: CUdeviceptr, _ mean: CUdeviceptr, _ rstd: CUdeviceptr, _ inp: CUdeviceptr,
+                          _ weight: CUdeviceptr, _ bias: CUdeviceptr, N: Int, C: Int) throws {
+        let warpsPerBlock = 8
+        try launch("layernorm_forward", grid: ((N + warpsPerBlock - 1) / warpsPerBlock, 1, 1), block: (32 * warpsPerBlock, 1, 1),
+                   [.ptr(out), .ptr(mean), .ptr(rstd), .ptr(inp), .ptr(weight), .ptr(bias), .i32(Int32(N)), .i32(Int32(C))])
+    }
+
+    /// dinp (N, C) += LayerNorm backward of dout; dweight, dbias (C) += their sums over rows.
+    func layerNormBackward(dinp: CUdeviceptr, dweight: CUdeviceptr, dbias: CUdeviceptr, dout: CUdeviceptr,
+                           inp: CUdeviceptr, weight: CUdeviceptr, mean: CUdeviceptr, rstd: CUdeviceptr,
+                           N: Int, C: Int) throws {
+        let warps = 4
+        let blocks = min(CUDAModel.lnBackwardBlocks, (N + warps - 1) / warps)
+        try launch("layernorm_backward", grid: (blocks, 1, 1), block: (32 * warps, 1, 1), shared: warps * 2 * C * 4,
+                   [.ptr(dinp), .ptr(partials), .ptr(dout), .ptr(inp), .ptr(weight), .ptr(mean), .ptr(rstd),
+                    .i32(Int32(N)), .i32(Int32(C))])
+        try launch1D("layernorm_backward_reduce", count: 2 * C,
+                     [.ptr(dweight), .ptr(dbias), .ptr(partials), .i32(Int32(blocks)), .i32(Int32(C))])
+    }
+
+    func nextSeed() -> UInt32 {
+        rngState ^= rngState >> 12
+        rngState ^= rngState << 25
+        rngState ^= rngState >> 27
+        return UInt32(truncatingIfNeeded: (rngState &* 0x2545F4914F6CDD1D) >> 32)
+    }
+
+    // MARK: Forward
+
+    public func forward(inputs: [Int32], targets: [Int32]?, B: Int, T: Int) throws -> Float {
+        if B <= 0 || T <= 0 || B > batchSize || T > sequenceLength {
+            throw LLMError("cuda model: forward with B=\(B) T=\(T), planned for B<=\(batchSize) T<=\(sequenceLength)")
+        }
+        let N = B * T, V = config.vocabSize
+        if inputs.count != N || (targets != nil && targets!.count != N) {
+            throw LLMError("cuda model: forward needs \(N) inputs and targets, got \(inputs.count) and \(targets?.count ?? 0)")
+        }
+        for x in inputs + (targets ?? []) where x < 0 || Int(x) >= V {
+            throw LLMError("cuda model: token \(x) is outside the vocabulary (size \(V))")
+        }
+        lastB = B; lastT = T
+        lastInputs = inputs
+        haveTargets = targets != nil
+        try device.upload(tokens, inputs)
+        if let t = targets { try device.upload(targetsBuffer, t) }
+
+        let C = config.channels, L = config.numLayers, NH = config.numHeads, Vp = config.paddedVocabSize
+        let hs = config.headSize
+        let BTmax = batchSize * sequenceLength  // per-layer stride of the stacked activations
+        let NHT = batchSize * NH * sequenceLength
+        try launch1D("encoder_forward", count: N * C,
+                     [.ptr(encoded), .ptr(tokens), .ptr(tensor(params, .wte)), .ptr(tensor(params, .wpe)),
+                      .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(C))])
+        for l in 0 ..< L {
+            let residual = l == 0 ? encoded : elements(residual3, (l - 1) * BTmax * C)
+            let ln1l = elements(ln1, l * BTmax * C), qkvl = elements(qkv, l * BTmax * 3 * C)
+            let attyl = elements(atty, l * BTmax * C), lsel = floats(attLse, l * NHT)
+            let res2l = elements(residual2, l * BTmax * C), ln2l = elements(ln2, l * BTmax * C)
+            let fchl = elements(fch, l * BTmax * 4 * C), geluL = elements(fchGelu, l * BTmax * 4 * C)
+            let res3l = elements(residual3, l * BTmax * C)
+            try layerNormForward(ln1l, floats(ln1Mean, l * BTmax), floats(ln1Rstd, l * BTmax), residual,
+                                 tensor(params, .ln1w, layer: l), tensor(params, .ln1b, layer: l), N: N, C: C)
+            try matmulForward(qkvl, ln1l, tensor(params, .qkvw, layer: l), tensor(params, .qkvb, layer: l),
+                              N: N, K: C, OC: 3 * C)
+            try launch("attention_forward_hs\(hs)", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
+                       shared: 2 * 64 * hs * 4, [.ptr(attyl), .ptr(lsel), .ptr(qkvl), .i32(Int32(T)), .i32(Int32(NH))])
+            try matmulForward(scratchBTC, attyl, tensor(params, .attprojw, layer: l),
+                              tensor(params, .attprojb, layer: l), N: N, K: C, OC: C)
+            try launch1D("residual_forward", count: N * C, [.ptr(res2l), .ptr(residual), .ptr(scratchBTC), .i64(Int64(N * C))])
+            try layerNormForward(ln2l, floats(ln2Mean, l * BTmax), floats(ln2Rstd, l * BTmax), res2l,
+                                 tensor(params, .ln2w, layer: l), tensor(params, .ln2b, layer: l), N: N, C: C)
+            try matmulForward(fchl, ln2l, tensor(params, .fcw, layer: l), tensor(params, .fcb, layer: l),
+                              N: N, K: C, OC: 4 * C)
+            try launch1D("gelu_forward", count: N * 4 * C, [.ptr(geluL), .ptr(fchl), .i64(Int64(N * 4 * C))])
+            try matmulForward(scratchBTC, geluL, tensor(params, .fcprojw, layer: l),
+                              tensor(params, .fcprojb, layer: l), N: N, K: 4 * C, OC: C)
+            try launch1D("residual_forward", count: N * C, [.ptr(res3l), .ptr(res2l), .ptr(scratchBTC), .i64(Int64(N * C))])
+        }
+        try layerNormForward(lnf, lnfMean, lnfRstd, elements(residual3, (L - 1) * BTmax * C),
+                             tensor(params, .lnfw), tensor(params, .lnfb), N: N, C: C)
+        try matmulForward(logitsBuffer, lnf, tensor(params, .wte), nil, N: N, K: C, OC: Vp)
+        guard targets != nil else {
+            hostLosses = []
+            try device.synchronize()
+            return .nan
+        }
+        try launch("classifier_loss", grid: (N, 1, 1), block: (V >= 4096 ? 1024 : 128, 1, 1),
+                   [.ptr(losses), .ptr(logitsBuffer), .ptr(targetsBuffer), .i32(Int32(V)), .i32(Int32(Vp))])
+        hostLosses = try device.download(losses, count: N, as: Float.self, fill: 0)
+        var sum = 0.0
+        for x in hostLosses { sum += Double(x) }
+        return Float(sum / Double(N))
+    }
+
+    public func lastLosses() -> [Float] { hostLosses }
+
+    public func logits(b: Int, t: Int) -> [Float] {
+        let Vp = config.paddedVocabSize
+        let row = elements(logitsBuffer, (b * lastT + t) * Vp)
+        let all = (try? downloadFloatX(row, count: Vp)) ?? []
+        return Array(all.prefix(config.vocabSize))
+    }
+
+    // MARK: Backward
+
+    public func zeroGradients() {
+        try? device.zero(grads, bytes: deviceCount * E)
+    }
+
+    public func backward(microSteps: Int) throws {
+        if !haveTargets { throw LLMError("cuda model: backward needs a forward with targets first") }
+        let B = lastB, T = lastT, N = B * T
+        let C = config.channels, L = config.numLayers, NH = config.numHeads
+        let V = config.vocabSize, Vp = config.paddedVocabSize, hs = config.headSize
+        let BTmax = batchSize * sequenceLength
+        let NHT = batchSize * NH * sequenceLength
+        let dloss = 1.0 / Float(N * max(microSteps, 1))
+
+        try launch("classifier_backward", grid: (N, 1, 1), block: (V >= 4096 ? 1024 : 128, 1, 1),
+                   [.ptr(logitsBuffer), .ptr(targetsBuffer), .f32(dloss), .i32(Int32(V)), .i32(Int32(Vp))])
+        // LM head (no bias): dlnf = dlogits . wte, dwte += dlogits^T . lnf
+        try matmulBackward(dinp: scratchBTC, dweight: tensor(grads, .wte), dbias: nil, dout: logitsBuffer,
+                           inp: lnf, weight: tensor(params, .wte), N: N, K: C, OC: Vp)
+        try device.zero(dresidual, bytes: N * C * E)
+        try layerNormBackward(dinp: dresidual, dweight: tensor(grads, .lnfw), dbias: tensor(grads, .lnfb),
+                              dout: scratchBTC, inp: elements(residual3, (L - 1) * BTmax * C),
+                              weight: tensor(params, .lnfw), mean: lnfMean, rstd: lnfRstd, N: N, C: C)
+        for l in stride(from: L - 1, through: 0, by: -1) {
+            let residual = l == 0 ? encoded : elements(residual3, (l - 1) * BTmax * C)
+            let ln1l = elements(ln1, l * BTmax * C), qkvl = elements(qkv, l * BTmax * 3 * C)
+            let attyl = elements(atty, l * BTmax * C), lsel = floats(attLse, l * NHT)
+            let res2l = elements(residual2, l * BTmax * C), ln2l = elements(ln2, l * BTmax * C)
+            let fchl = elements(fch, l * BTmax * 4 * C), geluL = elements(fchGelu, l * BTmax * 4 * C)
+            func p(_ t: ParameterTensor) -> CUdeviceptr { tensor(params, t, layer: l) }
+            func g(_ t: ParameterTensor) -> CUdeviceptr { tensor(grads, t, layer: l) }
+
+            // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2)))
+            try matmulBackward(dinp: scratchBT4C, dweight: g(.fcprojw), dbias: g(.fcprojb), dout: dresidual,
+                               inp: geluL, weight: p(.fcprojw), N: N, K: 4 * C, OC: C)
+            try launch1D("gelu_backward", count: N * 4 * C,
+                         [.ptr(scratchBT4C), .ptr(fchl), .ptr(scratchBT4C), .i64(Int64(N * 4 * C))])
+            try matmulBackward(dinp: scratchBTC, dweight: g(.fcw), dbias: g(.fcb), dout: scratchBT4C,
+                               inp: ln2l, weight: p(.fcw), N: N, K: C, OC: 4 * C)
+            try layerNormBackward(dinp: dresidual, dweight: g(.ln2w), dbias: g(.ln2b), dout: scratchBTC, inp: res2l,
+                                  weight: p(.ln2w), mean: floats(ln2Mean, l * BTmax), rstd: floats(ln2Rstd, l * BTmax),
+                                  N: N, C: C)
+            // Attention: residual2 = residual + attproj(attention(qkv(ln1)))
+            try matmulBackward(dinp: scratchBTC, dweight: g(.attprojw), dbias: g(.attprojb), dout: dresidual,
+                               inp: attyl, weight: p(.attprojw), N: N, K: C, OC: C)
+            let dqkv = scratchBT4C
+            try launch1D("attention_backward_rowsum", count: B * NH * T,
+                         [.ptr(attDsum), .ptr(scratchBTC), .ptr(attyl), .i32(Int32(B)), .i32(Int32(T)),
+                          .i32(Int32(NH)), .i32(Int32(hs))])
+            let attArgs: [KernelArgument] = [.ptr(dqkv), .ptr(qkvl), .ptr(scratchBTC), .ptr(lsel), .ptr(attDsum),
+                                             .i32(Int32(T)), .i32(Int32(NH))]
+            // 64 rows per block, two threads per row.
+            try launch("attention_backward_query_hs\(hs)", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
+                       shared: 2 * 64 * hs * 4, attArgs)
+            try launch("attention_backward_key_value_hs\(hs)", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
+                       shared: (2 * 64 * (hs + 2) + 2 * 64 * hs + 2 * 64) * 4, attArgs)
+            try matmulBackward(dinp: scratchBTC, dweight: g(.qkvw), dbias: g(.qkvb), dout: dqkv,
+                               inp: ln1l, weight: p(.qkvw), N: N, K: C, OC: 3 * C)
+            try layerNormBackward(dinp: dresidual, dweight: g(.ln1w), dbias: g(.ln1b), dout: scratchBTC, inp: residual,
+                                  weight: p(.ln1w), mean: floats(ln1Mean, l * BTmax), rstd: floats(ln1Rstd, l * BTmax),
+                                  N: N, C: C)
+        }
+        try encoderBackward(B: B, T: T, C: C)
+        try device.synchronize()
+    }
+
+    /// dwpe += sum over the batch; dwte rows += sums per distinct token, from host-built buckets.
+    func encoderBackward(B: Int, T: Int, C: Int) throws {
+        try launch1D("encoder_backward_wpe", count: T * C,
+                     [.ptr(tensor(grads, .wpe)), .ptr(dresidual), .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(C)),
+                      .u32(nextSeed())])
+        // Counting sort of the positions by token: buckets in token order, positions ascending.
+        let N = B * T, V = config.vocabSize
+        var count = [Int32](repeating: 0, count: V)
+        for x in lastInputs { count[Int(x)] += 1 }
+        var bucketTokens: [Int32] = [], starts: [Int32] = []
+        var next = [Int32](repeating: 0, count: V)  // next free slot of each token's bucket
+        var running: Int32 = 0
+        for v in 0 ..< V where count[v] > 0 {
+            bucketTokens.append(Int32(v))
+            starts.append(running)
+            next[v] = running
+            running += count[v]
+        }
+        starts.append(Int32(N))
+        var order = [Int32](repeating: 0, count: N)
+        for (pos, x) in lastInputs.enumerated() {
+            order[Int(next[Int(x)])] = Int32(pos)
+            next[Int(x)] += 1
+        }
+        let table = bucketTokens + starts + order
+        try device.upload(buckets, table)
+        let n = bucketTokens.count
+        try launch("encoder_backward_wte", grid: (n, 1, 1), block: (min(256, (C + 31) / 32 * 32), 1, 1),
+                   [.ptr(tensor(grads, .wte)), .ptr(dresidual), .ptr(buckets), .ptr(buckets + UInt64(4 * n)),
+                    .ptr(buckets + UInt64(4 * (2 * n + 1))), .i32(Int32(C)), .u32(nextSeed())])
+    }
+
+    // MARK: Update
+
+    public func gradientNorm() throws -> Float {
+        let blocks = CUDAModel.normBlocks
+        try launch("norm_squared_partial", grid: (blocks, 1, 1), block: (512, 1, 1),
+                   [.ptr(partials), .ptr(grads), .i64(Int64(deviceCount))])
+        let out = floats(partials, blocks)
+        try launch("sum_partials", grid: (1, 1, 1), block: (1024, 1, 1), [.ptr(out), .ptr(partials), .i32(Int32(blocks))])
+        let sq = try device.download(out, count: 1, as: Float.self, fill: 0)[0]
+        return sq.squareRoot()
+    }
+
+    public func update(_ s: AdamWSettings) throws {
+        let b1 = Float(1 - pow(Double(s.beta1), Double(s.t)))
+        let b2 = Float(1 - pow(Double(s.beta2), Double(s.t)))
+        for t in ParameterTensor.allCases {
+            let n = layout.size(t)
+            let off = deviceOffsets[t.rawValue]
+            let wd = (s.decayAllTensors || t.isMatrix) ? s.weightDecay : 0
+            try launch1D("adamw_update", count: n,
+                         [.ptr(elements(params, off)), .ptr(master == 0 ? 0 : floats(master, off)),
+                          .ptr(elements(grads, off)), .ptr(floats(adamM, off)), .ptr(floats(adamV, off)),
+                          .i64(Int64(n)), .f32(s.learningRate), .f32(s.beta1), .f32(s.beta2), .f32(b1), .f32(b2),
+                          .f32(s.epsilon), .f32(wd), .f32(s.gradScale), .u32(nextSeed())])
+        }
+        try device.synchronize()
+    }
+
+    // MARK: State in and out
+
+    public func readParameters() throws -> [Float] {
+        if precision == .bf16 {
+            return fromDeviceOrder(try device.download(master, count: deviceCount, as: Float.self, fill: 0))
+        }
+        return fromDeviceOrder(try downloadFloatX(params, count: deviceCount))
+    }
+
+    public func writeParameters(_ parameters: [Float]) throws {
+        if parameters.count != layout.count {
+            throw LLMError("cuda model: \(parameters.count) parameters given, expected \(layout.count)")
+        }
+        let ordered = toDeviceOrder(parameters)
+        if precision == .bf16 { try device.upload(master, ordered) }
+        try uploadFloatX(params, ordered)
+    }
+
+    public func readOptimizerState() throws -> (m: [Float], v: [Float]) {
+        (fromDeviceOrder(try device.download(adamM, count: deviceCount, as: Float.self, fill: 0)),
+         fromDeviceOrder(try device.download(adamV, count: deviceCount, as: Float.self, fill: 0)))
+    }
+
+    public func writeOptimizerState(m: [Float], v: [Float]) throws {
+        if m.count != layout.count || v.count != layout.count {
+            throw LLMError("cuda model: optimizer state needs \(layout.count) values each, got \(m.count) and \(v.count)")
+        }
+        try device.upload(adamM, toDeviceOrder(m))
+        try device.upload(adamV, toDeviceOrder(v))
+    }
+
+    public func readGradients() throws -> [Float] {
+        fromDeviceOrder(try downloadFloatX(grads, count: deviceCount))
+    }
+
+    /// The stochastic-rounding seed generator, saved in training checkpoints for exact resume.
+    public func readRandomState() throws -> [UInt64] { [rngState] }
+
+    public func writeRandomState(_ state: [UInt64]) throws {
+        guard state.count == 1, state[0] != 0 else {
+            throw LLMError("cuda model: random state needs one non-zero xorshift state, got \(state)")
+        }
+        rngState = state[0]
+    }
+
+    /// "params 248 MiB, activations 1.2 GiB, ..." for the start-up message.
+    public var memorySummary: String {
+        func mib(_ b: Int) -> String { "\(b >> 20) MiB" }
+        return "parameters+grads+AdamW \(mib(parameterBytes)), activations \(mib(activationBytes))"
+    }
+}

@@ -1,0 +1,272 @@
+// The CUDA driver API (libcuda.so.1) through dlopen: devices, the primary context, memory,
+// modules, launches, streams and events. Every call's status becomes an LLMError naming the call.
+
+import LLM
+
+public typealias CUresult = Int32
+public typealias CUdeviceptr = UInt64
+public typealias CUhandle = OpaquePointer  // CUcontext, CUmodule, CUfunction, CUstream, CUevent
+
+// MARK: - Function types
+
+typealias FnInit = @convention(c) (UInt32) -> CUresult
+typealias FnIntOut = @convention(c) (UnsafeMutablePointer<Int32>) -> CUresult
+typealias FnDeviceGet = @convention(c) (UnsafeMutablePointer<Int32>, Int32) -> CUresult
+typealias FnDeviceGetName = @convention(c) (UnsafeMutablePointer<CChar>, Int32, Int32) -> CUresult
+typealias FnDeviceGetAttribute = @convention(c) (UnsafeMutablePointer<Int32>, Int32, Int32) -> CUresult
+typealias FnPrimaryCtxRetain = @convention(c) (UnsafeMutablePointer<CUhandle?>, Int32) -> CUresult
+typealias FnHandleIn = @convention(c) (CUhandle?) -> CUresult
+typealias FnVoid = @convention(c) () -> CUresult
+typealias FnMemAlloc = @convention(c) (UnsafeMutablePointer<CUdeviceptr>, Int) -> CUresult
+typealias FnMemFree = @convention(c) (CUdeviceptr) -> CUresult
+typealias FnMemcpyHtoD = @convention(c) (CUdeviceptr, UnsafeRawPointer, Int, CUhandle?) -> CUresult
+typealias FnMemcpyDtoH = @convention(c) (UnsafeMutableRawPointer, CUdeviceptr, Int, CUhandle?) -> CUresult
+typealias FnMemcpyDtoD = @convention(c) (CUdeviceptr, CUdeviceptr, Int, CUhandle?) -> CUresult
+typealias FnMemsetD8 = @convention(c) (CUdeviceptr, UInt8, Int, CUhandle?) -> CUresult
+typealias FnMemGetInfo = @convention(c) (UnsafeMutablePointer<Int>, UnsafeMutablePointer<Int>) -> CUresult
+typealias FnModuleLoadData = @convention(c) (UnsafeMutablePointer<CUhandle?>, UnsafeRawPointer) -> CUresult
+typealias FnModuleGetFunction = @convention(c) (UnsafeMutablePointer<CUhandle?>, CUhandle?, UnsafePointer<CChar>) -> CUresult
+typealias FnFuncSetAttribute = @convention(c) (CUhandle?, Int32, Int32) -> CUresult
+typealias FnLaunchKernel = @convention(c) (CUhandle?, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32,
+                                           CUhandle?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
+                                           UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> CUresult
+typealias FnCreateWithFlags = @convention(c) (UnsafeMutablePointer<CUhandle?>, UInt32) -> CUresult
+typealias FnEventRecord = @convention(c) (CUhandle?, CUhandle?) -> CUresult
+typealias FnEventElapsed = @convention(c) (UnsafeMutablePointer<Float>, CUhandle?, CUhandle?) -> CUresult
+typealias FnGetErrorText = @convention(c) (CUresult, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> CUresult
+
+/// Device attributes used here (CUdevice_attribute values).
+public enum CUDeviceAttribute: Int32 {
+    case multiprocessorCount = 16
+    case computeCapabilityMajor = 75
+    case computeCapabilityMinor = 76
+    case maxSharedMemoryPerBlockOptin = 97
+}
+
+// MARK: - Driver
+
+public final class CUDADriver {
+    public let library: DynamicLibrary
+    let cuInit: FnInit
+    let cuDriverGetVersion: FnIntOut
+    let cuDeviceGetCount: FnIntOut
+    let cuDeviceGet: FnDeviceGet
+    let cuDeviceGetName: FnDeviceGetName
+    let cuDeviceGetAttribute: FnDeviceGetAttribute
+    let cuDevicePrimaryCtxRetain: FnPrimaryCtxRetain
+    let cuCtxSetCurrent: FnHandleIn
+    let cuCtxSynchronize: FnVoid
+    let cuMemAlloc: FnMemAlloc
+    let cuMemFree: FnMemFree
+    let cuMemcpyHtoDAsync: FnMemcpyHtoD
+    let cuMemcpyDtoHAsync: FnMemcpyDtoH
+    let cuMemcpyDtoDAsync: FnMemcpyDtoD
+    let cuMemsetD8Async: FnMemsetD8
+    let cuMemGetInfo: FnMemGetInfo
+    let cuModuleLoadData: FnModuleLoadData
+    let cuModuleGetFunction: FnModuleGetFunction
+    let cuFuncSetAttribute: FnFuncSetAttribute
+    let cuLaunchKernel: FnLaunchKernel
+    let cuStreamCreate: FnCreateWithFlags
+    let cuStreamSynchronize: FnHandleIn
+    let cuEventCreate: FnCreateWithFlags
+    let cuEventRecord: FnEventRecord
+    let cuEventSynchronize: FnHandleIn
+    let cuEventElapsedTime: FnEventElapsed
+    let cuGetErrorName: FnGetErrorText
+    let cuGetErrorString: FnGetErrorText
+
+    init(library l: DynamicLibrary) throws {
+        library = l
+        cuInit = try l.symbol("cuInit")
+        cuDriverGetVersion = try l.symbol("cuDriverGetVersion")
+        cuDeviceGetCount = try l.symbol("cuDeviceGetCount")
+        cuDeviceGet = try l.symbol("cuDeviceGet")
+        cuDeviceGetName = try l.symbol("cuDeviceGetName")
+        cuDeviceGetAttribute = try l.symbol("cuDeviceGetAttribute")
+        cuDevicePrimaryCtxRetain = try l.symbol("cuDevicePrimaryCtxRetain")
+        cuCtxSetCurrent = try l.symbol("cuCtxSetCurrent")
+        cuCtxSynchronize = try l.symbol("cuCtxSynchronize")
+        cuMemAlloc = try l.symbol("cuMemAlloc_v2")
+        cuMemFree = try l.symbol("cuMemFree_v2")
+        cuMemcpyHtoDAsync = try l.symbol("cuMemcpyHtoDAsync_v2")
+        cuMemcpyDtoHAsync = try l.symbol("cuMemcpyDtoHAsync_v2")
+        cuMemcpyDtoDAsync = try l.symbol("cuMemcpyDtoDAsync_v2")
+        cuMemsetD8Async = try l.symbol("cuMemsetD8Async")
+        cuMemGetInfo = try l.symbol("cuMemGetInfo_v2")
+        cuModuleLoadData = try l.symbol("cuModuleLoadData")
+        cuModuleGetFunction = try l.symbol("cuModuleGetFunction")
+        cuFuncSetAttribute = try l.symbol("cuFuncSetAttribute")
+        cuLaunchKernel = try l.symbol("cuLaunchKernel")
+        cuStreamCreate = try l.symbol("cuStreamCreate")
+        cuStreamSynchronize = try l.symbol("cuStreamSynchronize")
+        cuEventCreate = try l.symbol("cuEventCreate")
+        cuEventRecord = try l.symbol("cuEventRecord")
+        cuEventSynchronize = try l.symbol("cuEventSynchronize")
+        cuEventElapsedTime = try l.symbol("cuEventElapsedTime")
+        cuGetErrorName = try l.symbol("cuGetErrorName")
+        cuGetErrorString = try l.symbol("cuGetErrorString")
+    }
+
+    /// The driver, loaded and initialised once per process (or the reason it is not there).
+    public static let shared: Result<CUDADriver, LLMError> = {
+        do {
+            let lib = try DynamicLibrary.open(names: ["libcuda.so.1", "libcuda.so"], stem: "libcuda.so.",
+                                              what: "cuda driver")
+            let d = try CUDADriver(library: lib)
+            try d.check(d.cuInit(0), "cuInit")
+            return .success(d)
+        } catch let e as LLMError {
+            return .failure(e)
+        } catch {
+            return .failure(LLMError("cuda driver: \(error)"))
+        }
+    }()
+
+    public static func get() throws -> CUDADriver { try shared.get() }
+
+    /// Throws an error naming `call` and the driver's own name and text for `result`.
+    @inline(__always) public func check(_ result: CUresult, _ call: @autoclosure () -> String) throws {
+        if result != 0 { throw LLMError("cuda: \(call()) failed: \(errorText(result))") }
+    }
+
+    public func errorText(_ result: CUresult) -> String {
+        var name: UnsafePointer<CChar>? = nil
+        var text: UnsafePointer<CChar>? = nil
+        _ = cuGetErrorName(result, &name)
+        _ = cuGetErrorString(result, &text)
+        let n = name.map { String(cString: $0) } ?? "CUDA error \(result)"
+        return text.map { "\(n) (\(String(cString: $0)))" } ?? n
+    }
+
+    public func driverVersion() throws -> Int {
+        var v: Int32 = 0
+        try check(cuDriverGetVersion(&v), "cuDriverGetVersion")
+        return Int(v)
+    }
+
+    public func deviceCount() throws -> Int {
+        var n: Int32 = 0
+        try check(cuDeviceGetCount(&n), "cuDeviceGetCount")
+        return Int(n)
+    }
+}
+
+// MARK: - Device and context
+
+/// One GPU with its primary context made current and one stream for all work.
+public final class CUDADevice {
+    public let driver: CUDADriver
+    public let ordinal: Int
+    public let name: String
+    public let computeCapability: (major: Int, minor: Int)
+    public let multiprocessorCount: Int
+    public let maxSharedMemoryPerBlock: Int
+    let context: CUhandle
+    public let stream: CUhandle
+
+    public init(ordinal: Int = 0) throws {
+        let d = try CUDADriver.get()
+        driver = d
+        self.ordinal = ordinal
+        let count = try d.deviceCount()
+        if count == 0 { throw LLMError("cuda: the driver found no GPU") }
+        if ordinal >= count { throw LLMError("cuda: device \(ordinal) requested, but only \(count) found") }
+        var dev: Int32 = 0
+        try d.check(d.cuDeviceGet(&dev, Int32(ordinal)), "cuDeviceGet(\(ordinal))")
+        var buf = [CChar](repeating: 0, count: 256)
+        try d.check(d.cuDeviceGetName(&buf, 255, dev), "cuDeviceGetName")
+        name = String(cString: buf)
+        func attr(_ a: CUDeviceAttribute) throws -> Int {
+            var v: Int32 = 0
+            try d.check(d.cuDeviceGetAttribute(&v, a.rawValue, dev), "cuDeviceGetAttribute(\(a))")
+            return Int(v)
+        }
+        computeCapability = (try attr(.computeCapabilityMajor), try attr(.computeCapabilityMinor))
+        multiprocessorCount = try attr(.multiprocessorCount)
+        maxSharedMemoryPerBlock = try attr(.maxSharedMemoryPerBlockOptin)
+        var ctx: CUhandle? = nil
+        try d.check(d.cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain")
+        context = ctx!
+        try d.check(d.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+        var s: CUhandle? = nil
+        try d.check(d.cuStreamCreate(&s, 1 /* CU_STREAM_NON_BLOCKING */), "cuStreamCreate")
+        stream = s!
+    }
+
+    /// "sm_90" for an H100.
+    public var arch: String { "sm_\(computeCapability.major)\(computeCapability.minor)" }
+
+    public func synchronize() throws {
+        try driver.check(driver.cuStreamSynchronize(stream), "cuStreamSynchronize")
+    }
+
+    /// (free, total) bytes of device memory.
+    public func memoryInfo() throws -> (free: Int, total: Int) {
+        var free = 0, total = 0
+        try driver.check(driver.cuMemGetInfo(&free, &total), "cuMemGetInfo")
+        return (free, total)
+    }
+
+    // MARK: Memory
+
+    public func allocate(bytes: Int, what: String) throws -> CUdeviceptr {
+        var p: CUdeviceptr = 0
+        try driver.check(driver.cuMemAlloc(&p, max(bytes, 256)), "cuMemAlloc(\(bytes) bytes for \(what))")
+        return p
+    }
+
+    public func free(_ p: CUdeviceptr) {
+        if p != 0 { _ = driver.cuMemFree(p) }
+    }
+
+    public func upload(_ dst: CUdeviceptr, _ src: UnsafeRawPointer, bytes: Int) throws {
+        if bytes == 0 { return }
+        try driver.check(driver.cuMemcpyHtoDAsync(dst, src, bytes, stream), "cuMemcpyHtoDAsync(\(bytes) bytes)")
+        try synchronize()  // the host buffer may go away after we return
+    }
+
+    public func upload<T>(_ dst: CUdeviceptr, _ array: [T]) throws {
+        try array.withUnsafeBytes { try upload(dst, $0.baseAddress!, bytes: $0.count) }
+    }
+
+    public func download(_ dst: UnsafeMutableRawPointer, _ src: CUdeviceptr, bytes: Int) throws {
+        if bytes == 0 { return }
+        try driver.check(driver.cuMemcpyDtoHAsync(dst, src, bytes, stream), "cuMemcpyDtoHAsync(\(bytes) bytes)")
+        try synchronize()
+    }
+
+    public func download<T>(_ src: CUdeviceptr, count: Int, as: T.Type, fill: T) throws -> [T] {
+        var out = [T](repeating: fill, count: count)
+        try out.withUnsafeMutableBytes { try download($0.baseAddress!, src, bytes: $0.count) }
+        return out
+    }
+
+    public func copy(_ dst: CUdeviceptr, _ src: CUdeviceptr, bytes: Int) throws {
+        try driver.check(driver.cuMemcpyDtoDAsync(dst, src, bytes, stream), "cuMemcpyDtoDAsync(\(bytes) bytes)")
+    }
+
+    public func zero(_ p: CUdeviceptr, bytes: Int) throws {
+        if bytes == 0 { return }
+        try driver.check(driver.cuMemsetD8Async(p, 0, bytes, stream), "cuMemsetD8Async(\(bytes) bytes)")
+    }
+
+    // MARK: Timing
+
+    public func makeEvent() throws -> CUhandle {
+        var e: CUhandle? = nil
+        try driver.check(driver.cuEventCreate(&e, 0), "cuEventCreate")
+        return e!
+    }
+
+    public func record(_ e: CUhandle) throws {
+        try driver.check(driver.cuEventRecord(e, stream), "cuEventRecord")
+    }
+
+    public func elapsedMilliseconds(_ start: CUhandle, _ end: CUhandle) throws -> Float {
+        try driver.check(driver.cuEventSynchronize(end), "cuEventSynchronize")
+        var ms: Float = 0
+        try driver.check(driver.cuEventElapsedTime(&ms, start, end), "cuEventElapsedTime")
+        return ms
+    }
+}

@@ -1,0 +1,197 @@
+// cuBLASLt (libcublasLt.so) through dlopen: the matmuls of the model, bf16 or fp32 in/out with
+// fp32 accumulation, optional bias epilogue, one cached descriptor set and algorithm per shape.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+import LLM
+
+// MARK: - C types and enum values (cublasLt.h, library_types.h)
+
+typealias FnLtCreate = @convention(c) (UnsafeMutablePointer<OpaquePointer?>) -> Int32
+typealias FnLtDestroy = @convention(c) (OpaquePointer?) -> Int32
+typealias FnLtDescCreate = @convention(c) (UnsafeMutablePointer<OpaquePointer?>, Int32, Int32) -> Int32
+typealias FnLtSetAttribute = @convention(c) (OpaquePointer?, Int32, UnsafeRawPointer, Int) -> Int32
+typealias FnLtLayoutCreate = @convention(c) (UnsafeMutablePointer<OpaquePointer?>, Int32, UInt64, UInt64, Int64) -> Int32
+typealias FnLtHeuristic = @convention(c) (OpaquePointer?, OpaquePointer?, OpaquePointer?, OpaquePointer?,
+                                          OpaquePointer?, OpaquePointer?, OpaquePointer?, Int32,
+                                          UnsafeMutableRawPointer, UnsafeMutablePointer<Int32>) -> Int32
+typealias FnLtMatmul = @convention(c) (OpaquePointer?, OpaquePointer?, UnsafeRawPointer, CUdeviceptr,
+                                       OpaquePointer?, CUdeviceptr, OpaquePointer?, UnsafeRawPointer,
+                                       CUdeviceptr, OpaquePointer?, CUdeviceptr, OpaquePointer?,
+                                       UnsafeRawPointer?, CUdeviceptr, Int, OpaquePointer?) -> Int32
+typealias FnLtStatusString = @convention(c) (Int32) -> UnsafePointer<CChar>?
+
+enum CudaDataType: Int32 { case r32F = 0, r16BF = 14 }
+let CUBLAS_COMPUTE_32F: Int32 = 68
+let CUBLASLT_MATMUL_DESC_TRANSA: Int32 = 3
+let CUBLASLT_MATMUL_DESC_TRANSB: Int32 = 4
+let CUBLASLT_MATMUL_DESC_EPILOGUE: Int32 = 7
+let CUBLASLT_MATMUL_DESC_BIAS_POINTER: Int32 = 8
+let CUBLASLT_EPILOGUE_DEFAULT: UInt32 = 1
+let CUBLASLT_EPILOGUE_BIAS: UInt32 = 4
+let CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES: Int32 = 1
+let CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES: Int32 = 5  // then B 6, C 7, D 8
+/// sizeof(cublasLtMatmulHeuristicResult_t): algo (8 x uint64), workspaceSize, state, wavesCount, reserved[4].
+let heuristicResultBytes = 96
+
+// MARK: - Library
+
+public final class CuBLASLt {
+    public let library: DynamicLibrary
+    let create: FnLtCreate
+    let destroy: FnLtDestroy
+    let descCreate: FnLtDescCreate
+    let descSetAttribute: FnLtSetAttribute
+    let layoutCreate: FnLtLayoutCreate
+    let preferenceCreate: FnLtCreate
+    let preferenceSetAttribute: FnLtSetAttribute
+    let algoGetHeuristic: FnLtHeuristic
+    let matmul: FnLtMatmul
+    let statusString: FnLtStatusString?
+
+    init(library l: DynamicLibrary) throws {
+        library = l
+        create = try l.symbol("cublasLtCreate")
+        destroy = try l.symbol("cublasLtDestroy")
+        descCreate = try l.symbol("cublasLtMatmulDescCreate")
+        descSetAttribute = try l.symbol("cublasLtMatmulDescSetAttribute")
+        layoutCreate = try l.symbol("cublasLtMatrixLayoutCreate")
+        preferenceCreate = try l.symbol("cublasLtMatmulPreferenceCreate")
+        preferenceSetAttribute = try l.symbol("cublasLtMatmulPreferenceSetAttribute")
+        algoGetHeuristic = try l.symbol("cublasLtMatmulAlgoGetHeuristic")
+        matmul = try l.symbol("cublasLtMatmul")
+        statusString = try? l.symbol("cublasLtGetStatusString")
+    }
+
+    public static let shared: Result<CuBLASLt, LLMError> = {
+        do {
+            let lib = try DynamicLibrary.open(names: ["libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"],
+                                              stem: "libcublasLt.so.", what: "cublasLt")
+            return .success(try CuBLASLt(library: lib))
+        } catch let e as LLMError {
+            return .failure(e)
+        } catch {
+            return .failure(LLMError("cublasLt: \(error)"))
+        }
+    }()
+
+    func check(_ r: Int32, _ call: @autoclosure () -> String) throws {
+        if r != 0 {
+            let text = statusString?(r).map { String(cString: $0) } ?? "status \(r)"
+            throw LLMError("cublasLt: \(call()) failed: \(text)")
+        }
+    }
+}
+
+// MARK: - Matmul
+
+/// One matmul problem in cuBLAS's column-major terms: D (m x n) = alpha op(A) op(B) + beta D,
+/// A is (m x k) after op, B (k x n) after op; `bias` (m) is added to every column of D.
+public struct MatmulShape: Hashable {
+    public var m: Int, n: Int, k: Int
+    public var transA: Bool, transB: Bool
+    public var bias: Bool
+    public var accumulate: Bool   // beta = 1
+    /// Alignments (bytes, power of two up to 256) of the A, B, D and bias pointers: the
+    /// algorithm chosen for one alignment may fail on a less aligned view.
+    var alignA = 256, alignB = 256, alignD = 256, alignBias = 256
+}
+
+@inline(__always) func pointerAlignment(_ p: CUdeviceptr) -> Int {
+    p == 0 ? 256 : min(256, 1 << p.trailingZeroBitCount)
+}
+
+/// A cuBLASLt handle with its workspace and the descriptors and algorithm chosen for each shape.
+public final class MatmulEngine {
+    let lt: CuBLASLt
+    let device: CUDADevice
+    let handle: OpaquePointer
+    let dataType: CudaDataType
+    let workspace: CUdeviceptr
+    let workspaceBytes = 32 << 20
+    struct Plan { let desc: OpaquePointer; let a: OpaquePointer; let b: OpaquePointer; let d: OpaquePointer; let algo: [UInt8] }
+    var plans: [MatmulShape: Plan] = [:]
+
+    /// `bf16`: bf16 in/out; else fp32 in/out. Both accumulate in fp32 (CUBLAS_COMPUTE_32F, no TF32).
+    public init(device: CUDADevice, bf16: Bool) throws {
+        lt = try CuBLASLt.shared.get()
+        self.device = device
+        dataType = bf16 ? .r16BF : .r32F
+        var h: OpaquePointer? = nil
+        try lt.check(lt.create(&h), "cublasLtCreate")
+        handle = h!
+        workspace = try device.allocate(bytes: workspaceBytes, what: "cublasLt workspace")
+    }
+
+    deinit {
+        device.free(workspace)
+        _ = lt.destroy(handle)  // descriptors are small and live as long as the process
+    }
+
+    func plan(_ s: MatmulShape, bias: CUdeviceptr) throws -> Plan {
+        if let p = plans[s] { return p }
+        var desc: OpaquePointer? = nil
+        try lt.check(lt.descCreate(&desc, CUBLAS_COMPUTE_32F, CudaDataType.r32F.rawValue), "cublasLtMatmulDescCreate")
+        var ta: Int32 = s.transA ? 1 : 0, tb: Int32 = s.transB ? 1 : 0
+        var epilogue = s.bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT
+        try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, 4), "cublasLtMatmulDescSetAttribute(TRANSA)")
+        try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, 4), "cublasLtMatmulDescSetAttribute(TRANSB)")
+        try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, 4),
+                     "cublasLtMatmulDescSetAttribute(EPILOGUE)")
+        func layout(_ rows: Int, _ cols: Int) throws -> OpaquePointer {
+            var l: OpaquePointer? = nil
+            try lt.check(lt.layoutCreate(&l, dataType.rawValue, UInt64(rows), UInt64(cols), Int64(rows)),
+                         "cublasLtMatrixLayoutCreate(\(rows)x\(cols))")
+            return l!
+        }
+        // Stored (before op) shapes, column-major with the leading dimension = rows.
+        let a = try s.transA ? layout(s.k, s.m) : layout(s.m, s.k)
+        let b = try s.transB ? layout(s.n, s.k) : layout(s.k, s.n)
+        let d = try layout(s.m, s.n)
+        var pref: OpaquePointer? = nil
+        try lt.check(lt.preferenceCreate(&pref), "cublasLtMatmulPreferenceCreate")
+        var ws = workspaceBytes
+        try lt.check(lt.preferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, 8),
+                     "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)")
+        for (i, align) in [s.alignA, s.alignB, s.alignD, s.alignD].enumerated() {
+            var v = UInt32(align)
+            try lt.check(lt.preferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES + Int32(i), &v, 4),
+                         "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)")
+        }
+        if s.bias {  // the heuristic reads the bias pointer's alignment from the descriptor
+            var ptr = bias
+            try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ptr, 8),
+                         "cublasLtMatmulDescSetAttribute(BIAS_POINTER)")
+        }
+        var result = [UInt8](repeating: 0, count: heuristicResultBytes)
+        var found: Int32 = 0
+        try lt.check(lt.algoGetHeuristic(handle, desc, a, b, d, d, pref, 1, &result, &found),
+                     "cublasLtMatmulAlgoGetHeuristic(\(s))")
+        if found == 0 { throw LLMError("cublasLt: no algorithm for matmul \(s)") }
+        let p = Plan(desc: desc!, a: a, b: b, d: d, algo: Array(result[0 ..< 64]))
+        plans[s] = p
+        return p
+    }
+
+    /// D = op(A) op(B) (+ bias) (+ D if accumulate), on the device's stream.
+    public func run(_ shape: MatmulShape, d: CUdeviceptr, a: CUdeviceptr, b: CUdeviceptr, bias: CUdeviceptr = 0) throws {
+        var s = shape
+        s.alignA = pointerAlignment(a)
+        s.alignB = pointerAlignment(b)
+        s.alignD = pointerAlignment(d)
+        s.alignBias = pointerAlignment(bias)
+        let p = try plan(s, bias: bias)
+        if s.bias {
+            var ptr = bias
+            try lt.check(lt.descSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ptr, 8),
+                         "cublasLtMatmulDescSetAttribute(BIAS_POINTER)")
+        }
+        var alpha: Float = 1, beta: Float = s.accumulate ? 1 : 0
+        try p.algo.withUnsafeBytes { algo in
+            try lt.check(lt.matmul(handle, p.desc, &alpha, a, p.a, b, p.b, &beta, d, p.d, d, p.d,
+                                   algo.baseAddress, workspace, workspaceBytes, device.stream),
+                         "cublasLtMatmul(m \(s.m) n \(s.n) k \(s.k))")
+        }
+    }
+}

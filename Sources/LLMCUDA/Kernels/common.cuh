@@ -1,0 +1,84 @@
+// Shared helpers for every kernel file: the activation type floatX (bf16 or fp32, chosen by
+// -DLLM_BF16 / -DLLM_FP32 at NVRTC time), conversions, stochastic rounding and reductions.
+// No system headers: NVRTC compiles these with nothing but its built-in math functions.
+#pragma once
+
+// MARK: - floatX
+
+#if defined(LLM_BF16)
+// bf16 as its raw bits; converting in our own helpers keeps cuda_bf16.h (and its compile time) out.
+struct bf16 { unsigned short bits; };
+typedef bf16 floatX;
+__device__ __forceinline__ float toFloat(floatX x) { return __uint_as_float(((unsigned)x.bits) << 16); }
+__device__ __forceinline__ floatX fromFloat(float f) {
+    unsigned short h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));  // round to nearest even, as llm.c's casts
+    floatX r; r.bits = h; return r;
+}
+#elif defined(LLM_FP32)
+typedef float floatX;
+__device__ __forceinline__ float toFloat(floatX x) { return x; }
+__device__ __forceinline__ floatX fromFloat(float f) { return f; }
+#else
+#error "compile with -DLLM_BF16 or -DLLM_FP32"
+#endif
+
+// MARK: - Stochastic rounding
+
+// A 32-bit integer mix (lowbias32 constants): cheap, and good enough to decorrelate rounding.
+__device__ __forceinline__ unsigned mixBits(unsigned x) {
+    x ^= x >> 16; x *= 0x7feb352dU;
+    x ^= x >> 15; x *= 0x846ca68bU;
+    x ^= x >> 16;
+    return x;
+}
+
+// fp32 -> floatX rounding up with probability equal to the discarded fraction, so that many
+// small updates to a bf16 value are not all lost; exact in fp32 mode.
+__device__ __forceinline__ floatX fromFloatStochastic(float f, unsigned index, unsigned seed) {
+#if defined(LLM_BF16)
+    unsigned bits = __float_as_uint(f);
+    if ((bits & 0x7f800000U) == 0x7f800000U) return fromFloat(f);  // inf and NaN stay as they are
+    unsigned noise = mixBits(index ^ mixBits(seed)) & 0xffffU;
+    floatX r; r.bits = (unsigned short)((bits + noise) >> 16);
+    return r;
+#else
+    return f;
+#endif
+}
+
+// MARK: - Reductions (fixed order, so results are bit-identical run to run)
+
+__device__ __forceinline__ float warpSum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffU, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warpMax(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffU, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// `scratch` holds 32 floats of shared memory.
+__device__ __forceinline__ float blockSum(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warpSum(v);
+    __syncthreads();  // scratch may still be read by a previous call
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : 0.0f;
+    return warpSum(v);
+}
+
+__device__ __forceinline__ float blockMax(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warpMax(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : -3.402823466e38f;
+    return warpMax(v);
+}
+
+#define NEG_INFINITY __int_as_float(0xff800000)

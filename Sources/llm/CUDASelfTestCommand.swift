@@ -1,0 +1,310 @@
+// `llm cuda-selftest`: the GPU model against PyTorch's reference files (tiny model: logits, loss,
+// every gradient, 10 AdamW losses) in fp32 and bf16, a determinism run, and step timings.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import Dispatch
+import LLM
+import LLMCUDA
+
+struct CUDASelfTestCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cuda-selftest",
+        abstract: "Check the CUDA backend against the reference files, then time training steps.")
+
+    @Option(name: .long, help: "Folder with tiny.bin, tiny_debug_state.bin, tiny_steps.json, tinyshakespeare.gpt2.u16.")
+    var fixtures = "Tests/Fixtures"
+
+    @Option(name: .long, help: "fp32, bf16 or both.")
+    var precision = "both"
+
+    @Option(name: .long, help: "Steps of the determinism run (two runs, d12 shape, bf16); 0 skips it.")
+    var determinismSteps = 20
+
+    @Option(name: .long, help: "Micro-batch B of the determinism run and the timing (T = 1024, d12 shape).")
+    var batch = 8
+
+    @Option(name: .long, help: "Timed training steps at d12 with --bench-batch; 0 skips timing.")
+    var benchSteps = 6
+
+    @Option(name: .long, help: "Micro-batch B of the timing run.")
+    var benchBatch = 16
+
+    func run() throws {
+        if let why = CUDABackend.unavailableReason() { throw LLMError(why) }
+        var failures: [String] = []
+        var table: [String] = []
+        let precisions: [GPUPrecision] = precision == "both" ? [.fp32, .bf16] : [GPUPrecision(rawValue: precision)].compactMap { $0 }
+        if precisions.isEmpty { throw LLMError("--precision \(precision): expected fp32, bf16 or both") }
+        for p in precisions {
+            let (rows, bad) = try parity(p)
+            table += rows
+            failures += bad
+        }
+        if determinismSteps > 0 {
+            let (row, ok) = try determinism()
+            table.append(row)
+            if !ok { failures.append("determinism") }
+        }
+        if benchSteps > 0 { table += try bench() }
+        print("\n==== summary ====")
+        table.forEach { print($0) }
+        print(failures.isEmpty ? "cuda-selftest: all checks passed" : "cuda-selftest: FAILED: \(failures.joined(separator: ", "))")
+        if !failures.isEmpty { throw ExitCode(1) }
+    }
+
+    // MARK: Parity with the PyTorch reference
+
+    func parity(_ p: GPUPrecision) throws -> (rows: [String], failures: [String]) {
+        let (config, _, params) = try CheckpointFile.read(fixtures + "/tiny.bin")
+        let state = try DebugState(path: fixtures + "/tiny_debug_state.bin", config: config)
+        let steps = try ReferenceSteps(path: fixtures + "/tiny_steps.json")
+        let start = now()
+        let model = try CUDAModel(config: config, parameters: params, B: state.B, T: state.T, precision: p)
+        print("[\(p)] \(model.deviceDescription), kernels: \(model.kernels.compiledModules) modules compiled, "
+              + "load \(fmt(model.kernels.loadSeconds)) s, model ready in \(fmt(now() - start)) s")
+        let V = config.vocabSize, B = state.B, T = state.T
+        let loss = try model.forward(inputs: state.inputs, targets: state.targets, B: B, T: T)
+        var logitsMax: Float = 0
+        for b in 0 ..< B {
+            for t in 0 ..< T {
+                let row = model.logits(b: b, t: t)
+                for v in 0 ..< V { logitsMax = max(logitsMax, abs(row[v] - state.logits[(b * T + t) * V + v])) }
+            }
+        }
+        model.zeroGradients()
+        try model.backward(microSteps: 1)
+        let grads = try model.readGradients()
+        let layout = ParameterLayout(config)
+        // llm.c test_gpt2.cu's per-tensor bf16 tolerances (plus 0.079 * |ref|).
+        let llmcTol: [Float] = [5e-1, 4e-3, 1e-1, 4e-2, 5e-2, 3.5e-2, 2e-2, 3e-2, 5e-2, 3e-2, 3e-2, 3e-2, 2e-2, 1e-2, 1e-1, 2e-2]
+        var worstRel: Float = 0, worstName = ""
+        var elementFails = 0
+        var gradLines: [String] = []
+        for t in ParameterTensor.allCases {
+            var diff2 = 0.0, ref2 = 0.0
+            var fails = 0
+            for i in layout.range(t) {
+                let d = Double(grads[i] - state.gradients[i])
+                diff2 += d * d
+                ref2 += Double(state.gradients[i]) * Double(state.gradients[i])
+                if abs(grads[i] - state.gradients[i]) > llmcTol[t.rawValue] + 0.079 * abs(state.gradients[i]) { fails += 1 }
+            }
+            let rel = Float((diff2 / max(ref2, 1e-30)).squareRoot())
+            gradLines.append("\(t.name) \(sci(rel))" + (fails > 0 ? " (\(fails) elements over llm.c tol)" : ""))
+            if rel > worstRel { worstRel = rel; worstName = t.name }
+            elementFails += fails
+        }
+        // Gradient accumulation: the batch as two micro-batches of B/2 gives the same gradients.
+        model.zeroGradients()
+        let half = B / 2 * T
+        for k in 0 ..< 2 {
+            _ = try model.forward(inputs: Array(state.inputs[k * half ..< (k + 1) * half]),
+                                  targets: Array(state.targets[k * half ..< (k + 1) * half]), B: B / 2, T: T)
+            try model.backward(microSteps: 2)
+        }
+        let accumulated = try model.readGradients()
+        var accD2 = 0.0, accR2 = 0.0
+        for i in accumulated.indices {
+            accD2 += Double(accumulated[i] - state.gradients[i]) * Double(accumulated[i] - state.gradients[i])
+            accR2 += Double(state.gradients[i]) * Double(state.gradients[i])
+        }
+        let accRel = Float((accD2 / accR2).squareRoot())
+        print("[\(p)] loss \(loss) (ref \(state.loss)), logits max |diff| \(sci(logitsMax)), "
+              + "2 micro-steps of B/2: all-grad rel. error \(sci(accRel))")
+        print("[\(p)] grad rel. error: " + gradLines.joined(separator: ", "))
+
+        // 10 AdamW steps on the same batch, as tiny_steps.json.
+        try model.writeParameters(params)
+        let n = layout.count
+        try model.writeOptimizerState(m: [Float](repeating: 0, count: n), v: [Float](repeating: 0, count: n))
+        var lossDiff: Float = 0
+        var losses: [Float] = []
+        for step in 0 ..< steps.losses.count {
+            let l = try model.forward(inputs: state.inputs, targets: state.targets, B: B, T: T)
+            losses.append(l)
+            lossDiff = max(lossDiff, abs(l - steps.losses[step]))
+            model.zeroGradients()
+            try model.backward(microSteps: 1)
+            try model.update(AdamWSettings(learningRate: steps.lr, beta1: steps.beta1, beta2: steps.beta2, epsilon: steps.eps,
+                                           weightDecay: steps.weightDecay, decayAllTensors: true, t: step + 1))
+        }
+        print("[\(p)] 10 losses: " + losses.map { fmt6($0) }.joined(separator: " "))
+        print("[\(p)] reference: " + steps.losses.map { fmt6($0) }.joined(separator: " "))
+
+        var failures: [String] = []
+        let lossErr = abs(loss - state.loss)
+        if p == .fp32 {
+            if logitsMax > 1e-4 { failures.append("fp32 logits") }
+            if lossErr > 1e-4 { failures.append("fp32 loss") }
+            if worstRel > 1e-4 { failures.append("fp32 grads (\(worstName))") }
+            if lossDiff > 1e-4 { failures.append("fp32 10 losses") }
+            if accRel > 1e-4 { failures.append("fp32 micro-step accumulation") }
+        } else {
+            if logitsMax > 25 { failures.append("bf16 logits") }
+            if lossErr > 0.05 { failures.append("bf16 loss") }
+            if elementFails > 0 { failures.append("bf16 grads (\(elementFails) elements)") }
+            if lossDiff > 0.05 { failures.append("bf16 10 losses") }
+            if accRel > 2e-2 { failures.append("bf16 micro-step accumulation") }
+        }
+        let row = "\(p.rawValue) tiny: logits max \(sci(logitsMax)), loss diff \(sci(lossErr)), "
+            + "worst grad rel \(sci(worstRel)) (\(worstName)), llm.c grad tol fails \(elementFails), "
+            + "10-step loss max diff \(sci(lossDiff)), 2-micro-step grads rel \(sci(accRel))  \(failures.isEmpty ? "PASS" : "FAIL")"
+        return ([row], failures)
+    }
+
+    // MARK: Determinism
+
+    func d12Model(B: Int, T: Int, precision: GPUPrecision) throws -> CUDAModel {
+        let config = try GPT2Config.fromDescriptor("d12")
+        return try CUDAModel(config: config, parameters: randomParameters(config), B: B, T: T, precision: precision)
+    }
+
+    func determinism() throws -> (String, Bool) {
+        let T = 1024, B = batch
+        let data = try tokens()
+        var runs: [[Float]] = []
+        for run in 0 ..< 2 {
+            let model = try d12Model(B: B, T: T, precision: .bf16)
+            var losses: [Float] = []
+            for step in 0 ..< determinismSteps {
+                let (x, y) = batchAt(data, step, B: B, T: T)
+                let l = try model.forward(inputs: x, targets: y, B: B, T: T)
+                model.zeroGradients()
+                try model.backward(microSteps: 1)
+                let norm = try model.gradientNorm()
+                try model.update(AdamWSettings(learningRate: 6e-4, weightDecay: 0.1, t: step + 1,
+                                               gradScale: norm > 1 ? 1 / norm : 1))
+                losses.append(l)
+            }
+            print("[determinism] run \(run + 1): " + losses.map { fmt6($0) }.joined(separator: " "))
+            runs.append(losses)
+        }
+        let same = zip(runs[0], runs[1]).allSatisfy { $0.bitPattern == $1.bitPattern }
+        return ("determinism d12 bf16 B=\(B) T=\(T), \(determinismSteps) steps x2: "
+                + (same ? "bit-identical PASS" : "DIFFERENT FAIL") + ", loss \(fmt6(runs[0][0])) -> \(fmt6(runs[0].last!))", same)
+    }
+
+    // MARK: Timing
+
+    func bench() throws -> [String] {
+        let T = 1024, B = benchBatch
+        let data = try tokens()
+        let model = try d12Model(B: B, T: T, precision: .bf16)
+        let config = model.config
+        var times: [Double] = []
+        var fwd: [Double] = [], bwd: [Double] = [], upd: [Double] = []
+        for step in 0 ..< benchSteps + 1 {
+            let (x, y) = batchAt(data, step, B: B, T: T)
+            let t0 = now()
+            _ = try model.forward(inputs: x, targets: y, B: B, T: T)
+            let t1 = now()
+            model.zeroGradients()
+            try model.backward(microSteps: 1)
+            let t2 = now()
+            let norm = try model.gradientNorm()
+            try model.update(AdamWSettings(learningRate: 6e-4, weightDecay: 0.1, t: step + 1, gradScale: norm > 1 ? 1 / norm : 1))
+            let t3 = now()
+            if step > 0 { times.append(t3 - t0); fwd.append(t1 - t0); bwd.append(t2 - t1); upd.append(t3 - t2) }
+        }
+        let ms = median(times) * 1000
+        let tokensPerStep = Double(B * T)
+        let N = Double(ParameterLayout(config).count)
+        let flops = (6 * N + 6 * Double(config.numLayers * config.channels * T)) * tokensPerStep
+        let mfu = flops / median(times) / (model.peakFLOPs ?? 989.4e12) * 100
+        let mem = try model.device.memoryInfo()
+        return ["bench d12 bf16 B=\(B) T=\(T): \(fmt(ms)) ms/step (fwd \(fmt(median(fwd) * 1000)), bwd \(fmt(median(bwd) * 1000)), "
+                + "norm+update \(fmt(median(upd) * 1000))), \(Int(tokensPerStep / median(times))) tok/s, MFU \(fmt(mfu))%, "
+                + "device memory used \((mem.total - mem.free) >> 20) MiB (\(model.memorySummary))"]
+    }
+
+    // MARK: Helpers
+
+    func tokens() throws -> [Int32] {
+        let bytes = try readFileBytes(fixtures + "/tinyshakespeare.gpt2.u16")
+        return stride(from: 0, to: bytes.count - 1, by: 2).map { Int32(UInt16(bytes[$0]) | UInt16(bytes[$0 + 1]) << 8) }
+    }
+
+    func batchAt(_ data: [Int32], _ step: Int, B: Int, T: Int) -> ([Int32], [Int32]) {
+        let n = B * T
+        let start = (step * n) % (data.count - n - 1)
+        return (Array(data[start ..< start + n]), Array(data[start + 1 ..< start + n + 1]))
+    }
+
+    /// GPT-2-like init (normal 0.02, LN weights 1, biases 0) from a fixed xorshift stream.
+    func randomParameters(_ config: GPT2Config) -> [Float] {
+        let layout = ParameterLayout(config)
+        var p = [Float](repeating: 0, count: layout.count)
+        var s: UInt64 = 42
+        func uniform() -> Double {
+            s ^= s >> 12; s ^= s << 25; s ^= s >> 27
+            return (Double((s &* 0x2545F4914F6CDD1D) >> 11) + 0.5) / Double(1 << 53)
+        }
+        for t in ParameterTensor.allCases {
+            let r = layout.range(t)
+            switch t {
+            case .ln1w, .ln2w, .lnfw: for i in r { p[i] = 1 }
+            case .wte, .wpe, .qkvw, .attprojw, .fcw, .fcprojw:
+                let std = (t == .attprojw || t == .fcprojw) ? 0.02 / (2 * Double(config.numLayers)).squareRoot() : 0.02
+                let end = t == .wte ? r.lowerBound + config.vocabSize * config.channels : r.upperBound
+                for i in r.lowerBound ..< end {
+                    p[i] = Float(std * (-2 * log(uniform())).squareRoot() * cos(2 * Double.pi * uniform()))
+                }
+            default: break
+            }
+        }
+        return p
+    }
+}
+
+/// The reference AdamW run of tiny_steps.json (read without Foundation: a few keys by name).
+struct ReferenceSteps {
+    var losses: [Float] = []
+    var lr: Float = 0, beta1: Float = 0.9, beta2: Float = 0.999, eps: Float = 1e-8, weightDecay: Float = 0
+
+    init(path: String) throws {
+        let text = String(decoding: try readFileBytes(path), as: UTF8.self)
+        func number(_ key: String) -> Float? {
+            guard let r = text.firstRange(of: "\"\(key)\":") else { return nil }
+            let rest = text[r.upperBound...].drop { $0 == " " || $0 == "\n" }
+            return Float(String(rest.prefix { "0123456789.eE+-".contains($0) }))
+        }
+        guard let r = text.firstRange(of: "\"losses_10_steps\":"),
+              let open = text[r.upperBound...].firstIndex(of: "["),
+              let close = text[open...].firstIndex(of: "]") else {
+            throw LLMError("\(path): no losses_10_steps list")
+        }
+        losses = text[text.index(after: open) ..< close].split(separator: ",").compactMap {
+            Float(String($0.filter { !$0.isWhitespace }))
+        }
+        guard let lr = number("lr") else { throw LLMError("\(path): no lr") }
+        self.lr = lr
+        beta1 = number("beta1") ?? beta1
+        beta2 = number("beta2") ?? beta2
+        eps = number("eps") ?? eps
+        weightDecay = number("weight_decay") ?? 0
+        if losses.isEmpty { throw LLMError("\(path): empty losses_10_steps") }
+    }
+}
+
+func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+func median(_ xs: [Double]) -> Double { xs.isEmpty ? .nan : xs.sorted()[xs.count / 2] }
+func fmt(_ x: Double) -> String {
+    let r = (x * 100).rounded() / 100
+    return "\(r)"
+}
+func fmt6(_ x: Float) -> String {
+    let s = "\((Double(x) * 1e6).rounded() / 1e6)"
+    return s
+}
+func sci(_ x: Float) -> String {
+    if x == 0 { return "0" }
+    if !x.isFinite { return "\(x)" }
+    var e = 0
+    var m = Double(x)
+    while abs(m) >= 10 { m /= 10; e += 1 }
+    while abs(m) < 1 { m *= 10; e -= 1 }
+    return "\((m * 100).rounded() / 100)e\(e)"
+}

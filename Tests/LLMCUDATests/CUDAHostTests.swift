@@ -1,0 +1,116 @@
+// Host-side logic of the CUDA backend (no GPU needed): embedded kernels, cache keys, library
+// search; NVRTC compiles when the library is found; GPU parity when a driver and GPU are there.
+
+import Foundation
+import Testing
+import LLM
+@testable import LLMCUDA
+
+let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent().path
+
+@Test func everyKernelFileIsEmbedded() throws {
+    let onDisk = try FileManager.default.contentsOfDirectory(atPath: repoRoot + "/Sources/LLMCUDA/Kernels")
+        .filter { $0.hasSuffix(".cu") || $0.hasSuffix(".cuh") }.sorted()
+    #expect(EmbeddedKernels.files.map(\.name) == onDisk)
+    for (name, source) in EmbeddedKernels.files {
+        let text = try String(contentsOfFile: repoRoot + "/Sources/LLMCUDA/Kernels/" + name, encoding: .utf8)
+        #expect(source == text, "\(name) embedded differs from the file")
+    }
+    #expect(KernelSources.modules.count == onDisk.filter { $0.hasSuffix(".cu") }.count)
+    #expect(KernelSources.headers.map(\.name) == ["common.cuh"])
+}
+
+@Test func cacheKeyDependsOnEverythingThatMakesTheCubin() {
+    let o = KernelSources.options(arch: "sm_90", precision: .bf16)
+    let k = KernelSources.cacheKey(module: "a.cu", source: "x", options: o, arch: "sm_90")
+    #expect(k.count == 16)
+    #expect(k == KernelSources.cacheKey(module: "a.cu", source: "x", options: o, arch: "sm_90"))
+    #expect(k != KernelSources.cacheKey(module: "a.cu", source: "y", options: o, arch: "sm_90"))
+    #expect(k != KernelSources.cacheKey(module: "b.cu", source: "x", options: o, arch: "sm_90"))
+    #expect(k != KernelSources.cacheKey(module: "a.cu", source: "x", options: o, arch: "sm_80"))
+    let o32 = KernelSources.options(arch: "sm_90", precision: .fp32)
+    #expect(k != KernelSources.cacheKey(module: "a.cu", source: "x", options: o32, arch: "sm_90"))
+    // fp32 mode is the exact one: no fast math there.
+    #expect(!o32.contains("--use_fast_math") && o.contains("--use_fast_math"))
+}
+
+@Test func cacheDirectoriesAreCreated() throws {
+    let base = NSTemporaryDirectory() + "llm-cuda-test-\(getpid())"
+    KernelCache.makeDirectories(base + "/a/b/c")
+    var isDir: ObjCBool = false
+    #expect(FileManager.default.fileExists(atPath: base + "/a/b/c", isDirectory: &isDir) && isDir.boolValue)
+    try FileManager.default.removeItem(atPath: base)
+}
+
+@Test func versionedLibrariesNewestFirst() throws {
+    let dir = NSTemporaryDirectory() + "llm-cuda-libs-\(getpid())"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    for name in ["libnvrtc.so.12", "libnvrtc.so.13", "libnvrtc.so.13.0.88", "libnvrtc-builtins.so.13.0",
+                 "libnvrtc.alt.so.13", "libnvrtc.so"] {
+        _ = FileManager.default.createFile(atPath: dir + "/" + name, contents: Data())
+    }
+    #expect(versionedLibraries(in: dir, stem: "libnvrtc.so.") == ["libnvrtc.so.13.0.88", "libnvrtc.so.13", "libnvrtc.so.12"])
+}
+
+@Test func missingLibraryIsOneClearError() {
+    do {
+        _ = try DynamicLibrary.open(names: ["libllm-no-such-library.so.1"], stem: "libllm-no-such-library.so.",
+                                    what: "test")
+        Issue.record("opened a library that does not exist")
+    } catch let e as LLMError {
+        #expect(e.message.hasPrefix("test: no libllm-no-such-library.so.1 found in CUDA_HOME"))
+        #expect(!e.message.contains("\n"))
+    } catch {
+        Issue.record("unexpected error \(error)")
+    }
+}
+
+@Test func pointerAlignmentForCuBLASLt() {
+    #expect(pointerAlignment(0) == 256)
+    #expect(pointerAlignment(0x7f00_0000_0000) == 256)
+    #expect(pointerAlignment(0x7f00_0000_0180) == 128)
+    #expect(pointerAlignment(0x7f00_0000_0002) == 2)
+}
+
+@Test func unavailableReasonIsOneLine() {
+    if let why = CUDABackend.unavailableReason() {
+        #expect(!why.isEmpty && !why.contains("\n"))
+        #expect(!CUDABackend.isAvailable())
+    }
+}
+
+// MARK: - With NVRTC (CI's compile-kernels script covers every arch and precision)
+
+let nvrtcFound: Bool = { if case .success = NVRTC.shared { return true } else { return false } }()
+
+@Test(.enabled(if: nvrtcFound, "NVRTC not found (set LD_LIBRARY_PATH to the wheel's nvidia/cu13/lib)"))
+func nvrtcCompilesTheKernelsWithoutWarnings() throws {
+    for m in KernelSources.modules where m.name != "attention.cu" {  // attention is the slow one; CI compiles it
+        let out = try KernelSources.compile(module: m.name, source: m.source, arch: "sm_90", precision: .bf16)
+        #expect(!out.cubin.isEmpty)
+        #expect(out.log.isEmpty, "\(m.name): \(out.log)")
+    }
+}
+
+// MARK: - With a GPU
+
+@Test(.enabled(if: CUDABackend.isAvailable(), "no CUDA driver or GPU"))
+func tinyModelMatchesPyTorchInFP32() throws {
+    let fixtures = repoRoot + "/Tests/Fixtures"
+    let (config, _, params) = try CheckpointFile.read(fixtures + "/tiny.bin")
+    let state = try DebugState(path: fixtures + "/tiny_debug_state.bin", config: config)
+    let model = try CUDAModel(config: config, parameters: params, B: state.B, T: state.T, precision: .fp32)
+    let loss = try model.forward(inputs: state.inputs, targets: state.targets, B: state.B, T: state.T)
+    #expect(abs(loss - state.loss) < 1e-4)
+    model.zeroGradients()
+    try model.backward(microSteps: 1)
+    let grads = try model.readGradients()
+    var d2 = 0.0, r2 = 0.0
+    for i in grads.indices {
+        d2 += Double(grads[i] - state.gradients[i]) * Double(grads[i] - state.gradients[i])
+        r2 += Double(state.gradients[i]) * Double(state.gradients[i])
+    }
+    #expect((d2 / r2).squareRoot() < 1e-4)
+}
