@@ -75,14 +75,6 @@ public struct TrainingStopped: Error {
     public let step: Int
 }
 
-// MARK: - Clock
-
-public func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-}
-
 // MARK: - Trainer
 
 public final class Trainer {

@@ -4,33 +4,13 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import LLM
 
 /// Measured peak fp32 rates in GFLOP/s (an FMA counts as 2 FLOPs).
 public struct PeakFLOPs {
     public let allThreads: Double
     public let oneThread: Double
     public let threads: Int
-}
-
-/// Seconds on the monotonic clock.
-public func monotonicSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-}
-
-/// CPU seconds used by this process, all threads together.
-public func processCPUSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-}
-
-/// CPU seconds used by the calling thread.
-public func threadCPUSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
 }
 
 /// Runs `iterations` steps of 16 independent SIMD16 FMA chains (enough to cover FMA latency on

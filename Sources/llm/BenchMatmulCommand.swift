@@ -2,6 +2,7 @@
 // products) against the measured peak; the floor of each is its FLOPs over that peak.
 
 import ArgumentParser
+import LLM
 import LLMCPU
 
 struct BenchMatmul: ParsableCommand {

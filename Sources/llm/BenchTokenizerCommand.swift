@@ -39,7 +39,7 @@ struct BenchTokenizer: ParsableCommand {
             }
             // On a shared machine the thread's own CPU time leaves out time spent preempted.
             let (singleCPU, _) = text.withUnsafeBufferPointer { buffer in
-                measure(runs, clock: BenchTokenizer.threadCPUSeconds) { tokenizer.encode(utf8: buffer) }
+                measure(runs, clock: threadCPUSeconds) { tokenizer.encode(utf8: buffer) }
             }
             let (parallel, parallelIds) = text.withUnsafeBufferPointer { buffer in
                 measure(runs) { tokenizer.encodeParallel(utf8: buffer, threads: threadCount) }
@@ -72,18 +72,6 @@ struct BenchTokenizer: ParsableCommand {
 // MARK: - Timing and formatting (no Foundation)
 
 extension BenchTokenizer {
-    static func monotonicSeconds() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-    }
-
-    static func threadCPUSeconds() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-    }
-
     static func format1(_ x: Double) -> String { BenchTokenizer.formatFixed(x, 1) }
     static func format2(_ x: Double) -> String { BenchTokenizer.formatFixed(x, 2) }
 

@@ -135,8 +135,8 @@ struct PrepareHellaSwag: ParsableCommand {
     func run() throws {
         let tokenizer = try Tokenizer.gpt2(path: common.vocab)
         if let slash = out.lastIndex(of: "/") { try Prepare.makeDirectories(String(out[..<slash])) }
-        let t0 = BenchTokenizer.monotonicSeconds()
+        let t0 = monotonicSeconds()
         let n = try prepareHellaSwag(input: input, output: out, tokenizer: tokenizer, lossy: common.lossy)
-        print("\(n) examples from \(input) -> \(out) in \(BenchTokenizer.formatFixed(BenchTokenizer.monotonicSeconds() - t0, 2)) s")
+        print("\(n) examples from \(input) -> \(out) in \(BenchTokenizer.formatFixed(monotonicSeconds() - t0, 2)) s")
     }
 }
