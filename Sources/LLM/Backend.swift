@@ -71,6 +71,9 @@ public protocol GPT2Backend: AnyObject {
     /// training checkpoints so a resumed run rounds exactly as the uninterrupted one.
     func readRandomState() throws -> [UInt64]
     func writeRandomState(_ state: [UInt64]) throws
+
+    /// Device memory in use now (a GPU's total minus free), for benchmarks; nil on the CPU.
+    func deviceMemoryInUse() throws -> Int?
 }
 
 /// A backend that can generate with a key/value cache: each new token costs one position's work
@@ -86,4 +89,5 @@ extension GPT2Backend {
     public var peakFLOPs: Double? { nil }
     public func readRandomState() throws -> [UInt64] { [] }
     public func writeRandomState(_ state: [UInt64]) throws {}
+    public func deviceMemoryInUse() throws -> Int? { nil }
 }

@@ -30,15 +30,23 @@ func makeBackend(_ device: DeviceChoice, config: GPT2Config, parameters: [Float]
                  precision: PrecisionChoice, log: (String) -> Void) throws -> GPT2Backend {
     switch device {
     case .cpu:
-        return try makeCPUBackend(config: config, parameters: parameters, B: B, T: T)
+        return try CPUModel(config: config, parameters: parameters, B: B, T: T)
     case .auto:
-        log("device: no CUDA backend in this build; using the CPU")
-        return try makeCPUBackend(config: config, parameters: parameters, B: B, T: T)
+        if let reason = CUDABackend.unavailableReason() {
+            log("device: no usable GPU (\(reason)); using the CPU")
+            return try CPUModel(config: config, parameters: parameters, B: B, T: T)
+        }
+        return try makeCUDA(config: config, parameters: parameters, B: B, T: T, precision: precision, log: log)
     case .cuda:
-        throw LLMError("--device cuda: the CUDA backend is not built yet")
+        if let reason = CUDABackend.unavailableReason() { throw LLMError("--device cuda: \(reason)") }
+        return try makeCUDA(config: config, parameters: parameters, B: B, T: T, precision: precision, log: log)
     }
 }
 
-func makeCPUBackend(config: GPT2Config, parameters: [Float], B: Int, T: Int) throws -> GPT2Backend {
-    try CPUModel(config: config, parameters: parameters, B: B, T: T)
+func makeCUDA(config: GPT2Config, parameters: [Float], B: Int, T: Int, precision: PrecisionChoice,
+              log: (String) -> Void) throws -> GPT2Backend {
+    let model = try CUDAModel(config: config, parameters: parameters, B: B, T: T,
+                              precision: precision == .bf16 ? .bf16 : .fp32)
+    log("gpu memory: \(model.memorySummary)")
+    return model
 }

@@ -15,7 +15,7 @@ struct LLMCommand: ParsableCommand {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks: training steps, matrix multiplies, the tokenizer.",
-        subcommands: [BenchMatmul.self, BenchTokenizer.self])
+        subcommands: [BenchTrain.self, BenchMatmul.self, BenchTokenizer.self])
 }
 
 LLMCommand.main()

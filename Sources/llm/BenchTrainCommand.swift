@@ -1,0 +1,130 @@
+// `llm bench train`: median time of whole training steps (forward, backward, AdamW) on random
+// tokens, with tokens/s, the fraction of peak (CPU: measured FMA peak; GPU: llm.c's MFU) and memory.
+
+import ArgumentParser
+import LLM
+import LLMCPU
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct BenchTrain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Time training steps of a GPT-2 (median ms/step after warm-up, tokens/s, fraction of peak, peak memory).",
+        discussion: """
+        CPU, llm.c's setting: llm bench train --model d12 --batch 4 --seq-len 64
+        GPU, GPT-2 124M recipe: llm bench train --device cuda --model d12 --batch 64 --seq-len 1024 --total-batch 524288 --steps 20
+        FLOPs per token follow llm.c's MFU formula, 6N + 6LCT (N with the padded vocabulary).
+        """)
+
+    @Option(help: "A descriptor (d2 ... d48) or a checkpoint file.")
+    var model: String = "d12"
+    @Option(help: "Micro-batch size B.")
+    var batch: Int = 4
+    @Option(name: .customLong("seq-len"), help: "Sequence length T.")
+    var seqLen: Int = 64
+    @Option(name: .customLong("total-batch"), help: "Tokens per optimizer step (a multiple of B*T). Default B*T.")
+    var totalBatch: Int?
+    @Option(help: "Timed steps (after the warm-up).")
+    var steps: Int = 10
+    @Option(name: .customLong("warmup-steps"), help: "Untimed steps first (kernel compilation, caches, page faults).")
+    var warmupSteps: Int = 2
+    @Option(help: "auto, cpu or cuda.")
+    var device: DeviceChoice = .auto
+    @Option(help: "GPU precision.")
+    var precision: PrecisionChoice = .bf16
+    @Option(help: "CPU threads (default: all cores).")
+    var threads: Int?
+
+    func validate() throws {
+        if batch <= 0 || seqLen <= 0 { throw ValidationError("--batch and --seq-len must be > 0") }
+        if steps <= 0 { throw ValidationError("--steps \(steps) must be > 0") }
+        if warmupSteps < 0 { throw ValidationError("--warmup-steps \(warmupSteps) must be >= 0") }
+    }
+
+    func run() throws {
+        do { try bench() } catch let e as LLMError { throw CleanExit.message("error: \(e.message)") }
+    }
+
+    func bench() throws {
+        if let threads { CPUThreads.count = threads }
+        let startup = monotonicSeconds()
+        let (config, parameters, source) = try loadModelParameters(model, seed: 42)
+        if seqLen > config.maxSeqLen { throw LLMError("--seq-len \(seqLen) exceeds the model's maximum \(config.maxSeqLen)") }
+        let total = totalBatch ?? batch * seqLen
+        if total % (batch * seqLen) != 0 {
+            throw LLMError("--total-batch \(total) must be a multiple of batch x seq-len = \(batch * seqLen)")
+        }
+        let accum = total / (batch * seqLen)
+        // Random tokens, enough for every micro-step without repeating a batch.
+        var rng = XorShift(seed: 1337)
+        let needed = (warmupSteps + steps) * accum * batch * seqLen + 1
+        let tokens = (0 ..< needed).map { _ in UInt16(rng.nextUInt32() % UInt32(config.vocabSize)) }
+        let loader = try DataLoader(sources: [.memory(name: "random tokens", tokens: tokens)], B: batch, T: seqLen,
+                                    vocabSize: config.vocabSize, shuffle: false)
+        let backend = try makeBackend(device, config: config, parameters: parameters, B: batch, T: seqLen,
+                                      precision: precision, log: { print($0) })
+        let onCPU = backend.deviceDescription.hasPrefix("cpu")
+        print("model: \(source), \(ParameterLayout(config).unpaddedCount) parameters; device: \(backend.deviceDescription)")
+        print(format("batch %ld x %ld, %ld micro-steps, %ld tokens per step; %ld warm-up + %ld timed steps",
+                     batch, seqLen, accum, total, warmupSteps, steps))
+
+        var times: [Double] = []
+        var peakDeviceMemory = 0
+        var firstStepSeconds = 0.0
+        for step in 0 ..< warmupSteps + steps {
+            let t0 = monotonicSeconds()
+            backend.zeroGradients()
+            var loss: Float = 0
+            for _ in 0 ..< accum {
+                try loader.nextBatch()
+                loss += try backend.forward(inputs: loader.inputs, targets: loader.targets, B: batch, T: seqLen)
+                try backend.backward(microSteps: accum)
+            }
+            let norm = try backend.gradientNorm()
+            try backend.update(AdamWSettings(learningRate: 1e-4, weightDecay: 0.1, t: step + 1,
+                                             gradScale: norm > 1 ? 1 / norm : 1))
+            _ = try backend.gradientNorm()  // waits for the update on a GPU
+            let seconds = monotonicSeconds() - t0
+            if step == 0 { firstStepSeconds = monotonicSeconds() - startup }
+            if let used = try backend.deviceMemoryInUse() { peakDeviceMemory = max(peakDeviceMemory, used) }
+            print(format("step %2ld: loss %.4f, %.1f ms", step + 1, Double(loss) / Double(accum), seconds * 1000)
+                  + (step < warmupSteps ? " (warm-up)" : ""))
+            if step >= warmupSteps { times.append(seconds) }
+        }
+        let median = times.sorted()[times.count / 2]
+        let tokensPerSecond = Double(total) / median
+        let N = Double(ParameterLayout(config).count)
+        let flopsPerStep = (6 * N + 6 * Double(config.numLayers * config.channels * seqLen)) * Double(total)
+        var rows: [(String, String)] = [
+            ("model", "\(model) (\(config.numLayers) layers, C=\(config.channels))"),
+            ("device", backend.deviceDescription),
+            ("tokens per step", "\(total)"),
+            ("median ms/step", format("%.1f", median * 1000)),
+            ("min / max ms/step", format("%.1f / %.1f", times.min()! * 1000, times.max()! * 1000)),
+            ("tokens/s", format("%.0f", tokensPerSecond)),
+            ("achieved GFLOP/s", format("%.1f", flopsPerStep / median / 1e9)),
+            ("start to first step done", format("%.1f s", firstStepSeconds)),
+        ]
+        if onCPU {
+            let peak = measurePeakFLOPs()
+            rows.append(("measured fp32 peak", format("%.0f GFLOP/s (%ld threads)", peak.allThreads, peak.threads)))
+            rows.append(("fraction of peak", format("%.1f %%", 100 * flopsPerStep / median / 1e9 / peak.allThreads)))
+            var usage = rusage()
+            getrusage(RUSAGE_SELF.rawValue, &usage)
+            rows.append(("peak memory (RSS)", format("%.2f GiB", Double(usage.ru_maxrss) * 1024 / Double(1 << 30))))
+        } else {
+            if let peak = backend.peakFLOPs {
+                rows.append(("MFU (llm.c formula)", format("%.1f %%", 100 * flopsPerStep / median / peak)))
+            }
+            rows.append(("peak GPU memory in use", format("%.2f GiB", Double(peakDeviceMemory) / Double(1 << 30))))
+        }
+        print("")
+        for (k, v) in rows { print(k.padding(24) + v) }
+    }
+}
+
+extension String {
+    func padding(_ width: Int) -> String { count >= width ? self + " " : self + String(repeating: " ", count: width - count) }
+}
