@@ -16,11 +16,13 @@ struct Train: ParsableCommand {
         bundled data/tinyshakespeare.txt, tokenized at start-up and split as llm.c's recipe does \
         (first 32,768 tokens for validation), printing the validation loss and a sample as it goes.
 
-        GPT-2 124M as llm.c trains it, on prepared FineWeb shards:
+        GPT-2 124M as llm.c trains it (its -b 64 -t 1024 -d 524288 -c 0.1 -l 0.0006 -q 0.0 -u 700
+        -v 250 -h 1 -n 5000 -y 1 -e d12), on prepared FineWeb shards:
           llm train --train 'fineweb10B/fineweb_train_*.bin' --val 'fineweb10B/fineweb_val_*.bin' \\
             --model d12 --batch 64 --seq-len 1024 --total-batch 524288 --weight-decay 0.1 \\
-            --lr 0.0006 --final-lr-fraction 0 --warmup 700 --val-every 250 --hellaswag \\
-            --steps 5000 --output log124M --checkpoint-every 5000 --resume
+            --lr 0.0006 --final-lr-fraction 0 --warmup 700 --val-every 250 --val-steps 20 \\
+            --hellaswag out/hellaswag/hellaswag_val.bin --sample-every 20000 --sample-tokens 144 \\
+            --output log124M --checkpoint-every 5000 --resume
         """)
 
     // MARK: Data and model
@@ -66,11 +68,11 @@ struct Train: ParsableCommand {
     var skipNormZ: Double = 0
 
     // MARK: Evaluation and sampling
-    @Option(name: .customLong("val-every"), help: "Validation loss every N steps (0 = never).")
+    @Option(name: .customLong("val-every"), help: "Validation loss every N steps and at the end (0 = never).")
     var valEvery: Int = 50
     @Option(name: .customLong("val-steps"), help: "Batches per validation.")
     var valSteps: Int = 10
-    @Option(name: .customLong("sample-every"), help: "Print a sample every N steps (0 = only at the end... or never with --sample-tokens 0).")
+    @Option(name: .customLong("sample-every"), help: "Print a sample every N steps and at the end (0 = never).")
     var sampleEvery: Int = 100
     @Option(name: .customLong("sample-tokens"), help: "Tokens per sample.")
     var sampleTokens: Int = 64

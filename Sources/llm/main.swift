@@ -8,7 +8,7 @@ struct LLMCommand: ParsableCommand {
         commandName: "llm",
         abstract: "Train GPT-2 from scratch in Swift, on the CPU or an NVIDIA GPU; llm.c-compatible files.",
         subcommands: [Train.self, Sample.self, Eval.self, CheckCommand.self, Prepare.self, PlotCommand.self, Bench.self,
-                      KernelsCommand.self, CUDASelfTestCommand.self])
+                      KernelsCommand.self, CUDASelfTestCommand.self, CompareDevicesCommand.self])
 }
 
 /// `llm bench ...`: benchmarks print figures; tests never time anything.
