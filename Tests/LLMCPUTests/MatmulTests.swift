@@ -1,6 +1,7 @@
 // Tests for the packed SIMD matmul: each product against the scalar reference on small, odd and
 // tiny-model shapes, with the accumulate (+=) semantics and a nil bias checked.
 
+import Dispatch
 import Testing
 @testable import LLMCPU
 
@@ -129,8 +130,8 @@ private let shapes: [(Int, Int, Int)] = [
     #expect(relativeMaxDiff(c, ref) < 1e-5)
 }
 
-/// Several cache blocks in every dimension (small block sizes), on several threads, and calls
-/// from concurrent tasks sharing the scratch pool.
+/// Several cache blocks in every dimension (small block sizes), several threads, both loop
+/// orders, A packed or read in place.
 @Test func matmulSmallBlocksAndThreads() {
     let saved = (matmulMC, matmulKC, matmulNC, matmulForwardKC, CPUThreads.count)
     let savedOrder = (matmulLoopOrder, matmulRowMajorAInPlace, matmulChunksPerThread)
@@ -157,5 +158,35 @@ private let shapes: [(Int, Int, Int)] = [
         #expect(relativeMaxDiff(out, outRef) < 1e-5, "forward \(blocks)")
         #expect(relativeMaxDiff(dinp, dinpRef) < 1e-5, "dinp \(blocks)")
         #expect(relativeMaxDiff(dweight, dweightRef) < 1e-5, "dweight \(blocks)")
+    }
+}
+
+/// Calls from several threads at once share the scratch pool: each must still get its own buffers.
+@Test func matmulConcurrentCalls() {
+    let (BT, C, OC) = (64, 96, 200)
+    let inp = randomArray(BT * C, seed: 41), weight = randomArray(OC * C, seed: 42)
+    let bias = randomArray(OC, seed: 43), dout = randomArray(BT * OC, seed: 44)
+    var outRef = [Float](repeating: 0, count: BT * OC)
+    var dinpRef = [Float](repeating: 0, count: BT * C), dweightRef = [Float](repeating: 0, count: OC * C)
+    matmulForwardReference(&outRef, inp, weight, bias, BT, C, OC)
+    matmulBackwardReference(&dinpRef, &dweightRef, nil, dout, inp, weight, BT, C, OC)
+    let callers = 6
+    let outs = UnsafeMutablePointer<Float>.allocate(capacity: callers * BT * OC)
+    let dinps = UnsafeMutablePointer<Float>.allocate(capacity: callers * BT * C)
+    let dweights = UnsafeMutablePointer<Float>.allocate(capacity: callers * OC * C)
+    defer { outs.deallocate(); dinps.deallocate(); dweights.deallocate() }
+    dinps.initialize(repeating: 0, count: callers * BT * C)
+    dweights.initialize(repeating: 0, count: callers * OC * C)
+    DispatchQueue.concurrentPerform(iterations: callers) { i in
+        for _ in 0 ..< 3 { matmulForward(outs + i * BT * OC, inp, weight, bias, BT, C, OC) }
+        matmulBackward(dinps + i * BT * C, dweights + i * OC * C, nil, dout, inp, weight, BT, C, OC)
+    }
+    for i in 0 ..< callers {
+        let out = Array(UnsafeBufferPointer(start: outs + i * BT * OC, count: BT * OC))
+        let dinp = Array(UnsafeBufferPointer(start: dinps + i * BT * C, count: BT * C))
+        let dweight = Array(UnsafeBufferPointer(start: dweights + i * OC * C, count: OC * C))
+        #expect(relativeMaxDiff(out, outRef) < 1e-5, "forward, caller \(i)")
+        #expect(relativeMaxDiff(dinp, dinpRef) < 1e-5, "dinp, caller \(i)")
+        #expect(relativeMaxDiff(dweight, dweightRef) < 1e-5, "dweight, caller \(i)")
     }
 }
