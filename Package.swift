@@ -15,8 +15,10 @@ let package = Package(
     targets: [
         // The core, no backend: config, layouts, file formats, tokenizer, data, the training loop.
         .target(name: "LLM", swiftSettings: [.swiftLanguageMode(.v5)]),
+        // What the build's -Xcc flags let the compiler assume of the CPU (fused multiply-add).
+        .target(name: "CPUFeatures"),
         // CPU backend: fp32 layers in forward/backward pairs.
-        .target(name: "LLMCPU", dependencies: ["LLM"], swiftSettings: [.swiftLanguageMode(.v5), .unsafeFlags(["-O"], .when(configuration: .debug))]),
+        .target(name: "LLMCPU", dependencies: ["LLM", "CPUFeatures"], swiftSettings: [.swiftLanguageMode(.v5), .unsafeFlags(["-O"], .when(configuration: .debug))]),
         // CUDA backend: driver API, NVRTC and cuBLASLt through dlopen; kernels embedded at build time.
         .target(name: "LLMCUDA", dependencies: ["LLM"], exclude: ["Kernels"],
                 swiftSettings: [.swiftLanguageMode(.v5)], plugins: ["EmbedKernels"]),

@@ -410,8 +410,8 @@ private func packB(_ dst: UnsafeMutablePointer<Float>, _ b: Operand, _ k0: Int, 
 }
 
 /// c (8, 48) (=|+=) A (8, kc) · stripB (kc, 48) [+ bias], A(r, k) at panelA[r*rowStride + k*kStride]:
-/// 24 SIMD16 accumulators, 24 FMAs per k for 3 vector loads and 8 broadcasts. `addingProduct`
-/// is what emits vfmadd231ps: Swift never fuses `a * b + c`.
+/// 24 SIMD16 accumulators, 24 FMAs per k for 3 vector loads and 8 broadcasts. `multiplyAdd`
+/// emits vfmadd231ps where the build has FMA: Swift never fuses `a * b + c` itself.
 @inline(__always)
 func kernel8x48(_ kc: Int, _ panelA: UnsafePointer<Float>, _ rowStride: Int, _ kStride: Int,
                 _ stripB: UnsafePointer<Float>,
@@ -430,21 +430,21 @@ func kernel8x48(_ kc: Int, _ panelA: UnsafePointer<Float>, _ rowStride: Int, _ k
     for _ in 0 ..< kc {
         let b0 = loadVec(b), b1 = loadVec(b + 16), b2 = loadVec(b + 32)
         var x = SIMD16<Float>(repeating: a0[ak])
-        c00 = c00.addingProduct(x, b0); c01 = c01.addingProduct(x, b1); c02 = c02.addingProduct(x, b2)
+        c00 = multiplyAdd(c00, x, b0); c01 = multiplyAdd(c01, x, b1); c02 = multiplyAdd(c02, x, b2)
         x = SIMD16<Float>(repeating: a1[ak])
-        c10 = c10.addingProduct(x, b0); c11 = c11.addingProduct(x, b1); c12 = c12.addingProduct(x, b2)
+        c10 = multiplyAdd(c10, x, b0); c11 = multiplyAdd(c11, x, b1); c12 = multiplyAdd(c12, x, b2)
         x = SIMD16<Float>(repeating: a2[ak])
-        c20 = c20.addingProduct(x, b0); c21 = c21.addingProduct(x, b1); c22 = c22.addingProduct(x, b2)
+        c20 = multiplyAdd(c20, x, b0); c21 = multiplyAdd(c21, x, b1); c22 = multiplyAdd(c22, x, b2)
         x = SIMD16<Float>(repeating: a3[ak])
-        c30 = c30.addingProduct(x, b0); c31 = c31.addingProduct(x, b1); c32 = c32.addingProduct(x, b2)
+        c30 = multiplyAdd(c30, x, b0); c31 = multiplyAdd(c31, x, b1); c32 = multiplyAdd(c32, x, b2)
         x = SIMD16<Float>(repeating: a4[ak])
-        c40 = c40.addingProduct(x, b0); c41 = c41.addingProduct(x, b1); c42 = c42.addingProduct(x, b2)
+        c40 = multiplyAdd(c40, x, b0); c41 = multiplyAdd(c41, x, b1); c42 = multiplyAdd(c42, x, b2)
         x = SIMD16<Float>(repeating: a5[ak])
-        c50 = c50.addingProduct(x, b0); c51 = c51.addingProduct(x, b1); c52 = c52.addingProduct(x, b2)
+        c50 = multiplyAdd(c50, x, b0); c51 = multiplyAdd(c51, x, b1); c52 = multiplyAdd(c52, x, b2)
         x = SIMD16<Float>(repeating: a6[ak])
-        c60 = c60.addingProduct(x, b0); c61 = c61.addingProduct(x, b1); c62 = c62.addingProduct(x, b2)
+        c60 = multiplyAdd(c60, x, b0); c61 = multiplyAdd(c61, x, b1); c62 = multiplyAdd(c62, x, b2)
         x = SIMD16<Float>(repeating: a7[ak])
-        c70 = c70.addingProduct(x, b0); c71 = c71.addingProduct(x, b1); c72 = c72.addingProduct(x, b2)
+        c70 = multiplyAdd(c70, x, b0); c71 = multiplyAdd(c71, x, b1); c72 = multiplyAdd(c72, x, b2)
         ak += kStride; b += NR
     }
     // Epilogue: one row of three vectors at a time.
@@ -640,23 +640,23 @@ func kernel6x64(_ kc: Int, _ panel: UnsafePointer<Float>, _ lda: Int, _ stripB: 
     for k in 0 ..< kc {
         let b0 = loadVec(b), b1 = loadVec(b + 16), b2 = loadVec(b + 32), b3 = loadVec(b + 48)
         var x = SIMD16<Float>(repeating: a0[k])
-        c00 = c00.addingProduct(x, b0); c01 = c01.addingProduct(x, b1)
-        c02 = c02.addingProduct(x, b2); c03 = c03.addingProduct(x, b3)
+        c00 = multiplyAdd(c00, x, b0); c01 = multiplyAdd(c01, x, b1)
+        c02 = multiplyAdd(c02, x, b2); c03 = multiplyAdd(c03, x, b3)
         x = SIMD16<Float>(repeating: a1[k])
-        c10 = c10.addingProduct(x, b0); c11 = c11.addingProduct(x, b1)
-        c12 = c12.addingProduct(x, b2); c13 = c13.addingProduct(x, b3)
+        c10 = multiplyAdd(c10, x, b0); c11 = multiplyAdd(c11, x, b1)
+        c12 = multiplyAdd(c12, x, b2); c13 = multiplyAdd(c13, x, b3)
         x = SIMD16<Float>(repeating: a2[k])
-        c20 = c20.addingProduct(x, b0); c21 = c21.addingProduct(x, b1)
-        c22 = c22.addingProduct(x, b2); c23 = c23.addingProduct(x, b3)
+        c20 = multiplyAdd(c20, x, b0); c21 = multiplyAdd(c21, x, b1)
+        c22 = multiplyAdd(c22, x, b2); c23 = multiplyAdd(c23, x, b3)
         x = SIMD16<Float>(repeating: a3[k])
-        c30 = c30.addingProduct(x, b0); c31 = c31.addingProduct(x, b1)
-        c32 = c32.addingProduct(x, b2); c33 = c33.addingProduct(x, b3)
+        c30 = multiplyAdd(c30, x, b0); c31 = multiplyAdd(c31, x, b1)
+        c32 = multiplyAdd(c32, x, b2); c33 = multiplyAdd(c33, x, b3)
         x = SIMD16<Float>(repeating: a4[k])
-        c40 = c40.addingProduct(x, b0); c41 = c41.addingProduct(x, b1)
-        c42 = c42.addingProduct(x, b2); c43 = c43.addingProduct(x, b3)
+        c40 = multiplyAdd(c40, x, b0); c41 = multiplyAdd(c41, x, b1)
+        c42 = multiplyAdd(c42, x, b2); c43 = multiplyAdd(c43, x, b3)
         x = SIMD16<Float>(repeating: a5[k])
-        c50 = c50.addingProduct(x, b0); c51 = c51.addingProduct(x, b1)
-        c52 = c52.addingProduct(x, b2); c53 = c53.addingProduct(x, b3)
+        c50 = multiplyAdd(c50, x, b0); c51 = multiplyAdd(c51, x, b1)
+        c52 = multiplyAdd(c52, x, b2); c53 = multiplyAdd(c53, x, b3)
         b += FM
     }
     @inline(__always) func put(_ row: UnsafeMutablePointer<Float>, _ v0: SIMD16<Float>, _ v1: SIMD16<Float>,

@@ -23,12 +23,12 @@ func fmaLoop(_ iterations: Int, _ seed: Float) -> Float {
     var a8 = a0 + 8, a9 = a0 + 9, a10 = a0 + 10, a11 = a0 + 11
     var a12 = a0 + 12, a13 = a0 + 13, a14 = a0 + 14, a15 = a0 + 15
     for _ in 0 ..< iterations {
-        a0 = a0.addingProduct(m, d); a1 = a1.addingProduct(m, d); a2 = a2.addingProduct(m, d)
-        a3 = a3.addingProduct(m, d); a4 = a4.addingProduct(m, d); a5 = a5.addingProduct(m, d)
-        a6 = a6.addingProduct(m, d); a7 = a7.addingProduct(m, d); a8 = a8.addingProduct(m, d)
-        a9 = a9.addingProduct(m, d); a10 = a10.addingProduct(m, d); a11 = a11.addingProduct(m, d)
-        a12 = a12.addingProduct(m, d); a13 = a13.addingProduct(m, d); a14 = a14.addingProduct(m, d)
-        a15 = a15.addingProduct(m, d)
+        a0 = multiplyAdd(a0, m, d); a1 = multiplyAdd(a1, m, d); a2 = multiplyAdd(a2, m, d)
+        a3 = multiplyAdd(a3, m, d); a4 = multiplyAdd(a4, m, d); a5 = multiplyAdd(a5, m, d)
+        a6 = multiplyAdd(a6, m, d); a7 = multiplyAdd(a7, m, d); a8 = multiplyAdd(a8, m, d)
+        a9 = multiplyAdd(a9, m, d); a10 = multiplyAdd(a10, m, d); a11 = multiplyAdd(a11, m, d)
+        a12 = multiplyAdd(a12, m, d); a13 = multiplyAdd(a13, m, d); a14 = multiplyAdd(a14, m, d)
+        a15 = multiplyAdd(a15, m, d)
     }
     let s = (a0 + a1 + a2 + a3) + (a4 + a5 + a6 + a7) + (a8 + a9 + a10 + a11) + (a12 + a13 + a14 + a15)
     return s.sum()
