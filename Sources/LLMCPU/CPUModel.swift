@@ -206,6 +206,37 @@ public final class CPUModel: GPT2Backend {
         activationMemory + plan.regionOffsets[r.rawValue]
     }
 
+    /// Layer l's activations for the current (B, T): each region holds the (L, ...) stack laid out
+    /// compactly for this shape. The forward and backward passes read the same views.
+    struct LayerActivations {
+        let residual: UnsafeMutablePointer<Float>   // (B, T, C) the layer's input
+        let ln1: UnsafeMutablePointer<Float>        // (B, T, C)
+        let ln1Mean: UnsafeMutablePointer<Float>    // (B, T)
+        let ln1Rstd: UnsafeMutablePointer<Float>    // (B, T)
+        let qkv: UnsafeMutablePointer<Float>        // (B, T, 3C)
+        let atty: UnsafeMutablePointer<Float>       // (B, T, C)
+        let att: UnsafeMutablePointer<Float>        // (B, NH, T, T)
+        let residual2: UnsafeMutablePointer<Float>  // (B, T, C)
+        let ln2: UnsafeMutablePointer<Float>        // (B, T, C)
+        let ln2Mean: UnsafeMutablePointer<Float>    // (B, T)
+        let ln2Rstd: UnsafeMutablePointer<Float>    // (B, T)
+        let fch: UnsafeMutablePointer<Float>        // (B, T, 4C)
+        let fchGelu: UnsafeMutablePointer<Float>    // (B, T, 4C)
+        let residual3: UnsafeMutablePointer<Float>  // (B, T, C) the layer's output
+    }
+
+    @inline(__always) func layerActivations(_ l: Int, B: Int, T: Int) -> LayerActivations {
+        let BT = B * T, C = config.channels, NH = config.numHeads
+        return LayerActivations(
+            residual: l == 0 ? region(.encoded) : region(.residual3) + (l - 1) * BT * C,
+            ln1: region(.ln1) + l * BT * C, ln1Mean: region(.ln1Mean) + l * BT, ln1Rstd: region(.ln1Rstd) + l * BT,
+            qkv: region(.qkv) + l * BT * 3 * C, atty: region(.atty) + l * BT * C,
+            att: region(.att) + l * B * NH * T * T, residual2: region(.residual2) + l * BT * C,
+            ln2: region(.ln2) + l * BT * C, ln2Mean: region(.ln2Mean) + l * BT, ln2Rstd: region(.ln2Rstd) + l * BT,
+            fch: region(.fch) + l * BT * 4 * C, fchGelu: region(.fchGelu) + l * BT * 4 * C,
+            residual3: region(.residual3) + l * BT * C)
+    }
+
     // MARK: Forward
 
     public func forward(inputs: [Int32], targets: [Int32]?, B: Int, T: Int) throws -> Float {
@@ -252,20 +283,9 @@ public final class CPUModel: GPT2Backend {
         let projection = region(.projection)  // (B, T, C)
         encoderForward(encoded, inputs, p.wte, p.wpe, B, T, C)
         for l in 0 ..< L {
-            let residual = l == 0 ? encoded : region(.residual3) + (l - 1) * BT * C  // (B, T, C)
-            let ln1 = region(.ln1) + l * BT * C              // (B, T, C)
-            let ln1Mean = region(.ln1Mean) + l * BT          // (B, T)
-            let ln1Rstd = region(.ln1Rstd) + l * BT          // (B, T)
-            let qkv = region(.qkv) + l * BT * 3 * C          // (B, T, 3C)
-            let atty = region(.atty) + l * BT * C            // (B, T, C)
-            let att = region(.att) + l * B * NH * T * T      // (B, NH, T, T)
-            let residual2 = region(.residual2) + l * BT * C  // (B, T, C)
-            let ln2 = region(.ln2) + l * BT * C              // (B, T, C)
-            let ln2Mean = region(.ln2Mean) + l * BT          // (B, T)
-            let ln2Rstd = region(.ln2Rstd) + l * BT          // (B, T)
-            let fch = region(.fch) + l * BT * 4 * C          // (B, T, 4C)
-            let fchGelu = region(.fchGelu) + l * BT * 4 * C  // (B, T, 4C)
-            let residual3 = region(.residual3) + l * BT * C  // (B, T, C)
+            let a = layerActivations(l, B: B, T: T)
+            let (residual, ln1, ln1Mean, ln1Rstd, qkv, atty, att) = (a.residual, a.ln1, a.ln1Mean, a.ln1Rstd, a.qkv, a.atty, a.att)
+            let (residual2, ln2, ln2Mean, ln2Rstd, fch, fchGelu, residual3) = (a.residual2, a.ln2, a.ln2Mean, a.ln2Rstd, a.fch, a.fchGelu, a.residual3)
 
             layerNormForward(ln1, ln1Mean, ln1Rstd, residual, p.ln1w + l * C, p.ln1b + l * C, B, T, C)
             matmulForward(qkv, ln1, p.qkvw + l * 3 * C * C, p.qkvb + l * 3 * C, BT, C, 3 * C)
@@ -332,19 +352,9 @@ public final class CPUModel: GPT2Backend {
         // Layers in reverse. dresidual holds d(residual3[l]) on entry and d(residual3[l-1]) on exit:
         // the residual adds pass it through unchanged and the two layernorms add into it.
         for l in stride(from: L - 1, through: 0, by: -1) {
-            let residual = l == 0 ? region(.encoded) : region(.residual3) + (l - 1) * BT * C  // (B, T, C)
-            let ln1 = region(.ln1) + l * BT * C              // (B, T, C)
-            let ln1Mean = region(.ln1Mean) + l * BT          // (B, T)
-            let ln1Rstd = region(.ln1Rstd) + l * BT          // (B, T)
-            let qkv = region(.qkv) + l * BT * 3 * C          // (B, T, 3C)
-            let atty = region(.atty) + l * BT * C            // (B, T, C)
-            let att = region(.att) + l * B * NH * T * T      // (B, NH, T, T)
-            let residual2 = region(.residual2) + l * BT * C  // (B, T, C)
-            let ln2 = region(.ln2) + l * BT * C              // (B, T, C)
-            let ln2Mean = region(.ln2Mean) + l * BT          // (B, T)
-            let ln2Rstd = region(.ln2Rstd) + l * BT          // (B, T)
-            let fch = region(.fch) + l * BT * 4 * C          // (B, T, 4C)
-            let fchGelu = region(.fchGelu) + l * BT * 4 * C  // (B, T, 4C)
+            let a = layerActivations(l, B: B, T: T)
+            let (residual, ln1, ln1Mean, ln1Rstd, qkv, atty, att) = (a.residual, a.ln1, a.ln1Mean, a.ln1Rstd, a.qkv, a.atty, a.att)
+            let (residual2, ln2, ln2Mean, ln2Rstd, fch, fchGelu) = (a.residual2, a.ln2, a.ln2Mean, a.ln2Rstd, a.fch, a.fchGelu)
 
             // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2(residual2)))).
             clear(dfchGelu, BT * 4 * C)
