@@ -218,7 +218,11 @@ func gemm(_ M: Int, _ N: Int, _ K: Int, _ a: Operand, _ b: Operand,
     } else if K <= KC && N <= NC {
         // All of b is one block (dweight: K = BT): pack it once for every chunk of rows.
         let shared = takeScratch(nTiles * NR * K)
-        packB(shared.buffer, b, 0, K, 0, N)
+        let sharedB = shared.buffer
+        parallelForChunks(nTiles) { strips in
+            let j0 = strips.lowerBound * NR, j1 = min(N, strips.upperBound * NR)
+            packB(sharedB + j0 * K, b, 0, K, j0, j1 - j0)
+        }
         let packedB = UnsafePointer(shared.buffer)
         let chunks = min(mTiles, threads * perThread)
         parallelForDynamic(chunks) { ch in
