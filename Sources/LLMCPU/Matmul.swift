@@ -218,7 +218,11 @@ func gemm(_ M: Int, _ N: Int, _ K: Int, _ a: Operand, _ b: Operand,
     } else if K <= KC && N <= NC {
         // All of b is one block (dweight: K = BT): pack it once for every chunk of rows.
         let shared = takeScratch(nTiles * NR * K)
-        packB(shared.buffer, b, 0, K, 0, N)
+        let sharedB = shared.buffer
+        parallelForChunks(nTiles) { strips in
+            let j0 = strips.lowerBound * NR, j1 = min(N, strips.upperBound * NR)
+            packB(sharedB + j0 * K, b, 0, K, j0, j1 - j0)
+        }
         let packedB = UnsafePointer(shared.buffer)
         let chunks = min(mTiles, threads * perThread)
         parallelForDynamic(chunks) { ch in
@@ -328,30 +332,37 @@ private func gemmBlocked(_ m0: Int, _ m1: Int, _ n0: Int, _ n1: Int, _ K: Int,
 /// at [p*MR*kc + k*MR + r], rows past mc zero, so the kernel broadcasts one A value at a time.
 @inline(__always)
 private func packA(_ dst: UnsafeMutablePointer<Float>, _ a: Operand, _ i0: Int, _ mc: Int, _ k0: Int, _ kc: Int) {
+    if a.rowStride == 1 {
+        // Column-major source (dweight's dout read as doutᵀ): walk it k row by k row, so each
+        // row's mc floats stream in order from memory, handing every 8 of them to their panel.
+        for k in 0 ..< kc {
+            let src = a.base + (k0 + k) * a.colStride + i0
+            var p = 0
+            while p < mc {
+                let out = dst + p * kc + k * MR
+                if mc - p >= MR {
+                    UnsafeMutableRawPointer(out).storeBytes(
+                        of: UnsafeRawPointer(src + p).loadUnaligned(as: SIMD8<Float>.self), as: SIMD8<Float>.self)
+                } else {
+                    let rows = mc - p
+                    for r in 0 ..< MR { out[r] = r < rows ? src[p + r] : 0 }
+                }
+                p += MR
+            }
+        }
+        return
+    }
     var p = 0
     while p < mc {
         let rows = min(MR, mc - p)
         let panel = dst + p * kc
-        if a.rowStride == 1 {
-            // Column-major source (dout read as doutᵀ): each k gives MR contiguous rows.
-            for k in 0 ..< kc {
-                let src = a.base + (k0 + k) * a.colStride + i0 + p
-                let out = panel + k * MR
-                if rows == MR {
-                    for r in 0 ..< MR { out[r] = src[r] }
-                } else {
-                    for r in 0 ..< MR { out[r] = r < rows ? src[r] : 0 }
-                }
-            }
-        } else {
-            for r in 0 ..< MR {
-                if r < rows {
-                    let src = a.base + (i0 + p + r) * a.rowStride + k0 * a.colStride
-                    let cs = a.colStride
-                    for k in 0 ..< kc { panel[k * MR + r] = src[k * cs] }
-                } else {
-                    for k in 0 ..< kc { panel[k * MR + r] = 0 }
-                }
+        for r in 0 ..< MR {
+            if r < rows {
+                let src = a.base + (i0 + p + r) * a.rowStride + k0 * a.colStride
+                let cs = a.colStride
+                for k in 0 ..< kc { panel[k * MR + r] = src[k * cs] }
+            } else {
+                for k in 0 ..< kc { panel[k * MR + r] = 0 }
             }
         }
         p += MR
@@ -604,22 +615,24 @@ private func forwardWeightInPlace(_ out: UnsafeMutablePointer<Float>, _ inp: Uns
 }
 
 /// Packs inp (m0..<m0+ms, k0..<k0+kc) transposed: element (k, l) at [k*FM + l], rows past ms zero.
-/// In 16-k slabs so the 64 source rows and the 16 destination rows stay in L1.
+/// In slabs of 128 k: each source row is read as a 512-byte run (so the prefetcher follows it)
+/// while the slab's destination (128 rows of 64 floats, 32 KiB) stays in L1/L2.
 private func packInputTransposed(_ dst: UnsafeMutablePointer<Float>, _ inp: UnsafePointer<Float>,
                                  _ m0: Int, _ ms: Int, _ C: Int, _ k0: Int, _ kc: Int) {
+    let slab = 128
     var kb = 0
     while kb < kc {
-        let kn = min(16, kc - kb)
+        let kn = min(slab, kc - kb)
         for l in 0 ..< FM {
             let out = dst + kb * FM + l
             if l < ms {
                 let src = inp + (m0 + l) * C + k0 + kb
-                for k in 0 ..< kn { out[k * FM] = src[k] }
+                for k in 0 ..< kn { out[k &* FM] = src[k] }
             } else {
-                for k in 0 ..< kn { out[k * FM] = 0 }
+                for k in 0 ..< kn { out[k &* FM] = 0 }
             }
         }
-        kb += 16
+        kb += slab
     }
 }
 

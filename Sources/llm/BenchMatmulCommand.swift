@@ -65,6 +65,12 @@ struct BenchMatmul: ParsableCommand {
         let peak = measurePeakFLOPs()
         print("peak fp32 (FMA loop): \(fmt(peak.allThreads, 1)) GFLOP/s with \(peak.threads) thread(s), "
               + "\(fmt(peak.oneThread, 1)) on one")
+        if peak.oneThread < 10 {
+            // addingProduct must round once; without FMA in the target it becomes a libm fmaf
+            // call per lane, about 100x slower.
+            print("warning: this build has no hardware FMA; build with -Xcc -march=native "
+                  + "(or -Xcc -march=x86-64-v3) for speed")
+        }
         print("BT=\(BT), threads=\(CPUThreads.count), median of \(repeats) after \(warmup) warm-up, "
               + "blocks MC=\(matmulMC) KC=\(matmulKC) NC=\(matmulNC)")
         print("")
