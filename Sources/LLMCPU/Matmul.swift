@@ -10,6 +10,7 @@
 // one core streams. Compute-bound, so the aim is the FMA rate: the kernels reach 99% of peak
 // with their operands in L1, the products 85-90% of one core's peak in place.
 
+import CPUFeatures
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -427,6 +428,10 @@ private func packB(_ dst: UnsafeMutablePointer<Float>, _ b: Operand, _ k0: Int, 
 func kernel8x48(_ kc: Int, _ panelA: UnsafePointer<Float>, _ rowStride: Int, _ kStride: Int,
                 _ stripB: UnsafePointer<Float>,
                 _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ overwrite: Bool, _ bias: UnsafePointer<Float>?) {
+    if LLM_VECTOR_BITS < 512 {  // a compile-time constant: one branch is compiled away
+        kernel8x48Narrow(kc, panelA, rowStride, kStride, stripB, c, ldc, overwrite, bias)
+        return
+    }
     var c00 = SIMD16<Float>(), c01 = SIMD16<Float>(), c02 = SIMD16<Float>()
     var c10 = SIMD16<Float>(), c11 = SIMD16<Float>(), c12 = SIMD16<Float>()
     var c20 = SIMD16<Float>(), c21 = SIMD16<Float>(), c22 = SIMD16<Float>()
@@ -478,6 +483,60 @@ func kernel8x48(_ kc: Int, _ panelA: UnsafePointer<Float>, _ rowStride: Int, _ k
     put(c + 5 * ldc, c50, c51, c52)
     put(c + 6 * ldc, c60, c61, c62)
     put(c + 7 * ldc, c70, c71, c72)
+}
+
+/// The same 8 x 48 tile for CPUs with 16 vector registers (AVX2, or SSE on a baseline x86-64
+/// build), where 24 SIMD16 accumulators would spill on every k: 16-column blocks, 4 rows per pass
+/// with 256-bit vectors (8 ymm accumulators) or 2 rows with 128-bit ones (8 xmm). A and B are
+/// re-read from L1 once per pass instead of once per tile.
+@inline(__always)
+func kernel8x48Narrow(_ kc: Int, _ panelA: UnsafePointer<Float>, _ rowStride: Int, _ kStride: Int,
+                      _ stripB: UnsafePointer<Float>,
+                      _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ overwrite: Bool, _ bias: UnsafePointer<Float>?) {
+    @inline(__always) func put(_ row: UnsafeMutablePointer<Float>, _ v: SIMD16<Float>, _ biasBlock: UnsafePointer<Float>?) {
+        if !overwrite {
+            storeVec(row, loadVec(row) + v)
+        } else if let biasBlock {
+            storeVec(row, loadVec(biasBlock) + v)
+        } else {
+            storeVec(row, v)
+        }
+    }
+    for col in stride(from: 0, to: NR, by: 16) {
+        let biasBlock = bias.map { $0 + col }
+        if LLM_VECTOR_BITS >= 256 {
+            for r0 in stride(from: 0, to: MR, by: 4) {
+                let a0 = panelA + r0 * rowStride, a1 = a0 + rowStride, a2 = a1 + rowStride, a3 = a2 + rowStride
+                var c0 = SIMD16<Float>(), c1 = SIMD16<Float>(), c2 = SIMD16<Float>(), c3 = SIMD16<Float>()
+                var b = stripB + col, ak = 0
+                for _ in 0 ..< kc {
+                    let bv = loadVec(b)
+                    c0 = multiplyAdd(c0, SIMD16(repeating: a0[ak]), bv)
+                    c1 = multiplyAdd(c1, SIMD16(repeating: a1[ak]), bv)
+                    c2 = multiplyAdd(c2, SIMD16(repeating: a2[ak]), bv)
+                    c3 = multiplyAdd(c3, SIMD16(repeating: a3[ak]), bv)
+                    ak += kStride; b += NR
+                }
+                let row = c + r0 * ldc + col
+                put(row, c0, biasBlock); put(row + ldc, c1, biasBlock)
+                put(row + 2 * ldc, c2, biasBlock); put(row + 3 * ldc, c3, biasBlock)
+            }
+        } else {
+            for r0 in stride(from: 0, to: MR, by: 2) {
+                let a0 = panelA + r0 * rowStride, a1 = a0 + rowStride
+                var c0 = SIMD16<Float>(), c1 = SIMD16<Float>()
+                var b = stripB + col, ak = 0
+                for _ in 0 ..< kc {
+                    let bv = loadVec(b)
+                    c0 = multiplyAdd(c0, SIMD16(repeating: a0[ak]), bv)
+                    c1 = multiplyAdd(c1, SIMD16(repeating: a1[ak]), bv)
+                    ak += kStride; b += NR
+                }
+                let row = c + r0 * ldc + col
+                put(row, c0, biasBlock); put(row + ldc, c1, biasBlock)
+            }
+        }
+    }
 }
 
 /// The kernel on a packed A panel ([k*8 + r]).
