@@ -12,8 +12,8 @@ struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train a GPT-2 (llm.c's train_gpt2 with long flag names).",
         discussion: """
-        With no flags: a small GPT-2 (d4: 4 layers, 256 channels, GPT-2 vocabulary) trains on the \
-        bundled data/tinyshakespeare.txt, tokenized at start-up and split as llm.c's recipe does \
+        With no flags: a small GPT-2 (d2: 2 layers, 128 channels, GPT-2 vocabulary) trains for 300 \
+        steps on the bundled data/tinyshakespeare.txt, tokenized at start-up and split as llm.c's recipe does \
         (first 32,768 tokens for validation), printing the validation loss and a sample as it goes.
 
         GPT-2 124M as llm.c trains it (its -b 64 -t 1024 -d 524288 -c 0.1 -l 0.0006 -q 0.0 -u 700
@@ -31,7 +31,7 @@ struct Train: ParsableCommand {
     @Option(help: "Validation token shards (glob). Default: the validation split of the bundled text, or none with --train.")
     var val: String?
     @Option(help: "A checkpoint file (llm.c v3/v5) or a descriptor d2, d4, d6, d12, d24, d36, d48 (fresh GPT-2 init).")
-    var model: String = "d4"
+    var model: String = "d2"
     @Option(help: "Text to train on when --train is not given (tokenized at start-up).")
     var text: String = "data/tinyshakespeare.txt"
     @Option(help: "GPT-2 vocabulary for tokenizing --text and decoding samples.")
