@@ -22,9 +22,13 @@ struct CUDAGenerationTests {
         return try CUDAModel(config: config, parameters: params, B: 1, T: T, precision: precision)
     }
 
-    @Test func cachedLogitsEqualFullForwardOfEachPrefixFP32() throws {
+    /// fp32 (no TF32) differs from the full forward only in summation order; bf16 rounds every
+    /// activation, and cuBLASLt picks other kernels for N = 1 than for N = T, so the two paths
+    /// round differently: the tolerance is `llm check`'s for bf16 logits.
+    @Test(arguments: [(GPUPrecision.fp32, Float(1e-4)), (.bf16, 0.05)])
+    func cachedLogitsEqualFullForwardOfEachPrefix(precision: GPUPrecision, tolerance: Float) throws {
         let input = tokens(40)
-        let model = try tinyModel(T: input.count, precision: .fp32)
+        let model = try tinyModel(T: input.count, precision: precision)
         try model.beginGeneration(maxTokens: input.count)
         var worst: Float = 0
         for t in 0 ..< input.count {
@@ -34,13 +38,14 @@ struct CUDAGenerationTests {
             #expect(cached.count == full.count)
             for (a, b) in zip(cached, full) { worst = max(worst, abs(a - b)) }
         }
-        #expect(worst < 1e-4, "largest logit difference \(worst)")
+        #expect(worst < tolerance, "\(precision): largest logit difference \(worst)")
     }
 
-    @Test(arguments: [GPUPrecision.fp32, .bf16])
-    func generatorGivesTheSameTokensWithAndWithoutCache(precision: GPUPrecision) throws {
+    /// Exact token equality holds in fp32; in bf16 the rounding differences above can move a
+    /// draw across a cdf boundary (d12 on an H100 agreed for the first 7 tokens), so not tested.
+    @Test func generatorGivesTheSameTokensWithAndWithoutCacheFP32() throws {
         let prompt = tokens(6), count = 40
-        let model = try tinyModel(T: prompt.count + count, precision: precision)
+        let model = try tinyModel(T: prompt.count + count, precision: .fp32)
         let a = try Generator(model: model, useCache: true).generate(prompt: prompt, count: count, seed: 1337)
         let b = try Generator(model: model, useCache: false).generate(prompt: prompt, count: count, seed: 1337)
         #expect(a == b)
