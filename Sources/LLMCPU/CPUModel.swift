@@ -141,6 +141,8 @@ public final class CPUModel: GPT2Backend {
     var currentT = 0
     var haveTargets = false
     var meanLoss: Float = .nan
+    /// Key/value cache of cached generation (CPUGeneration.swift), made by beginGeneration.
+    var generationState: CPUGenerationState?
 
     /// A model with the given parameters (N floats, checkpoint order) and activations planned for (B, T).
     public init(config: GPT2Config, parameters: [Float], B: Int, T: Int) throws {

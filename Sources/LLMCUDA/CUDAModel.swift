@@ -90,6 +90,8 @@ public final class CUDAModel: GPT2Backend {
     var hostLosses: [Float] = []
     /// xorshift state for the stochastic-rounding seeds (llm.c: 13371337 + rank).
     var rngState: UInt64 = 13371337
+    /// Key/value cache of cached generation (CUDAGeneration.swift), made by beginGeneration.
+    var generationState: CUDAGenerationState?
 
     static let lnBackwardBlocks = 256
     static let normBlocks = 512

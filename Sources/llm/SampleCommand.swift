@@ -28,6 +28,8 @@ struct Sample: ParsableCommand {
     var vocab: String = "data/gpt2.tiktoken"
     @Option(help: "auto, cpu or cuda.")
     var device: DeviceChoice = .auto
+    @Option(help: "GPU precision: bf16 (llm.c's) or fp32.")
+    var precision: PrecisionChoice = .bf16
     @Option(help: "CPU threads (default: all cores).")
     var threads: Int?
     @Flag(name: .customLong("no-cache"), help: "Recompute the whole sequence for every token, as llm.c does (for comparison).")
@@ -52,7 +54,7 @@ struct Sample: ParsableCommand {
         if promptIds.count + tokens > config.maxSeqLen && !noCache {
             throw LLMError("--tokens \(tokens): the prompt (\(promptIds.count) tokens with EOT) plus the sample exceed the model's context of \(config.maxSeqLen)")
         }
-        let backend = try makeBackend(device, config: config, parameters: parameters, B: 1, T: T, precision: .bf16,
+        let backend = try makeBackend(device, config: config, parameters: parameters, B: 1, T: T, precision: precision,
                                       log: { FileHandleStderr.print($0) })
         let generator = Generator(model: backend, useCache: !noCache)
         FileHandleStderr.print("model: \(source) on \(backend.deviceDescription), "
