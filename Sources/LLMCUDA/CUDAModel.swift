@@ -38,6 +38,9 @@ public final class CUDAModel: GPT2Backend {
     let matmul: MatmulEngine
     let layout: ParameterLayout
     let E: Int  // bytes per floatX element
+    /// Tensor-core flash attention (flash_attention.cu: bf16, head size 64); off, the scalar kernels
+    /// of attention.cu, which are also its reference in `attentionParity`. Off when $LLM_ATTENTION is "scalar".
+    public var useFlashAttention: Bool
 
     // Parameters, gradients and optimizer state share one padded layout: each of the 16 tensors
     // starts at a 128-element boundary so that every cuBLASLt operand is well aligned.
@@ -115,6 +118,9 @@ public final class CUDAModel: GPT2Backend {
             throw LLMError("cuda model: \(parameters.count) parameters given, \(config) has \(layout.count)")
         }
         E = precision.elementBytes
+        // LLM_ATTENTION=scalar keeps the old kernels, for timing them against the flash ones.
+        let scalarAttention = getenv("LLM_ATTENTION").map { String(cString: $0) } == "scalar"
+        useFlashAttention = precision == .bf16 && hs == 64 && !scalarAttention
         device = try CUDADevice(ordinal: deviceOrdinal)
         kernels = try KernelLibrary(device: device, precision: precision)
         matmul = try MatmulEngine(device: device, bf16: precision == .bf16)
@@ -250,6 +256,45 @@ public final class CUDAModel: GPT2Backend {
         try launch(name, grid: ((count + block - 1) / block, 1, 1), block: (block, 1, 1), args)
     }
 
+    // MARK: Attention
+
+    /// out (B, T, C) = causal softmax(q k^T / sqrt(HS)) v per head; lse (B, NH, T) fp32 row statistics.
+    /// Flash kernels on tensor cores when `useFlashAttention`, else the scalar kernels (exact fp32 path).
+    func attentionForward(out: CUdeviceptr, lse: CUdeviceptr, qkv: CUdeviceptr, B: Int, T: Int) throws {
+        let NH = config.numHeads, hs = config.headSize
+        let args: [KernelArgument] = [.ptr(out), .ptr(lse), .ptr(qkv), .i32(Int32(T)), .i32(Int32(NH))]
+        if useFlashAttention {  // 64 queries per block: 4 warps of 16; shared q + 2 x (k, v) tiles
+            try launch("flash_attention_forward", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
+                       shared: 5 * CUDAModel.flashTileBytes, args)
+        } else {  // 64 rows per block, two threads per row
+            try launch("attention_forward_hs\(hs)", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
+                       shared: 2 * 64 * hs * 4, args)
+        }
+    }
+
+    /// dqkv (B, T, 3C) from dout (B, T, C); overwrites dsum (B, NH, T).
+    func attentionBackward(dqkv: CUdeviceptr, dout: CUdeviceptr, qkv: CUdeviceptr, out: CUdeviceptr, lse: CUdeviceptr,
+                           dsum: CUdeviceptr, B: Int, T: Int) throws {
+        let NH = config.numHeads, hs = config.headSize
+        try launch1D("attention_backward_rowsum", count: B * NH * T,
+                     [.ptr(dsum), .ptr(dout), .ptr(out), .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(NH)), .i32(Int32(hs))])
+        let args: [KernelArgument] = [.ptr(dqkv), .ptr(qkv), .ptr(dout), .ptr(lse), .ptr(dsum), .i32(Int32(T)), .i32(Int32(NH))]
+        let grid = ((T + 63) / 64, NH, B)
+        if useFlashAttention {
+            try launch("flash_attention_backward_query", grid: grid, block: (128, 1, 1),
+                       shared: 6 * CUDAModel.flashTileBytes, args)
+            try launch("flash_attention_backward_key_value", grid: grid, block: (128, 1, 1),
+                       shared: 6 * CUDAModel.flashTileBytes + 4 * 64 * 4, args)
+        } else {
+            try launch("attention_backward_query_hs\(hs)", grid: grid, block: (128, 1, 1), shared: 2 * 64 * hs * 4, args)
+            try launch("attention_backward_key_value_hs\(hs)", grid: grid, block: (128, 1, 1),
+                       shared: (2 * 64 * (hs + 2) + 2 * 64 * hs + 2 * 64) * 4, args)
+        }
+    }
+
+    /// One (64, 64) bf16 tile of flash_attention.cu in shared memory, rows padded to 72 elements.
+    static let flashTileBytes = 64 * 72 * 2
+
     /// out (N, OC) = inp (N, K) . weight (OC, K)^T (+ bias (OC)), row-major.
     func matmulForward(_ out: CUdeviceptr, _ inp: CUdeviceptr, _ weight: CUdeviceptr, _ bias: CUdeviceptr?,
                        N: Int, K: Int, OC: Int) throws {
@@ -321,7 +366,6 @@ public final class CUDAModel: GPT2Backend {
         if let t = targets { try device.upload(targetsBuffer, t) }
 
         let C = config.channels, L = config.numLayers, NH = config.numHeads, Vp = config.paddedVocabSize
-        let hs = config.headSize
         let BTmax = batchSize * sequenceLength  // per-layer stride of the stacked activations
         let NHT = batchSize * NH * sequenceLength
         try launch1D("encoder_forward", count: N * C,
@@ -338,8 +382,7 @@ public final class CUDAModel: GPT2Backend {
                                  tensor(params, .ln1w, layer: l), tensor(params, .ln1b, layer: l), N: N, C: C)
             try matmulForward(qkvl, ln1l, tensor(params, .qkvw, layer: l), tensor(params, .qkvb, layer: l),
                               N: N, K: C, OC: 3 * C)
-            try launch("attention_forward_hs\(hs)", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
-                       shared: 2 * 64 * hs * 4, [.ptr(attyl), .ptr(lsel), .ptr(qkvl), .i32(Int32(T)), .i32(Int32(NH))])
+            try attentionForward(out: attyl, lse: lsel, qkv: qkvl, B: B, T: T)
             try matmulForward(scratchBTC, attyl, tensor(params, .attprojw, layer: l),
                               tensor(params, .attprojb, layer: l), N: N, K: C, OC: C)
             try launch1D("residual_forward", count: N * C, [.ptr(res2l), .ptr(residual), .ptr(scratchBTC), .i64(Int64(N * C))])
@@ -387,7 +430,7 @@ public final class CUDAModel: GPT2Backend {
         if !haveTargets { throw LLMError("cuda model: backward needs a forward with targets first") }
         let B = lastB, T = lastT, N = B * T
         let C = config.channels, L = config.numLayers, NH = config.numHeads
-        let V = config.vocabSize, Vp = config.paddedVocabSize, hs = config.headSize
+        let V = config.vocabSize, Vp = config.paddedVocabSize
         let BTmax = batchSize * sequenceLength
         let NHT = batchSize * NH * sequenceLength
         let dloss = 1.0 / Float(N * max(microSteps, 1))
@@ -424,16 +467,7 @@ public final class CUDAModel: GPT2Backend {
             try matmulBackward(dinp: scratchBTC, dweight: g(.attprojw), dbias: g(.attprojb), dout: dresidual,
                                inp: attyl, weight: p(.attprojw), N: N, K: C, OC: C)
             let dqkv = scratchBT4C
-            try launch1D("attention_backward_rowsum", count: B * NH * T,
-                         [.ptr(attDsum), .ptr(scratchBTC), .ptr(attyl), .i32(Int32(B)), .i32(Int32(T)),
-                          .i32(Int32(NH)), .i32(Int32(hs))])
-            let attArgs: [KernelArgument] = [.ptr(dqkv), .ptr(qkvl), .ptr(scratchBTC), .ptr(lsel), .ptr(attDsum),
-                                             .i32(Int32(T)), .i32(Int32(NH))]
-            // 64 rows per block, two threads per row.
-            try launch("attention_backward_query_hs\(hs)", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
-                       shared: 2 * 64 * hs * 4, attArgs)
-            try launch("attention_backward_key_value_hs\(hs)", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
-                       shared: (2 * 64 * (hs + 2) + 2 * 64 * hs + 2 * 64) * 4, attArgs)
+            try attentionBackward(dqkv: dqkv, dout: scratchBTC, qkv: qkvl, out: attyl, lse: lsel, dsum: attDsum, B: B, T: T)
             try matmulBackward(dinp: scratchBTC, dweight: g(.qkvw), dbias: g(.qkvb), dout: dqkv,
                                inp: ln1l, weight: p(.qkvw), N: N, K: C, OC: 3 * C)
             try layerNormBackward(dinp: dresidual, dweight: g(.ln1w), dbias: g(.ln1b), dout: scratchBTC, inp: residual,
