@@ -38,6 +38,7 @@ public final class CUDAModel: GPT2Backend {
     let matmul: MatmulEngine
     let layout: ParameterLayout
     let E: Int  // bytes per floatX element
+    var pack: Int { 16 / E }  // elements per 16-byte pack (PACK in common.cuh)
     /// Tensor-core flash attention (flash_attention.cu: bf16, head size 64); off, the scalar kernels
     /// of attention.cu, which are also its reference in `attentionParity`. Off when $LLM_ATTENTION is "scalar".
     public var useFlashAttention: Bool
@@ -73,6 +74,7 @@ public final class CUDAModel: GPT2Backend {
     let lnfRstd: CUdeviceptr     // (B, T) fp32
     let logitsBuffer: CUdeviceptr  // (B, T, Vp): logits, then dlogits in place
     let losses: CUdeviceptr      // (B, T) fp32
+    let logitsLse: CUdeviceptr   // (B, T) fp32: log-sum-exp of each logits row, for the classifier backward
     // Backward scratch, reused by every layer.
     let dresidual: CUdeviceptr   // (B, T, C)
     let scratchBTC: CUdeviceptr  // (B, T, C)
@@ -108,6 +110,9 @@ public final class CUDAModel: GPT2Backend {
         let hs = config.headSize
         if ![16, 32, 64, 128].contains(hs) {
             throw LLMError("cuda model: head size \(hs) not supported by the attention kernels (16, 32, 64 or 128)")
+        }
+        if config.channels % 8 != 0 {  // rows move in 16-byte packs of 8 (bf16) or 4 (fp32) elements
+            throw LLMError("cuda model: channels \(config.channels) not a multiple of 8")
         }
         self.config = config
         batchSize = B
@@ -180,6 +185,7 @@ public final class CUDAModel: GPT2Backend {
         tokens = try device.allocate(bytes: BT * 4, what: "input tokens")
         targetsBuffer = try device.allocate(bytes: BT * 4, what: "target tokens")
         buckets = try device.allocate(bytes: (3 * BT + 1) * 4, what: "encoder buckets")
+        logitsLse = try device.allocate(bytes: BT * 4, what: "logits log-sum-exp")
 
         try device.zero(adamM, bytes: total * 4)
         try device.zero(adamV, bytes: total * 4)
@@ -188,7 +194,7 @@ public final class CUDAModel: GPT2Backend {
     }
 
     deinit {
-        for p in [params, grads, master, adamM, adamV, activations, partials, tokens, targetsBuffer, buckets] {
+        for p in [params, grads, master, adamM, adamV, activations, partials, tokens, targetsBuffer, buckets, logitsLse] {
             device.free(p)
         }
     }
@@ -272,20 +278,22 @@ public final class CUDAModel: GPT2Backend {
         }
     }
 
-    /// dqkv (B, T, 3C) from dout (B, T, C); overwrites dsum (B, NH, T).
+    /// dqkv (B, T, 3C) from dout (B, T, C); overwrites dsum (B, NH, T) with rowsum(dout * out) per head.
     func attentionBackward(dqkv: CUdeviceptr, dout: CUdeviceptr, qkv: CUdeviceptr, out: CUdeviceptr, lse: CUdeviceptr,
                            dsum: CUdeviceptr, B: Int, T: Int) throws {
         let NH = config.numHeads, hs = config.headSize
-        try launch1D("attention_backward_rowsum", count: B * NH * T,
-                     [.ptr(dsum), .ptr(dout), .ptr(out), .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(NH)), .i32(Int32(hs))])
-        let args: [KernelArgument] = [.ptr(dqkv), .ptr(qkv), .ptr(dout), .ptr(lse), .ptr(dsum), .i32(Int32(T)), .i32(Int32(NH))]
         let grid = ((T + 63) / 64, NH, B)
-        if useFlashAttention {
+        if useFlashAttention {  // the query kernel also writes dsum, which the key/value kernel reads
             try launch("flash_attention_backward_query", grid: grid, block: (128, 1, 1),
-                       shared: 6 * CUDAModel.flashTileBytes, args)
+                       shared: 7 * CUDAModel.flashTileBytes + 64 * 4,
+                       [.ptr(dqkv), .ptr(dsum), .ptr(qkv), .ptr(out), .ptr(dout), .ptr(lse), .i32(Int32(T)), .i32(Int32(NH))])
             try launch("flash_attention_backward_key_value", grid: grid, block: (128, 1, 1),
-                       shared: 6 * CUDAModel.flashTileBytes + 4 * 64 * 4, args)
+                       shared: 6 * CUDAModel.flashTileBytes + 4 * 64 * 4,
+                       [.ptr(dqkv), .ptr(qkv), .ptr(dout), .ptr(lse), .ptr(dsum), .i32(Int32(T)), .i32(Int32(NH))])
         } else {
+            try launch1D("attention_backward_rowsum", count: B * NH * T,
+                         [.ptr(dsum), .ptr(dout), .ptr(out), .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(NH)), .i32(Int32(hs))])
+            let args: [KernelArgument] = [.ptr(dqkv), .ptr(qkv), .ptr(dout), .ptr(lse), .ptr(dsum), .i32(Int32(T)), .i32(Int32(NH))]
             try launch("attention_backward_query_hs\(hs)", grid: grid, block: (128, 1, 1), shared: 2 * 64 * hs * 4, args)
             try launch("attention_backward_key_value_hs\(hs)", grid: grid, block: (128, 1, 1),
                        shared: (2 * 64 * (hs + 2) + 2 * 64 * hs + 2 * 64) * 4, args)
@@ -330,7 +338,7 @@ public final class CUDAModel: GPT2Backend {
     func layerNormBackward(dinp: CUdeviceptr, dweight: CUdeviceptr, dbias: CUdeviceptr, dout: CUdeviceptr,
                            inp: CUdeviceptr, weight: CUdeviceptr, mean: CUdeviceptr, rstd: CUdeviceptr,
                            N: Int, C: Int) throws {
-        let warps = 4
+        let warps = 8  // 256 blocks x 8 warps: every SM gets about 16 rows in flight
         let blocks = min(CUDAModel.lnBackwardBlocks, (N + warps - 1) / warps)
         try launch("layernorm_backward", grid: (blocks, 1, 1), block: (32 * warps, 1, 1), shared: warps * 2 * C * 4,
                    [.ptr(dinp), .ptr(partials), .ptr(dout), .ptr(inp), .ptr(weight), .ptr(mean), .ptr(rstd),
@@ -385,15 +393,15 @@ public final class CUDAModel: GPT2Backend {
             try attentionForward(out: attyl, lse: lsel, qkv: qkvl, B: B, T: T)
             try matmulForward(scratchBTC, attyl, tensor(params, .attprojw, layer: l),
                               tensor(params, .attprojb, layer: l), N: N, K: C, OC: C)
-            try launch1D("residual_forward", count: N * C, [.ptr(res2l), .ptr(residual), .ptr(scratchBTC), .i64(Int64(N * C))])
+            try launch1D("residual_forward", count: N * C / pack, [.ptr(res2l), .ptr(residual), .ptr(scratchBTC), .i64(Int64(N * C))])
             try layerNormForward(ln2l, floats(ln2Mean, l * BTmax), floats(ln2Rstd, l * BTmax), res2l,
                                  tensor(params, .ln2w, layer: l), tensor(params, .ln2b, layer: l), N: N, C: C)
             try matmulForward(fchl, ln2l, tensor(params, .fcw, layer: l), tensor(params, .fcb, layer: l),
                               N: N, K: C, OC: 4 * C)
-            try launch1D("gelu_forward", count: N * 4 * C, [.ptr(geluL), .ptr(fchl), .i64(Int64(N * 4 * C))])
+            try launch1D("gelu_forward", count: N * 4 * C / pack, [.ptr(geluL), .ptr(fchl), .i64(Int64(N * 4 * C))])
             try matmulForward(scratchBTC, geluL, tensor(params, .fcprojw, layer: l),
                               tensor(params, .fcprojb, layer: l), N: N, K: 4 * C, OC: C)
-            try launch1D("residual_forward", count: N * C, [.ptr(res3l), .ptr(res2l), .ptr(scratchBTC), .i64(Int64(N * C))])
+            try launch1D("residual_forward", count: N * C / pack, [.ptr(res3l), .ptr(res2l), .ptr(scratchBTC), .i64(Int64(N * C))])
         }
         try layerNormForward(lnf, lnfMean, lnfRstd, elements(residual3, (L - 1) * BTmax * C),
                              tensor(params, .lnfw), tensor(params, .lnfb), N: N, C: C)
@@ -404,7 +412,7 @@ public final class CUDAModel: GPT2Backend {
             return .nan
         }
         try launch("classifier_loss", grid: (N, 1, 1), block: (V >= 4096 ? 1024 : 128, 1, 1),
-                   [.ptr(losses), .ptr(logitsBuffer), .ptr(targetsBuffer), .i32(Int32(V)), .i32(Int32(Vp))])
+                   [.ptr(losses), .ptr(logitsLse), .ptr(logitsBuffer), .ptr(targetsBuffer), .i32(Int32(V)), .i32(Int32(Vp))])
         hostLosses = try device.download(losses, count: N, as: Float.self, fill: 0)
         var sum = 0.0
         for x in hostLosses { sum += Double(x) }
@@ -436,7 +444,7 @@ public final class CUDAModel: GPT2Backend {
         let dloss = 1.0 / Float(N * max(microSteps, 1))
 
         try launch("classifier_backward", grid: (N, 1, 1), block: (V >= 4096 ? 1024 : 128, 1, 1),
-                   [.ptr(logitsBuffer), .ptr(targetsBuffer), .f32(dloss), .i32(Int32(V)), .i32(Int32(Vp))])
+                   [.ptr(logitsBuffer), .ptr(logitsLse), .ptr(targetsBuffer), .f32(dloss), .i32(Int32(V)), .i32(Int32(Vp))])
         // LM head (no bias): dlnf = dlogits . wte, dwte += dlogits^T . lnf
         try matmulBackward(dinp: scratchBTC, dweight: tensor(grads, .wte), dbias: nil, dout: logitsBuffer,
                            inp: lnf, weight: tensor(params, .wte), N: N, K: C, OC: Vp)
@@ -456,7 +464,7 @@ public final class CUDAModel: GPT2Backend {
             // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2)))
             try matmulBackward(dinp: scratchBT4C, dweight: g(.fcprojw), dbias: g(.fcprojb), dout: dresidual,
                                inp: geluL, weight: p(.fcprojw), N: N, K: 4 * C, OC: C)
-            try launch1D("gelu_backward", count: N * 4 * C,
+            try launch1D("gelu_backward", count: N * 4 * C / pack,
                          [.ptr(scratchBT4C), .ptr(fchl), .ptr(scratchBT4C), .i64(Int64(N * 4 * C))])
             try matmulBackward(dinp: scratchBTC, dweight: g(.fcw), dbias: g(.fcb), dout: scratchBT4C,
                                inp: ln2l, weight: p(.fcw), N: N, K: C, OC: 4 * C)

@@ -135,7 +135,7 @@ __device__ __forceinline__ void storeRows(bf16* dst, int stride, const float (&a
 // out = softmax(q k^T / 8, causal) v and lse per row. Grid (ceil(T / 64), NH, B), block 128,
 // shared 5 tiles (q, double-buffered k and v) = 46080 bytes. Each warp keeps its 16 query rows, a
 // running maximum and sum (base-2 units) and the (16, 64) output in registers.
-extern "C" __global__ void __launch_bounds__(FA_THREADS)
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 4)  // 128 registers: 4 blocks (16 warps) per SM
 flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int T, int NH) {
     extern __shared__ __align__(16) bf16 flashShared[];
     bf16* qTile = flashShared;
@@ -230,20 +230,22 @@ flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int T, int NH) {
 
 // MARK: - Backward
 
-// With P = exp(S - lse) recomputed from the forward's statistics and D = rowsum(dout * out)
-// (attention_backward_rowsum): dS = P * (dout v^T - D), dq = dS k / 8, dk = dS^T q / 8, dv = P^T dout.
-// Two kernels so that each output has one writer: query-major for dq, key-major for dk and dv.
+// With P = exp(S - lse) recomputed from the forward's statistics and D = rowsum(dout * out):
+// dS = P * (dout v^T - D), dq = dS k / 8, dk = dS^T q / 8, dv = P^T dout. Two kernels so that each
+// output has one writer: query-major for dq (which also writes D), key-major for dk and dv.
 
-// The q part of dqkv. Grid (ceil(T / 64), NH, B), block 128, shared 6 tiles (q, dout, double-buffered
-// k and v) = 55296 bytes.
-extern "C" __global__ void __launch_bounds__(FA_THREADS)
-flash_attention_backward_query(bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse, const float* dsum,
-                               int T, int NH) {
+// The q part of dqkv, and dsum (B, NH, T) = D. Grid (ceil(T / 64), NH, B), block 128, shared 7 tiles
+// (q, dout, out, double-buffered k and v) and 64 floats (D) = 64768 bytes.
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 3)  // 168 registers: 3 blocks per SM
+flash_attention_backward_query(bf16* dqkv, float* dsum, const bf16* qkv, const bf16* out, const bf16* dout,
+                               const float* lse, int T, int NH) {
     extern __shared__ __align__(16) bf16 flashShared[];
     bf16* qTile = flashShared;
     bf16* gTile = qTile + FA_TILE;
-    bf16* kTiles = gTile + FA_TILE;       // 2 x (64, PAD)
+    bf16* oTile = gTile + FA_TILE;
+    bf16* kTiles = oTile + FA_TILE;       // 2 x (64, PAD)
     bf16* vTiles = kTiles + 2 * FA_TILE;  // 2 x (64, PAD)
+    float* tileD = (float*)(vTiles + 2 * FA_TILE);  // (64)
     const int C = NH * FA_HS, C3 = 3 * C;
     const int h = blockIdx.y, b = blockIdx.z;
     const int qt = gridDim.x - 1 - blockIdx.x;
@@ -256,16 +258,16 @@ flash_attention_backward_query(bf16* dqkv, const bf16* qkv, const bf16* dout, co
 
     loadTile(qTile, qBase, C3, qt * FA_ROWS, T);
     loadTile(gTile, dout + (long long)b * T * C + h * FA_HS, C, qt * FA_ROWS, T);
+    loadTile(oTile, out + (long long)b * T * C + h * FA_HS, C, qt * FA_ROWS, T);
     loadTile(kTiles, kBase, C3, 0, T);
     loadTile(vTiles, vBase, C3, 0, T);
     commitCopies();
+    const long long stats = ((long long)b * NH + h) * T;
     float rowLse[2], rowD[2];  // lse in base-2 units
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         int row = rowBase + r * 8;
-        long long stat = ((long long)b * NH + h) * T + row;
-        rowLse[r] = row < T ? lse[stat] * FA_LOG2E : 0.0f;
-        rowD[r] = row < T ? dsum[stat] : 0.0f;
+        rowLse[r] = row < T ? lse[stats + row] * FA_LOG2E : 0.0f;
     }
     unsigned q[4][4], g[4][4];
     float dq[8][4];
@@ -287,6 +289,18 @@ flash_attention_backward_query(bf16* dqkv, const bf16* qkv, const bf16* dout, co
         if (kt == 0) {
             loadRows(q, qTile, warp, lane);
             loadRows(g, gTile, warp, lane);
+            // D of the tile's rows: a pair of threads per row, 32 channels each.
+            int row = threadIdx.x / 2, c0 = (threadIdx.x % 2) * 32;
+            float d = 0.0f;
+            for (int c = c0; c < c0 + 32; c++) d += toFloat(gTile[row * FA_PAD + c]) * toFloat(oTile[row * FA_PAD + c]);
+            d += __shfl_xor_sync(0xffffffffU, d, 1);
+            if (threadIdx.x % 2 == 0) {
+                tileD[row] = d;
+                if (qt * FA_ROWS + row < T) dsum[stats + qt * FA_ROWS + row] = d;
+            }
+            __syncthreads();
+            rowD[0] = tileD[warp * 16 + lane / 4];
+            rowD[1] = tileD[warp * 16 + lane / 4 + 8];
         }
 
         float s[8][4], dp[8][4];
