@@ -269,9 +269,9 @@ public final class CUDAModel: GPT2Backend {
     func attentionForward(out: CUdeviceptr, lse: CUdeviceptr, qkv: CUdeviceptr, B: Int, T: Int) throws {
         let NH = config.numHeads, hs = config.headSize
         let args: [KernelArgument] = [.ptr(out), .ptr(lse), .ptr(qkv), .i32(Int32(T)), .i32(Int32(NH))]
-        if useFlashAttention {  // 128 queries per block: 8 warps of 16; shared q + 2 x (k, v) tiles of 64 keys
-            try launch("flash_attention_forward", grid: ((T + 127) / 128, NH, B), block: (256, 1, 1),
-                       shared: 2 * CUDAModel.flashTileBytes + 4 * CUDAModel.flashTileBytes, args)
+        if useFlashAttention {  // 64 queries per block: 4 warps of 16; shared q + 2 x (k, v) tiles
+            try launch("flash_attention_forward", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
+                       shared: 5 * CUDAModel.flashTileBytes, args)
         } else {  // 64 rows per block, two threads per row
             try launch("attention_forward_hs\(hs)", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
                        shared: 2 * 64 * hs * 4, args)
@@ -284,13 +284,11 @@ public final class CUDAModel: GPT2Backend {
         let NH = config.numHeads, hs = config.headSize
         let grid = ((T + 63) / 64, NH, B)
         if useFlashAttention {  // the query kernel also writes dsum, which the key/value kernel reads
-            // 128 own rows per block (8 warps), streamed tiles of 64 rows: (128, 64) = 2 tiles of 64.
-            let flashGrid = ((T + 127) / 128, NH, B), tile = CUDAModel.flashTileBytes
-            try launch("flash_attention_backward_query", grid: flashGrid, block: (256, 1, 1),
-                       shared: 3 * 2 * tile + 4 * tile + 128 * 4,
+            try launch("flash_attention_backward_query", grid: grid, block: (128, 1, 1),
+                       shared: 7 * CUDAModel.flashTileBytes + 64 * 4,
                        [.ptr(dqkv), .ptr(dsum), .ptr(qkv), .ptr(out), .ptr(dout), .ptr(lse), .i32(Int32(T)), .i32(Int32(NH))])
-            try launch("flash_attention_backward_key_value", grid: flashGrid, block: (256, 1, 1),
-                       shared: 2 * 2 * tile + 4 * tile + 4 * 64 * 4,
+            try launch("flash_attention_backward_key_value", grid: grid, block: (128, 1, 1),
+                       shared: 6 * CUDAModel.flashTileBytes + 4 * 64 * 4,
                        [.ptr(dqkv), .ptr(qkv), .ptr(dout), .ptr(lse), .ptr(dsum), .i32(Int32(T)), .i32(Int32(NH))])
         } else {
             try launch1D("attention_backward_rowsum", count: B * NH * T,

@@ -6,15 +6,11 @@
 
 #if defined(LLM_BF16)
 
-#define FA_HS 64                         // head size these kernels are written for
-#define FA_WARPS 8
-#define FA_THREADS (32 * FA_WARPS)
-#define FA_BLOCK_ROWS (16 * FA_WARPS)    // the block's own query (or key) rows: 16 per warp
-#define FA_ROWS 64                       // rows of a streamed key/value (or query/dout) tile
-#define FA_PAD 72                        // shared row length in bf16: the 16 spare bytes put ldmatrix's 8 rows in 8 bank groups
-#define FA_TILE (FA_ROWS * FA_PAD)       // bf16 elements in one streamed (64, 64) tile
-#define FA_BLOCK_TILE (FA_BLOCK_ROWS * FA_PAD)  // bf16 elements in one own (128, 64) tile
-// 128 own rows per block against 64-row streamed tiles: each streamed tile (from L2) feeds 8 warps.
+#define FA_HS 64                    // head size these kernels are written for
+#define FA_ROWS 64                  // query (or key) rows per block: 4 warps x 16 rows
+#define FA_THREADS 128
+#define FA_PAD 72                   // shared row length in bf16: the 16 spare bytes put ldmatrix's 8 rows in 8 bank groups
+#define FA_TILE (FA_ROWS * FA_PAD)  // bf16 elements in one shared (64, 64) tile
 #define FA_LOG2E 1.4426950408889634f
 
 // MARK: - PTX helpers
@@ -63,12 +59,11 @@ __device__ __forceinline__ unsigned packPair(float lo, float hi) {
 // columns, acc[n][e]: row g = lane / 4 (+8 for e >= 2), column n * 8 + 2 * (lane % 4) + (e & 1).
 // A bf16 A-operand of 16 rows x 64 columns is 4 k-steps of 16 columns, frag[k][4].
 
-// Rows [row0, row0 + ROWS) of one head's (T, 64) slice (rows `stride` elements apart) into a shared
-// tile; rows at or past T become zeros. Issued by all threads; completes at the next wait.
-template <int ROWS>
+// Rows [row0, row0 + 64) of one head's (T, 64) slice (rows `stride` elements apart) into a shared
+// tile; rows at or past T become zeros. Issued by all 128 threads; completes at the next wait.
 __device__ __forceinline__ void loadTile(bf16* tile, const bf16* src, int stride, int row0, int T) {
 #pragma unroll
-    for (int i = 0; i < ROWS * FA_HS / 8 / FA_THREADS; i++) {
+    for (int i = 0; i < FA_ROWS * FA_HS / 8 / FA_THREADS; i++) {
         int chunk = threadIdx.x + i * FA_THREADS, r = chunk / 8, col = (chunk % 8) * 8;
         bool ok = row0 + r < T;
         copyAsync16(sharedAddress(tile + r * FA_PAD + col), src + (long long)(ok ? row0 + r : 0) * stride + col, ok);
@@ -137,30 +132,28 @@ __device__ __forceinline__ void storeRows(bf16* dst, int stride, const float (&a
 
 // MARK: - Forward
 
-// out = softmax(q k^T / 8, causal) v and lse per row. Grid (ceil(T / 128), NH, B), block 256, shared
-// q (128 rows) and double-buffered k and v (64 rows) = 55296 bytes. Each warp keeps its 16 query rows,
-// a running maximum and sum (base-2 units) and the (16, 64) output in registers.
-extern "C" __global__ void __launch_bounds__(FA_THREADS, 2)  // 128 registers: 2 blocks (16 warps) per SM
+// out = softmax(q k^T / 8, causal) v and lse per row. Grid (ceil(T / 64), NH, B), block 128,
+// shared 5 tiles (q, double-buffered k and v) = 46080 bytes. Each warp keeps its 16 query rows, a
+// running maximum and sum (base-2 units) and the (16, 64) output in registers.
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 4)  // 128 registers: 4 blocks (16 warps) per SM
 flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int T, int NH) {
     extern __shared__ __align__(16) bf16 flashShared[];
-    bf16* qTile = flashShared;                // (128, PAD)
-    bf16* kTiles = qTile + FA_BLOCK_TILE;     // 2 x (64, PAD)
-    bf16* vTiles = kTiles + 2 * FA_TILE;      // 2 x (64, PAD)
+    bf16* qTile = flashShared;
+    bf16* kTiles = qTile + FA_TILE;      // 2 x (64, PAD)
+    bf16* vTiles = kTiles + 2 * FA_TILE; // 2 x (64, PAD)
     const int C = NH * FA_HS, C3 = 3 * C;
     const int h = blockIdx.y, b = blockIdx.z;
-    const int q0 = (gridDim.x - 1 - blockIdx.x) * FA_BLOCK_ROWS;  // the longest (last) query blocks start first
+    const int qt = gridDim.x - 1 - blockIdx.x;  // the longest (last) query tiles start first
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int warpRow0 = q0 + warp * 16;
-    const int rowBase = warpRow0 + lane / 4;  // this thread's rows: rowBase, rowBase + 8
-    const int tiles = (min(q0 + FA_BLOCK_ROWS, T) + FA_ROWS - 1) / FA_ROWS;  // key tiles up to the block's last row
+    const int rowBase = qt * FA_ROWS + warp * 16 + lane / 4;  // this thread's rows: rowBase, rowBase + 8
     const bf16* qBase = qkv + (long long)b * T * C3 + h * FA_HS;
     const bf16* kBase = qBase + C;
     const bf16* vBase = qBase + 2 * C;
     const float scoreScale = 0.125f * FA_LOG2E;  // 1 / sqrt(64), and exp -> exp2
 
-    loadTile<FA_BLOCK_ROWS>(qTile, qBase, C3, q0, T);
-    loadTile<FA_ROWS>(kTiles, kBase, C3, 0, T);
-    loadTile<FA_ROWS>(vTiles, vBase, C3, 0, T);
+    loadTile(qTile, qBase, C3, qt * FA_ROWS, T);
+    loadTile(kTiles, kBase, C3, 0, T);
+    loadTile(vTiles, vBase, C3, 0, T);
     commitCopies();
     unsigned q[4][4];
     float o[8][4];
@@ -170,57 +163,52 @@ flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int T, int NH) {
         for (int e = 0; e < 4; e++) o[n][e] = 0.0f;
     float rowMax[2] = {NEG_INFINITY, NEG_INFINITY}, rowSum[2] = {0.0f, 0.0f};
 
-    for (int kt = 0; kt < tiles; kt++) {
+    for (int kt = 0; kt <= qt; kt++) {
         const bf16* kTile = kTiles + (kt % 2) * FA_TILE;
         const bf16* vTile = vTiles + (kt % 2) * FA_TILE;
-        if (kt + 1 < tiles) {  // prefetch the next key/value tile into the other buffer
-            loadTile<FA_ROWS>(kTiles + ((kt + 1) % 2) * FA_TILE, kBase, C3, (kt + 1) * FA_ROWS, T);
-            loadTile<FA_ROWS>(vTiles + ((kt + 1) % 2) * FA_TILE, vBase, C3, (kt + 1) * FA_ROWS, T);
+        if (kt < qt) {  // prefetch the next key/value tile into the other buffer
+            loadTile(kTiles + ((kt + 1) % 2) * FA_TILE, kBase, C3, (kt + 1) * FA_ROWS, T);
+            loadTile(vTiles + ((kt + 1) % 2) * FA_TILE, vBase, C3, (kt + 1) * FA_ROWS, T);
         }
         commitCopies();
         waitAllButLatest();
         __syncthreads();
         if (kt == 0) loadRows(q, qTile, warp, lane);
 
-        const int k0 = kt * FA_ROWS;
-        if (k0 <= warpRow0 + 15) {  // some row of the warp sees a key of this tile (warp-uniform)
-            const bool diagonal = k0 + FA_ROWS - 1 > warpRow0;  // some key is after some row: mask
-            float s[8][4];
-            multiplyTransposed(s, q, kTile, lane);
-            float tileMax[2] = {NEG_INFINITY, NEG_INFINITY};
+        float s[8][4];
+        multiplyTransposed(s, q, kTile, lane);
+        float tileMax[2] = {NEG_INFINITY, NEG_INFINITY};
 #pragma unroll
-            for (int n = 0; n < 8; n++)
+        for (int n = 0; n < 8; n++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float v = s[n][e] * scoreScale;
-                    int key = k0 + n * 8 + 2 * (lane % 4) + (e & 1);
-                    if (diagonal && key > rowBase + (e / 2) * 8) v = NEG_INFINITY;
-                    s[n][e] = v;
-                    tileMax[e / 2] = fmaxf(tileMax[e / 2], v);
-                }
-            float rescale[2];
-#pragma unroll
-            for (int r = 0; r < 2; r++) {  // the four lanes of a row group hold the row between them
-                tileMax[r] = fmaxf(tileMax[r], __shfl_xor_sync(0xffffffffU, tileMax[r], 1));
-                tileMax[r] = fmaxf(tileMax[r], __shfl_xor_sync(0xffffffffU, tileMax[r], 2));
-                // Finite: key 0 is in every row's first tile, so a row masked out of this tile keeps its maximum.
-                float newMax = fmaxf(rowMax[r], tileMax[r]);
-                rescale[r] = exp2f(rowMax[r] - newMax);
-                rowMax[r] = newMax;
-                rowSum[r] *= rescale[r];
+            for (int e = 0; e < 4; e++) {
+                float v = s[n][e] * scoreScale;
+                int key = kt * FA_ROWS + n * 8 + 2 * (lane % 4) + (e & 1);
+                if (kt == qt && key > rowBase + (e / 2) * 8) v = NEG_INFINITY;  // causal: only the diagonal tile
+                s[n][e] = v;
+                tileMax[e / 2] = fmaxf(tileMax[e / 2], v);
             }
+        float rescale[2];
 #pragma unroll
-            for (int n = 0; n < 8; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    o[n][e] *= rescale[e / 2];
-                    s[n][e] = exp2f(s[n][e] - rowMax[e / 2]);
-                    rowSum[e / 2] += s[n][e];
-                }
-            unsigned p[4][4];
-            toFragments(p, s);
-            multiplyAccumulate(o, p, vTile, lane);
+        for (int r = 0; r < 2; r++) {  // the four lanes of a row group hold the row between them
+            tileMax[r] = fmaxf(tileMax[r], __shfl_xor_sync(0xffffffffU, tileMax[r], 1));
+            tileMax[r] = fmaxf(tileMax[r], __shfl_xor_sync(0xffffffffU, tileMax[r], 2));
+            float newMax = fmaxf(rowMax[r], tileMax[r]);  // finite: key 0 is in every row's first tile
+            rescale[r] = exp2f(rowMax[r] - newMax);
+            rowMax[r] = newMax;
+            rowSum[r] *= rescale[r];
         }
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                o[n][e] *= rescale[e / 2];
+                s[n][e] = exp2f(s[n][e] - rowMax[e / 2]);
+                rowSum[e / 2] += s[n][e];
+            }
+        unsigned p[4][4];
+        toFragments(p, s);
+        multiplyAccumulate(o, p, vTile, lane);
         __syncthreads();  // all warps are done with this buffer before it is refilled
     }
 
@@ -237,7 +225,7 @@ flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int T, int NH) {
     for (int n = 0; n < 8; n++)
 #pragma unroll
         for (int e = 0; e < 4; e++) o[n][e] *= inverse[e / 2];
-    storeRows(out + (long long)b * T * C + h * FA_HS, C, o, 1.0f, warpRow0, T, lane);
+    storeRows(out + (long long)b * T * C + h * FA_HS, C, o, 1.0f, qt * FA_ROWS + warp * 16, T, lane);
 }
 
 // MARK: - Backward
@@ -246,35 +234,33 @@ flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int T, int NH) {
 // dS = P * (dout v^T - D), dq = dS k / 8, dk = dS^T q / 8, dv = P^T dout. Two kernels so that each
 // output has one writer: query-major for dq (which also writes D), key-major for dk and dv.
 
-// The q part of dqkv, and dsum (B, NH, T) = D. Grid (ceil(T / 128), NH, B), block 256, shared q, dout
-// and out (128 rows), double-buffered k and v (64 rows) and 128 floats (D) = 92672 bytes.
-extern "C" __global__ void __launch_bounds__(FA_THREADS, 1)
+// The q part of dqkv, and dsum (B, NH, T) = D. Grid (ceil(T / 64), NH, B), block 128, shared 7 tiles
+// (q, dout, out, double-buffered k and v) and 64 floats (D) = 64768 bytes.
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 3)  // 168 registers: 3 blocks per SM
 flash_attention_backward_query(bf16* dqkv, float* dsum, const bf16* qkv, const bf16* out, const bf16* dout,
                                const float* lse, int T, int NH) {
     extern __shared__ __align__(16) bf16 flashShared[];
-    bf16* qTile = flashShared;                 // (128, PAD)
-    bf16* gTile = qTile + FA_BLOCK_TILE;       // (128, PAD)
-    bf16* oTile = gTile + FA_BLOCK_TILE;       // (128, PAD)
-    bf16* kTiles = oTile + FA_BLOCK_TILE;      // 2 x (64, PAD)
-    bf16* vTiles = kTiles + 2 * FA_TILE;       // 2 x (64, PAD)
-    float* blockD = (float*)(vTiles + 2 * FA_TILE);  // (128)
+    bf16* qTile = flashShared;
+    bf16* gTile = qTile + FA_TILE;
+    bf16* oTile = gTile + FA_TILE;
+    bf16* kTiles = oTile + FA_TILE;       // 2 x (64, PAD)
+    bf16* vTiles = kTiles + 2 * FA_TILE;  // 2 x (64, PAD)
+    float* tileD = (float*)(vTiles + 2 * FA_TILE);  // (64)
     const int C = NH * FA_HS, C3 = 3 * C;
     const int h = blockIdx.y, b = blockIdx.z;
-    const int q0 = (gridDim.x - 1 - blockIdx.x) * FA_BLOCK_ROWS;
+    const int qt = gridDim.x - 1 - blockIdx.x;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int warpRow0 = q0 + warp * 16;
-    const int rowBase = warpRow0 + lane / 4;
-    const int tiles = (min(q0 + FA_BLOCK_ROWS, T) + FA_ROWS - 1) / FA_ROWS;
+    const int rowBase = qt * FA_ROWS + warp * 16 + lane / 4;
     const bf16* qBase = qkv + (long long)b * T * C3 + h * FA_HS;
     const bf16* kBase = qBase + C;
     const bf16* vBase = qBase + 2 * C;
     const float scoreScale = 0.125f * FA_LOG2E;
 
-    loadTile<FA_BLOCK_ROWS>(qTile, qBase, C3, q0, T);
-    loadTile<FA_BLOCK_ROWS>(gTile, dout + (long long)b * T * C + h * FA_HS, C, q0, T);
-    loadTile<FA_BLOCK_ROWS>(oTile, out + (long long)b * T * C + h * FA_HS, C, q0, T);
-    loadTile<FA_ROWS>(kTiles, kBase, C3, 0, T);
-    loadTile<FA_ROWS>(vTiles, vBase, C3, 0, T);
+    loadTile(qTile, qBase, C3, qt * FA_ROWS, T);
+    loadTile(gTile, dout + (long long)b * T * C + h * FA_HS, C, qt * FA_ROWS, T);
+    loadTile(oTile, out + (long long)b * T * C + h * FA_HS, C, qt * FA_ROWS, T);
+    loadTile(kTiles, kBase, C3, 0, T);
+    loadTile(vTiles, vBase, C3, 0, T);
     commitCopies();
     const long long stats = ((long long)b * NH + h) * T;
     float rowLse[2], rowD[2];  // lse in base-2 units
@@ -290,12 +276,12 @@ flash_attention_backward_query(bf16* dqkv, float* dsum, const bf16* qkv, const b
 #pragma unroll
         for (int e = 0; e < 4; e++) dq[n][e] = 0.0f;
 
-    for (int kt = 0; kt < tiles; kt++) {
+    for (int kt = 0; kt <= qt; kt++) {
         const bf16* kTile = kTiles + (kt % 2) * FA_TILE;
         const bf16* vTile = vTiles + (kt % 2) * FA_TILE;
-        if (kt + 1 < tiles) {
-            loadTile<FA_ROWS>(kTiles + ((kt + 1) % 2) * FA_TILE, kBase, C3, (kt + 1) * FA_ROWS, T);
-            loadTile<FA_ROWS>(vTiles + ((kt + 1) % 2) * FA_TILE, vBase, C3, (kt + 1) * FA_ROWS, T);
+        if (kt < qt) {
+            loadTile(kTiles + ((kt + 1) % 2) * FA_TILE, kBase, C3, (kt + 1) * FA_ROWS, T);
+            loadTile(vTiles + ((kt + 1) % 2) * FA_TILE, vBase, C3, (kt + 1) * FA_ROWS, T);
         }
         commitCopies();
         waitAllButLatest();
@@ -303,64 +289,59 @@ flash_attention_backward_query(bf16* dqkv, float* dsum, const bf16* qkv, const b
         if (kt == 0) {
             loadRows(q, qTile, warp, lane);
             loadRows(g, gTile, warp, lane);
-            // D of the block's rows: a pair of threads per row, 32 channels each.
+            // D of the tile's rows: a pair of threads per row, 32 channels each.
             int row = threadIdx.x / 2, c0 = (threadIdx.x % 2) * 32;
             float d = 0.0f;
             for (int c = c0; c < c0 + 32; c++) d += toFloat(gTile[row * FA_PAD + c]) * toFloat(oTile[row * FA_PAD + c]);
             d += __shfl_xor_sync(0xffffffffU, d, 1);
             if (threadIdx.x % 2 == 0) {
-                blockD[row] = d;
-                if (q0 + row < T) dsum[stats + q0 + row] = d;
+                tileD[row] = d;
+                if (qt * FA_ROWS + row < T) dsum[stats + qt * FA_ROWS + row] = d;
             }
             __syncthreads();
-            rowD[0] = blockD[warp * 16 + lane / 4];
-            rowD[1] = blockD[warp * 16 + lane / 4 + 8];
+            rowD[0] = tileD[warp * 16 + lane / 4];
+            rowD[1] = tileD[warp * 16 + lane / 4 + 8];
         }
 
-        const int k0 = kt * FA_ROWS;
-        if (k0 <= warpRow0 + 15) {  // some row of the warp sees a key of this tile
-            const bool diagonal = k0 + FA_ROWS - 1 > warpRow0;
-            float s[8][4], dp[8][4];
-            multiplyTransposed(s, q, kTile, lane);
-            multiplyTransposed(dp, g, vTile, lane);
+        float s[8][4], dp[8][4];
+        multiplyTransposed(s, q, kTile, lane);
+        multiplyTransposed(dp, g, vTile, lane);
 #pragma unroll
-            for (int n = 0; n < 8; n++)
+        for (int n = 0; n < 8; n++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int key = k0 + n * 8 + 2 * (lane % 4) + (e & 1);
-                    bool masked = diagonal && key > rowBase + (e / 2) * 8;
-                    float p = masked ? 0.0f : exp2f(s[n][e] * scoreScale - rowLse[e / 2]);
-                    s[n][e] = p * (dp[n][e] - rowD[e / 2]);  // dS
-                }
-            unsigned ds[4][4];
-            toFragments(ds, s);
-            multiplyAccumulate(dq, ds, kTile, lane);
-        }
+            for (int e = 0; e < 4; e++) {
+                int key = kt * FA_ROWS + n * 8 + 2 * (lane % 4) + (e & 1);
+                bool masked = kt == qt && key > rowBase + (e / 2) * 8;
+                float p = masked ? 0.0f : exp2f(s[n][e] * scoreScale - rowLse[e / 2]);
+                s[n][e] = p * (dp[n][e] - rowD[e / 2]);  // dS
+            }
+        unsigned ds[4][4];
+        toFragments(ds, s);
+        multiplyAccumulate(dq, ds, kTile, lane);
         __syncthreads();
     }
-    storeRows(dqkv + (long long)b * T * C3 + h * FA_HS, C3, dq, 0.125f, warpRow0, T, lane);
+    storeRows(dqkv + (long long)b * T * C3 + h * FA_HS, C3, dq, 0.125f, qt * FA_ROWS + warp * 16, T, lane);
 }
 
-// The k and v parts of dqkv. Grid (ceil(T / 128), NH, B), block 256, shared k and v (128 rows),
-// double-buffered q and dout (64 rows) and 2 x 2 x 64 floats (lse, D) = 74752 bytes. Each warp keeps
-// its 16 key rows and their (16, 64) dk and dv in registers and walks the query tiles that can see them.
-extern "C" __global__ void __launch_bounds__(FA_THREADS, 1)
+// The k and v parts of dqkv. Grid (ceil(T / 64), NH, B), block 128, shared 6 tiles (k, v,
+// double-buffered q and dout) and 2 x 2 x 64 floats (lse, D) = 56320 bytes. Each warp keeps its
+// 16 key rows and their (16, 64) dk and dv in registers and walks the query tiles at or after its own.
+extern "C" __global__ void __launch_bounds__(FA_THREADS)
 flash_attention_backward_key_value(bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse, const float* dsum,
                                    int T, int NH) {
     extern __shared__ __align__(16) bf16 flashShared[];
-    bf16* kTile = flashShared;                    // (128, PAD)
-    bf16* vTile = kTile + FA_BLOCK_TILE;          // (128, PAD)
-    bf16* qTiles = vTile + FA_BLOCK_TILE;         // 2 x (64, PAD)
-    bf16* gTiles = qTiles + 2 * FA_TILE;          // 2 x (64, PAD)
+    bf16* kTile = flashShared;
+    bf16* vTile = kTile + FA_TILE;
+    bf16* qTiles = vTile + FA_TILE;       // 2 x (64, PAD)
+    bf16* gTiles = qTiles + 2 * FA_TILE;  // 2 x (64, PAD)
     float* lseTiles = (float*)(gTiles + 2 * FA_TILE);  // 2 x 64, base-2 units
     float* dTiles = lseTiles + 2 * FA_ROWS;            // 2 x 64
     const int C = NH * FA_HS, C3 = 3 * C;
     const int h = blockIdx.y, b = blockIdx.z;
-    const int k0 = blockIdx.x * FA_BLOCK_ROWS;  // the first key blocks see the most queries and start first
-    const int tiles = (T + FA_ROWS - 1) / FA_ROWS;
+    const int kt = blockIdx.x;  // the first key tiles see the most queries and start first
+    const int tiles = gridDim.x;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int warpKey0 = k0 + warp * 16;
-    const int keyBase = warpKey0 + lane / 4;  // this thread's keys: keyBase, keyBase + 8
+    const int keyBase = kt * FA_ROWS + warp * 16 + lane / 4;  // this thread's keys: keyBase, keyBase + 8
     const bf16* qBase = qkv + (long long)b * T * C3 + h * FA_HS;
     const bf16* gBase = dout + (long long)b * T * C + h * FA_HS;
     const float* lseBase = lse + ((long long)b * NH + h) * T;
@@ -371,15 +352,14 @@ flash_attention_backward_key_value(bf16* dqkv, const bf16* qkv, const bf16* dout
     auto loadStatistics = [&](int qt, int buf) {
         int i = threadIdx.x % FA_ROWS, row = qt * FA_ROWS + i;
         if (threadIdx.x < FA_ROWS) lseTiles[buf * FA_ROWS + i] = row < T ? lseBase[row] * FA_LOG2E : 0.0f;
-        else if (threadIdx.x < 2 * FA_ROWS) dTiles[buf * FA_ROWS + i] = row < T ? dBase[row] : 0.0f;
+        else dTiles[buf * FA_ROWS + i] = row < T ? dBase[row] : 0.0f;
     };
-    const int qt0 = k0 / FA_ROWS;  // queries before the block's first key see none of its keys
-    loadTile<FA_BLOCK_ROWS>(kTile, qBase + C, C3, k0, T);
-    loadTile<FA_BLOCK_ROWS>(vTile, qBase + 2 * C, C3, k0, T);
-    loadTile<FA_ROWS>(qTiles, qBase, C3, qt0 * FA_ROWS, T);
-    loadTile<FA_ROWS>(gTiles, gBase, C, qt0 * FA_ROWS, T);
+    loadTile(kTile, qBase + C, C3, kt * FA_ROWS, T);
+    loadTile(vTile, qBase + 2 * C, C3, kt * FA_ROWS, T);
+    loadTile(qTiles, qBase, C3, kt * FA_ROWS, T);
+    loadTile(gTiles, gBase, C, kt * FA_ROWS, T);
     commitCopies();
-    loadStatistics(qt0, 0);
+    loadStatistics(kt, 0);
     unsigned k[4][4], v[4][4];
     float dk[8][4], dv[8][4];
 #pragma unroll
@@ -387,52 +367,50 @@ flash_attention_backward_key_value(bf16* dqkv, const bf16* qkv, const bf16* dout
 #pragma unroll
         for (int e = 0; e < 4; e++) { dk[n][e] = 0.0f; dv[n][e] = 0.0f; }
 
-    for (int qt = qt0; qt < tiles; qt++) {
-        const int buf = (qt - qt0) % 2;
+    for (int qt = kt; qt < tiles; qt++) {
+        const int buf = (qt - kt) % 2;
         const bf16* qTile = qTiles + buf * FA_TILE;
         const bf16* gTile = gTiles + buf * FA_TILE;
         const float* rowLse = lseTiles + buf * FA_ROWS;
         const float* rowD = dTiles + buf * FA_ROWS;
         if (qt + 1 < tiles) {
-            loadTile<FA_ROWS>(qTiles + (1 - buf) * FA_TILE, qBase, C3, (qt + 1) * FA_ROWS, T);
-            loadTile<FA_ROWS>(gTiles + (1 - buf) * FA_TILE, gBase, C, (qt + 1) * FA_ROWS, T);
+            loadTile(qTiles + (1 - buf) * FA_TILE, qBase, C3, (qt + 1) * FA_ROWS, T);
+            loadTile(gTiles + (1 - buf) * FA_TILE, gBase, C, (qt + 1) * FA_ROWS, T);
             loadStatistics(qt + 1, 1 - buf);
         }
         commitCopies();
         waitAllButLatest();
         __syncthreads();
-        if (qt == qt0) {
+        if (qt == kt) {
             loadRows(k, kTile, warp, lane);
             loadRows(v, vTile, warp, lane);
         }
 
-        if (qt * FA_ROWS + FA_ROWS - 1 >= warpKey0) {  // some query of the tile sees a key of the warp
-            // Transposed scores: sT[key][query] = k . q, dpT[key][query] = v . dout.
-            float sT[8][4], dpT[8][4];
-            multiplyTransposed(sT, k, qTile, lane);
-            multiplyTransposed(dpT, v, gTile, lane);
+        // Transposed scores: sT[key][query] = k . q, dpT[key][query] = v . dout.
+        float sT[8][4], dpT[8][4];
+        multiplyTransposed(sT, k, qTile, lane);
+        multiplyTransposed(dpT, v, gTile, lane);
 #pragma unroll
-            for (int n = 0; n < 8; n++)
+        for (int n = 0; n < 8; n++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int i = n * 8 + 2 * (lane % 4) + (e & 1);  // query within the tile
-                    int query = qt * FA_ROWS + i;
-                    bool masked = query < keyBase + (e / 2) * 8 || query >= T;
-                    float p = masked ? 0.0f : exp2f(sT[n][e] * scoreScale - rowLse[i]);
-                    sT[n][e] = p;
-                    dpT[n][e] = p * (dpT[n][e] - rowD[i]);  // dS^T
-                }
-            unsigned pT[4][4], dsT[4][4];
-            toFragments(pT, sT);
-            toFragments(dsT, dpT);
-            multiplyAccumulate(dv, pT, gTile, lane);
-            multiplyAccumulate(dk, dsT, qTile, lane);
-        }
+            for (int e = 0; e < 4; e++) {
+                int i = n * 8 + 2 * (lane % 4) + (e & 1);  // query within the tile
+                int query = qt * FA_ROWS + i;
+                bool masked = query < keyBase + (e / 2) * 8 || query >= T;
+                float p = masked ? 0.0f : exp2f(sT[n][e] * scoreScale - rowLse[i]);
+                sT[n][e] = p;
+                dpT[n][e] = p * (dpT[n][e] - rowD[i]);  // dS^T
+            }
+        unsigned pT[4][4], dsT[4][4];
+        toFragments(pT, sT);
+        toFragments(dsT, dpT);
+        multiplyAccumulate(dv, pT, gTile, lane);
+        multiplyAccumulate(dk, dsT, qTile, lane);
         __syncthreads();
     }
     bf16* dst = dqkv + (long long)b * T * C3 + h * FA_HS;
-    storeRows(dst + C, C3, dk, 0.125f, warpKey0, T, lane);
-    storeRows(dst + 2 * C, C3, dv, 1.0f, warpKey0, T, lane);
+    storeRows(dst + C, C3, dk, 0.125f, kt * FA_ROWS + warp * 16, T, lane);
+    storeRows(dst + 2 * C, C3, dv, 1.0f, kt * FA_ROWS + warp * 16, T, lane);
 }
 
 #endif
