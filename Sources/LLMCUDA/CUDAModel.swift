@@ -38,6 +38,10 @@ public final class CUDAModel: GPT2Backend {
     let matmul: MatmulEngine
     let layout: ParameterLayout
     let E: Int  // bytes per floatX element
+    var pack: Int { 16 / E }  // elements per 16-byte pack (PACK in common.cuh)
+    /// Tensor-core flash attention (flash_attention.cu: bf16, head size 64); off, the scalar kernels
+    /// of attention.cu, which are also its reference in `attentionParity`. Off when $LLM_ATTENTION is "scalar".
+    public var useFlashAttention: Bool
 
     // Parameters, gradients and optimizer state share one padded layout: each of the 16 tensors
     // starts at a 128-element boundary so that every cuBLASLt operand is well aligned.
@@ -70,6 +74,7 @@ public final class CUDAModel: GPT2Backend {
     let lnfRstd: CUdeviceptr     // (B, T) fp32
     let logitsBuffer: CUdeviceptr  // (B, T, Vp): logits, then dlogits in place
     let losses: CUdeviceptr      // (B, T) fp32
+    let logitsLse: CUdeviceptr   // (B, T) fp32: log-sum-exp of each logits row, for the classifier backward
     // Backward scratch, reused by every layer.
     let dresidual: CUdeviceptr   // (B, T, C)
     let scratchBTC: CUdeviceptr  // (B, T, C)
@@ -108,6 +113,9 @@ public final class CUDAModel: GPT2Backend {
         if ![16, 32, 64, 128].contains(hs) {
             throw LLMError("cuda model: head size \(hs) not supported by the attention kernels (16, 32, 64 or 128)")
         }
+        if config.channels % 8 != 0 {  // rows move in 16-byte packs of 8 (bf16) or 4 (fp32) elements
+            throw LLMError("cuda model: channels \(config.channels) not a multiple of 8")
+        }
         self.config = config
         batchSize = B
         sequenceLength = T
@@ -117,6 +125,9 @@ public final class CUDAModel: GPT2Backend {
             throw LLMError("cuda model: \(parameters.count) parameters given, \(config) has \(layout.count)")
         }
         E = precision.elementBytes
+        // LLM_ATTENTION=scalar keeps the old kernels, for timing them against the flash ones.
+        let scalarAttention = getenv("LLM_ATTENTION").map { String(cString: $0) } == "scalar"
+        useFlashAttention = precision == .bf16 && hs == 64 && !scalarAttention
         device = try CUDADevice(ordinal: deviceOrdinal)
         kernels = try KernelLibrary(device: device, precision: precision)
         matmul = try MatmulEngine(device: device, bf16: precision == .bf16)
@@ -176,6 +187,7 @@ public final class CUDAModel: GPT2Backend {
         tokens = try device.allocate(bytes: BT * 4, what: "input tokens")
         targetsBuffer = try device.allocate(bytes: BT * 4, what: "target tokens")
         buckets = try device.allocate(bytes: (3 * BT + 1) * 4, what: "encoder buckets")
+        logitsLse = try device.allocate(bytes: BT * 4, what: "logits log-sum-exp")
 
         try device.zero(adamM, bytes: total * 4)
         try device.zero(adamV, bytes: total * 4)
@@ -184,7 +196,7 @@ public final class CUDAModel: GPT2Backend {
     }
 
     deinit {
-        for p in [params, grads, master, adamM, adamV, activations, partials, tokens, targetsBuffer, buckets] {
+        for p in [params, grads, master, adamM, adamV, activations, partials, tokens, targetsBuffer, buckets, logitsLse] {
             device.free(p)
         }
     }
@@ -252,6 +264,47 @@ public final class CUDAModel: GPT2Backend {
         try launch(name, grid: ((count + block - 1) / block, 1, 1), block: (block, 1, 1), args)
     }
 
+    // MARK: Attention
+
+    /// out (B, T, C) = causal softmax(q k^T / sqrt(HS)) v per head; lse (B, NH, T) fp32 row statistics.
+    /// Flash kernels on tensor cores when `useFlashAttention`, else the scalar kernels (exact fp32 path).
+    func attentionForward(out: CUdeviceptr, lse: CUdeviceptr, qkv: CUdeviceptr, B: Int, T: Int) throws {
+        let NH = config.numHeads, hs = config.headSize
+        let args: [KernelArgument] = [.ptr(out), .ptr(lse), .ptr(qkv), .i32(Int32(T)), .i32(Int32(NH))]
+        if useFlashAttention {  // 64 queries per block: 4 warps of 16; shared q + 2 x (k, v) tiles
+            try launch("flash_attention_forward", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
+                       shared: 5 * CUDAModel.flashTileBytes, args)
+        } else {  // 64 rows per block, two threads per row
+            try launch("attention_forward_hs\(hs)", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
+                       shared: 2 * 64 * hs * 4, args)
+        }
+    }
+
+    /// dqkv (B, T, 3C) from dout (B, T, C); overwrites dsum (B, NH, T) with rowsum(dout * out) per head.
+    func attentionBackward(dqkv: CUdeviceptr, dout: CUdeviceptr, qkv: CUdeviceptr, out: CUdeviceptr, lse: CUdeviceptr,
+                           dsum: CUdeviceptr, B: Int, T: Int) throws {
+        let NH = config.numHeads, hs = config.headSize
+        let grid = ((T + 63) / 64, NH, B)
+        if useFlashAttention {  // the query kernel also writes dsum, which the key/value kernel reads
+            try launch("flash_attention_backward_query", grid: grid, block: (128, 1, 1),
+                       shared: 7 * CUDAModel.flashTileBytes + 64 * 4,
+                       [.ptr(dqkv), .ptr(dsum), .ptr(qkv), .ptr(out), .ptr(dout), .ptr(lse), .i32(Int32(T)), .i32(Int32(NH))])
+            try launch("flash_attention_backward_key_value", grid: grid, block: (128, 1, 1),
+                       shared: 6 * CUDAModel.flashTileBytes + 4 * 64 * 4,
+                       [.ptr(dqkv), .ptr(qkv), .ptr(dout), .ptr(lse), .ptr(dsum), .i32(Int32(T)), .i32(Int32(NH))])
+        } else {
+            try launch1D("attention_backward_rowsum", count: B * NH * T,
+                         [.ptr(dsum), .ptr(dout), .ptr(out), .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(NH)), .i32(Int32(hs))])
+            let args: [KernelArgument] = [.ptr(dqkv), .ptr(qkv), .ptr(dout), .ptr(lse), .ptr(dsum), .i32(Int32(T)), .i32(Int32(NH))]
+            try launch("attention_backward_query_hs\(hs)", grid: grid, block: (128, 1, 1), shared: 2 * 64 * hs * 4, args)
+            try launch("attention_backward_key_value_hs\(hs)", grid: grid, block: (128, 1, 1),
+                       shared: (2 * 64 * (hs + 2) + 2 * 64 * hs + 2 * 64) * 4, args)
+        }
+    }
+
+    /// One (64, 64) bf16 tile of flash_attention.cu in shared memory, rows padded to 72 elements.
+    static let flashTileBytes = 64 * 72 * 2
+
     /// out (N, OC) = inp (N, K) . weight (OC, K)^T (+ bias (OC)), row-major.
     func matmulForward(_ out: CUdeviceptr, _ inp: CUdeviceptr, _ weight: CUdeviceptr, _ bias: CUdeviceptr?,
                        N: Int, K: Int, OC: Int) throws {
@@ -287,7 +340,7 @@ public final class CUDAModel: GPT2Backend {
     func layerNormBackward(dinp: CUdeviceptr, dweight: CUdeviceptr, dbias: CUdeviceptr, dout: CUdeviceptr,
                            inp: CUdeviceptr, weight: CUdeviceptr, mean: CUdeviceptr, rstd: CUdeviceptr,
                            N: Int, C: Int) throws {
-        let warps = 4
+        let warps = 8  // 256 blocks x 8 warps: every SM gets about 16 rows in flight
         let blocks = min(CUDAModel.lnBackwardBlocks, (N + warps - 1) / warps)
         try launch("layernorm_backward", grid: (blocks, 1, 1), block: (32 * warps, 1, 1), shared: warps * 2 * C * 4,
                    [.ptr(dinp), .ptr(partials), .ptr(dout), .ptr(inp), .ptr(weight), .ptr(mean), .ptr(rstd),
@@ -323,7 +376,6 @@ public final class CUDAModel: GPT2Backend {
         if let t = targets { try device.upload(targetsBuffer, t) }
 
         let C = config.channels, L = config.numLayers, NH = config.numHeads, Vp = config.paddedVocabSize
-        let hs = config.headSize
         let BTmax = batchSize * sequenceLength  // per-layer stride of the stacked activations
         let NHT = batchSize * NH * sequenceLength
         try launch1D("encoder_forward", count: N * C,
@@ -340,19 +392,18 @@ public final class CUDAModel: GPT2Backend {
                                  tensor(params, .ln1w, layer: l), tensor(params, .ln1b, layer: l), N: N, C: C)
             try matmulForward(qkvl, ln1l, tensor(params, .qkvw, layer: l), tensor(params, .qkvb, layer: l),
                               N: N, K: C, OC: 3 * C)
-            try launch("attention_forward_hs\(hs)", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
-                       shared: 2 * 64 * hs * 4, [.ptr(attyl), .ptr(lsel), .ptr(qkvl), .i32(Int32(T)), .i32(Int32(NH))])
+            try attentionForward(out: attyl, lse: lsel, qkv: qkvl, B: B, T: T)
             try matmulForward(scratchBTC, attyl, tensor(params, .attprojw, layer: l),
                               tensor(params, .attprojb, layer: l), N: N, K: C, OC: C)
-            try launch1D("residual_forward", count: N * C, [.ptr(res2l), .ptr(residual), .ptr(scratchBTC), .i64(Int64(N * C))])
+            try launch1D("residual_forward", count: N * C / pack, [.ptr(res2l), .ptr(residual), .ptr(scratchBTC), .i64(Int64(N * C))])
             try layerNormForward(ln2l, floats(ln2Mean, l * BTmax), floats(ln2Rstd, l * BTmax), res2l,
                                  tensor(params, .ln2w, layer: l), tensor(params, .ln2b, layer: l), N: N, C: C)
             try matmulForward(fchl, ln2l, tensor(params, .fcw, layer: l), tensor(params, .fcb, layer: l),
                               N: N, K: C, OC: 4 * C)
-            try launch1D("gelu_forward", count: N * 4 * C, [.ptr(geluL), .ptr(fchl), .i64(Int64(N * 4 * C))])
+            try launch1D("gelu_forward", count: N * 4 * C / pack, [.ptr(geluL), .ptr(fchl), .i64(Int64(N * 4 * C))])
             try matmulForward(scratchBTC, geluL, tensor(params, .fcprojw, layer: l),
                               tensor(params, .fcprojb, layer: l), N: N, K: 4 * C, OC: C)
-            try launch1D("residual_forward", count: N * C, [.ptr(res3l), .ptr(res2l), .ptr(scratchBTC), .i64(Int64(N * C))])
+            try launch1D("residual_forward", count: N * C / pack, [.ptr(res3l), .ptr(res2l), .ptr(scratchBTC), .i64(Int64(N * C))])
         }
         try layerNormForward(lnf, lnfMean, lnfRstd, elements(residual3, (L - 1) * BTmax * C),
                              tensor(params, .lnfw), tensor(params, .lnfb), N: N, C: C)
@@ -363,7 +414,7 @@ public final class CUDAModel: GPT2Backend {
             return .nan
         }
         try launch("classifier_loss", grid: (N, 1, 1), block: (V >= 4096 ? 1024 : 128, 1, 1),
-                   [.ptr(losses), .ptr(logitsBuffer), .ptr(targetsBuffer), .i32(Int32(V)), .i32(Int32(Vp))])
+                   [.ptr(losses), .ptr(logitsLse), .ptr(logitsBuffer), .ptr(targetsBuffer), .i32(Int32(V)), .i32(Int32(Vp))])
         hostLosses = try device.download(losses, count: N, as: Float.self, fill: 0)
         var sum = 0.0
         for x in hostLosses { sum += Double(x) }
@@ -389,13 +440,13 @@ public final class CUDAModel: GPT2Backend {
         if !haveTargets { throw LLMError("cuda model: backward needs a forward with targets first") }
         let B = lastB, T = lastT, N = B * T
         let C = config.channels, L = config.numLayers, NH = config.numHeads
-        let V = config.vocabSize, Vp = config.paddedVocabSize, hs = config.headSize
+        let V = config.vocabSize, Vp = config.paddedVocabSize
         let BTmax = batchSize * sequenceLength
         let NHT = batchSize * NH * sequenceLength
         let dloss = 1.0 / Float(N * max(microSteps, 1))
 
         try launch("classifier_backward", grid: (N, 1, 1), block: (V >= 4096 ? 1024 : 128, 1, 1),
-                   [.ptr(logitsBuffer), .ptr(targetsBuffer), .f32(dloss), .i32(Int32(V)), .i32(Int32(Vp))])
+                   [.ptr(logitsBuffer), .ptr(logitsLse), .ptr(targetsBuffer), .f32(dloss), .i32(Int32(V)), .i32(Int32(Vp))])
         // LM head (no bias): dlnf = dlogits . wte, dwte += dlogits^T . lnf
         try matmulBackward(dinp: scratchBTC, dweight: tensor(grads, .wte), dbias: nil, dout: logitsBuffer,
                            inp: lnf, weight: tensor(params, .wte), N: N, K: C, OC: Vp)
@@ -415,7 +466,7 @@ public final class CUDAModel: GPT2Backend {
             // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2)))
             try matmulBackward(dinp: scratchBT4C, dweight: g(.fcprojw), dbias: g(.fcprojb), dout: dresidual,
                                inp: geluL, weight: p(.fcprojw), N: N, K: 4 * C, OC: C)
-            try launch1D("gelu_backward", count: N * 4 * C,
+            try launch1D("gelu_backward", count: N * 4 * C / pack,
                          [.ptr(scratchBT4C), .ptr(fchl), .ptr(scratchBT4C), .i64(Int64(N * 4 * C))])
             try matmulBackward(dinp: scratchBTC, dweight: g(.fcw), dbias: g(.fcb), dout: scratchBT4C,
                                inp: ln2l, weight: p(.fcw), N: N, K: C, OC: 4 * C)
@@ -426,16 +477,7 @@ public final class CUDAModel: GPT2Backend {
             try matmulBackward(dinp: scratchBTC, dweight: g(.attprojw), dbias: g(.attprojb), dout: dresidual,
                                inp: attyl, weight: p(.attprojw), N: N, K: C, OC: C)
             let dqkv = scratchBT4C
-            try launch1D("attention_backward_rowsum", count: B * NH * T,
-                         [.ptr(attDsum), .ptr(scratchBTC), .ptr(attyl), .i32(Int32(B)), .i32(Int32(T)),
-                          .i32(Int32(NH)), .i32(Int32(hs))])
-            let attArgs: [KernelArgument] = [.ptr(dqkv), .ptr(qkvl), .ptr(scratchBTC), .ptr(lsel), .ptr(attDsum),
-                                             .i32(Int32(T)), .i32(Int32(NH))]
-            // 64 rows per block, two threads per row.
-            try launch("attention_backward_query_hs\(hs)", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
-                       shared: 2 * 64 * hs * 4, attArgs)
-            try launch("attention_backward_key_value_hs\(hs)", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
-                       shared: (2 * 64 * (hs + 2) + 2 * 64 * hs + 2 * 64) * 4, attArgs)
+            try attentionBackward(dqkv: dqkv, dout: scratchBTC, qkv: qkvl, out: attyl, lse: lsel, dsum: attDsum, B: B, T: T)
             try matmulBackward(dinp: scratchBTC, dweight: g(.qkvw), dbias: g(.qkvb), dout: dqkv,
                                inp: ln1l, weight: p(.qkvw), N: N, K: C, OC: 3 * C)
             try layerNormBackward(dinp: dresidual, dweight: g(.ln1w), dbias: g(.ln1b), dout: scratchBTC, inp: residual,

@@ -20,6 +20,9 @@ struct CUDASelfTestCommand: ParsableCommand {
     @Option(name: .long, help: "fp32, bf16 or both.")
     var precision = "both"
 
+    @Option(name: .long, help: "Batch of the flash-attention check against the scalar kernels (d12 heads, bf16); 0 skips it.")
+    var attentionBatch = 4
+
     @Option(name: .long, help: "Steps of the determinism run (two runs, d12 shape, bf16); 0 skips it.")
     var determinismSteps = 20
 
@@ -40,6 +43,11 @@ struct CUDASelfTestCommand: ParsableCommand {
         if precisions.isEmpty { throw LLMError("--precision \(precision): expected fp32, bf16 or both") }
         for p in precisions {
             let (rows, bad) = try parity(p)
+            table += rows
+            failures += bad
+        }
+        if attentionBatch > 0 && precisions.contains(.bf16) {
+            let (rows, bad) = try attentionCheck()
             table += rows
             failures += bad
         }
@@ -153,6 +161,28 @@ struct CUDASelfTestCommand: ParsableCommand {
             + "worst grad rel \(sci(worstRel)) (\(worstName)), llm.c grad tol fails \(elementFails), "
             + "10-step loss max diff \(sci(lossDiff)), 2-micro-step grads rel \(sci(accRel))  \(failures.isEmpty ? "PASS" : "FAIL")"
         return ([row], failures)
+    }
+
+    // MARK: Flash attention
+
+    /// The tensor-core attention (head size 64) against the scalar kernels, at a full and a ragged T.
+    func attentionCheck() throws -> (rows: [String], failures: [String]) {
+        let model = try d12Model(B: attentionBatch, T: 1024, precision: .bf16)
+        var rows: [String] = [], failures: [String] = []
+        for T in [1024, 200] {
+            let r = try model.attentionParity(B: attentionBatch, T: T)
+            let ok = max(r.out, r.dq, r.dk, r.dv) < 2e-2 && r.lseMaxDiff < 1e-2
+            let errors: String = "rel. error out \(sci(r.out)), dq \(sci(r.dq)), dk \(sci(r.dk)), dv \(sci(r.dv)), "
+                + "lse max |diff| \(sci(r.lseMaxDiff))"
+            let forward: String = "forward \(fmt(Double(r.flashForwardMs))) ms (scalar \(fmt(Double(r.scalarForwardMs))))"
+            let backward: String = "backward \(fmt(Double(r.flashBackwardMs))) ms (scalar \(fmt(Double(r.scalarBackwardMs))))"
+            let row = "flash attention B=\(attentionBatch) NH=12 T=\(T) vs scalar: \(errors); \(forward), \(backward)  "
+                + (ok ? "PASS" : "FAIL")
+            print("[attention] " + row)
+            rows.append(row)
+            if !ok { failures.append("flash attention T=\(T)") }
+        }
+        return (rows, failures)
     }
 
     // MARK: Determinism

@@ -1,41 +1,53 @@
-// The loss head over the logits (N rows of Vp, only the first V real): per-row cross-entropy,
-// and its gradient written in place over the logits. Probabilities are never stored.
+// The loss head over the logits (N rows of Vp, only the first V real): per-row cross-entropy and
+// log-sum-exp, then its gradient written in place over the logits from that log-sum-exp (one read
+// and one write per logit). Probabilities are never stored. Rows are read in 16-byte packs (Vp % PACK == 0).
 #include "common.cuh"
 
-// One block per row: returns max and sum of exp(x - max) over the first V logits.
-__device__ void rowSoftmaxStats(const floatX* x, int V, float* scratch, float* maxOut, float* sumOut) {
-    float m = NEG_INFINITY;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) m = fmaxf(m, toFloat(x[i]));
-    m = blockMax(m, scratch);
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) s += expf(toFloat(x[i]) - m);
-    *maxOut = m;
-    *sumOut = blockSum(s, scratch);
-}
-
-// losses (N) = -log softmax(logits[row])[targets[row]]
-extern "C" __global__ void classifier_loss(float* losses, const floatX* logits, const int* targets, int V, int Vp) {
+// losses (N) = -log softmax(logits[row])[targets[row]]; lse (N) = log sum exp of the row's first V
+// logits. One block per row; each thread keeps a running maximum and the sum scaled to it (online
+// softmax: one pass over the row), then the block combines them.
+extern "C" __global__ void classifier_loss(float* losses, float* lse, const floatX* logits, const int* targets,
+                                           int V, int Vp) {
     __shared__ float scratch[32];
     long long row = blockIdx.x;
     const floatX* x = logits + row * Vp;
-    float m, s;
-    rowSoftmaxStats(x, V, scratch, &m, &s);
-    if (threadIdx.x == 0) losses[row] = logf(s) + m - toFloat(x[targets[row]]);
+    float m = NEG_INFINITY, s = 0.0f;
+    for (int c = threadIdx.x * PACK; c < V; c += blockDim.x * PACK) {
+        Pack p = loadPack(x + c);
+        float packMax = NEG_INFINITY;
+#pragma unroll
+        for (int i = 0; i < PACK; i++) if (c + i < V) packMax = fmaxf(packMax, toFloat(p.v[i]));
+        float newMax = fmaxf(m, packMax);
+        s *= expf(m - newMax);  // 0 on the first pack (m = -inf)
+        m = newMax;
+#pragma unroll
+        for (int i = 0; i < PACK; i++) if (c + i < V) s += expf(toFloat(p.v[i]) - m);
+    }
+    float rowMax = blockMax(m, scratch);
+    float rowSum = blockSum(m == NEG_INFINITY ? 0.0f : s * expf(m - rowMax), scratch);
+    if (threadIdx.x == 0) {
+        float l = rowMax + logf(rowSum);
+        lse[row] = l;
+        losses[row] = l - toFloat(x[targets[row]]);
+    }
 }
 
-// logits[row] := (softmax - onehot(target)) * dloss for the first V columns, 0 for the padding.
-extern "C" __global__ void classifier_backward(floatX* logits, const int* targets, float dloss, int V, int Vp) {
-    __shared__ float scratch[32];
+// logits[row] := (softmax - onehot(target)) * dloss for the first V columns, 0 for the padding,
+// with softmax = exp(logit - lse[row]) from classifier_loss.
+extern "C" __global__ void classifier_backward(floatX* logits, const float* lse, const int* targets, float dloss,
+                                               int V, int Vp) {
     long long row = blockIdx.x;
     floatX* x = logits + row * Vp;
-    float m, s;
-    rowSoftmaxStats(x, V, scratch, &m, &s);
-    __syncthreads();  // every thread has read the row before any writes over it
-    float inv = 1.0f / s;
-    int target = targets[row];
-    for (int i = threadIdx.x; i < Vp; i += blockDim.x) {
-        float g = 0.0f;
-        if (i < V) g = (expf(toFloat(x[i]) - m) * inv - (i == target ? 1.0f : 0.0f)) * dloss;
-        x[i] = fromFloat(g);
+    const float l = lse[row];
+    const int target = targets[row];
+    for (int c = threadIdx.x * PACK; c < Vp; c += blockDim.x * PACK) {
+        Pack p = loadPack(x + c);
+#pragma unroll
+        for (int i = 0; i < PACK; i++) {
+            float g = 0.0f;
+            if (c + i < V) g = (expf(toFloat(p.v[i]) - l) - (c + i == target ? 1.0f : 0.0f)) * dloss;
+            p.v[i] = fromFloat(g);
+        }
+        storePack(x + c, p);
     }
 }

@@ -23,6 +23,15 @@ __device__ __forceinline__ floatX fromFloat(float f) { return f; }
 #error "compile with -DLLM_BF16 or -DLLM_FP32"
 #endif
 
+// MARK: - 16-byte packs
+
+// PACK consecutive floatX values moved with one 128-bit load or store (8 in bf16, 4 in fp32).
+// Callers keep the element offsets multiples of PACK (row lengths C, 4C, Vp are).
+#define PACK (16 / (int)sizeof(floatX))
+struct __align__(16) Pack { floatX v[PACK]; };
+__device__ __forceinline__ Pack loadPack(const floatX* p) { return *(const Pack*)p; }
+__device__ __forceinline__ void storePack(floatX* p, const Pack& x) { *(Pack*)p = x; }
+
 // MARK: - Stochastic rounding
 
 // A 32-bit integer mix (lowbias32 constants): cheap, and good enough to decorrelate rounding.

@@ -22,50 +22,69 @@ extern "C" __global__ void layernorm_forward(floatX* out, float* mean, float* rs
     if (lane == 0) { mean[row] = m; rstd[row] = s; }
 }
 
-// out (N) = a + b
+// out (N) = a + b, one 16-byte pack per thread; N % PACK == 0.
 extern "C" __global__ void residual_forward(floatX* out, const floatX* a, const floatX* b, long long N) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < N) out[i] = fromFloat(toFloat(a[i]) + toFloat(b[i]));
+    long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * PACK;
+    if (i >= N) return;
+    Pack x = loadPack(a + i), y = loadPack(b + i), z;
+#pragma unroll
+    for (int k = 0; k < PACK; k++) z.v[k] = fromFloat(toFloat(x.v[k]) + toFloat(y.v[k]));
+    storePack(out + i, z);
 }
 
 // dinp (N, C) += layernorm input gradient; partial (gridDim.x, 2C) gets this block's sums of
-// dout * norm (dweight) and dout (dbias). Block: 4 warps, dynamic shared memory 4 * 2C floats.
+// dout * norm (dweight) and dout (dbias). One warp per row, each lane on 16-byte packs of channels
+// (C % PACK == 0). Dynamic shared memory: warps * 2C floats, each warp's sums stored element-major
+// (acc[i * packs + p] is element i of pack p) so that the 32 lanes touch 32 different banks.
 extern "C" __global__ void layernorm_backward(floatX* dinp, float* partial, const floatX* dout,
                                               const floatX* inp, const floatX* weight, const float* mean,
                                               const float* rstd, int N, int C) {
     extern __shared__ float shared[];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    float* acc = shared + warp * 2 * C;  // this warp's dweight (C) then dbias (C)
-    for (int c = lane; c < 2 * C; c += 32) acc[c] = 0.0f;
-    __syncwarp();  // with C % 32 != 0 another lane zeroed some of our dbias slots
+    const int packs = C / PACK;
+    float* dweightAcc = shared + warp * 2 * C;  // (PACK, packs)
+    float* dbiasAcc = dweightAcc + C;           // (PACK, packs)
+    for (int c = lane; c < 2 * C; c += 32) dweightAcc[c] = 0.0f;
+    __syncwarp();  // with C % 32 != 0 another lane zeroed some of our slots
     for (int row = blockIdx.x * warps + warp; row < N; row += gridDim.x * warps) {
         const floatX* g = dout + (long long)row * C;
         const floatX* x = inp + (long long)row * C;
+        floatX* d = dinp + (long long)row * C;
         float m = mean[row], s = rstd[row];
         float dnormMean = 0.0f, dnormNormMean = 0.0f;
-        for (int c = lane; c < C; c += 32) {
-            float norm = (toFloat(x[c]) - m) * s;
-            float dnorm = toFloat(weight[c]) * toFloat(g[c]);
-            dnormMean += dnorm;
-            dnormNormMean += dnorm * norm;
+        for (int p = lane; p < packs; p += 32) {
+            Pack gp = loadPack(g + p * PACK), xp = loadPack(x + p * PACK), wp = loadPack(weight + p * PACK);
+#pragma unroll
+            for (int i = 0; i < PACK; i++) {
+                float norm = (toFloat(xp.v[i]) - m) * s;
+                float dnorm = toFloat(wp.v[i]) * toFloat(gp.v[i]);
+                dnormMean += dnorm;
+                dnormNormMean += dnorm * norm;
+            }
         }
         dnormMean = warpSum(dnormMean) / C;
         dnormNormMean = warpSum(dnormNormMean) / C;
-        floatX* d = dinp + (long long)row * C;
-        for (int c = lane; c < C; c += 32) {
-            float gc = toFloat(g[c]);
-            float norm = (toFloat(x[c]) - m) * s;
-            float dnorm = toFloat(weight[c]) * gc;
-            acc[c] += gc * norm;
-            acc[C + c] += gc;
-            d[c] = fromFloat(toFloat(d[c]) + (dnorm - dnormMean - norm * dnormNormMean) * s);
+        for (int p = lane; p < packs; p += 32) {  // the second read of the row comes from L1/L2
+            Pack gp = loadPack(g + p * PACK), xp = loadPack(x + p * PACK), wp = loadPack(weight + p * PACK);
+            Pack dp = loadPack(d + p * PACK);
+#pragma unroll
+            for (int i = 0; i < PACK; i++) {
+                float gc = toFloat(gp.v[i]);
+                float norm = (toFloat(xp.v[i]) - m) * s;
+                float dnorm = toFloat(wp.v[i]) * gc;
+                dweightAcc[i * packs + p] += gc * norm;
+                dbiasAcc[i * packs + p] += gc;
+                dp.v[i] = fromFloat(toFloat(dp.v[i]) + (dnorm - dnormMean - norm * dnormNormMean) * s);
+            }
+            storePack(d + p * PACK, dp);
         }
     }
     __syncthreads();
-    for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {
+    for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) {  // c = half * C + i * packs + p
         float sum = 0.0f;
         for (int w = 0; w < warps; w++) sum += shared[w * 2 * C + c];
-        partial[(long long)blockIdx.x * 2 * C + c] = sum;
+        int half = c / C, i = (c % C) / packs, p = (c % C) % packs;
+        partial[(long long)blockIdx.x * 2 * C + half * C + p * PACK + i] = sum;
     }
 }
 
