@@ -41,16 +41,17 @@ else
     row "determinism (d12, 20 steps, 2 runs)" "DIFFERENT"; diff "$out/losses-1.txt" "$out/losses-2.txt" | head
 fi
 
-# Start-up to the first step's output: cold kernel cache, then warm.
+# Start-up: from launch to the first step's output line, with a cold kernel cache, then warm.
 rm -rf "$out/startup-cache"
 for kind in cold warm; do
     start=$(date +%s.%N)
     LLM_KERNEL_CACHE="$out/startup-cache" "$llm" train --device cuda --model d12 --batch 64 --seq-len 1024 --steps 1 \
         --val-every 0 --sample-every 0 --text "$dist/tinyshakespeare.txt" --vocab "$dist/gpt2.tiktoken" 2>&1 \
         | while IFS= read -r line; do
-            case "$line" in *"step    1/"*) echo "$(date +%s.%N)" > "$out/first-step-$kind"; break;; esac
+            case "$line" in *"step    1/"*)
+                row "start-up to first step output ($kind cache)" "$(python3 -c "import time; print(round(time.time() - $start, 1))") s";;
+            esac
           done
-    row "start-up to first step output ($kind cache)" "$(python3 -c "print(f'{$(cat "$out/first-step-$kind" 2>/dev/null || echo 0) - $start:.1f}')") s"
 done
 
 # Speed
@@ -58,9 +59,15 @@ done
     --warmup-steps 1 > "$out/bench-d12.txt" 2>&1
 "$llm" bench train --device cuda --model d24 --batch 32 --seq-len 1024 --total-batch 524288 --steps ${D24_STEPS:-4} \
     --warmup-steps 1 > "$out/bench-d24.txt" 2>&1
+for cache in cache no-cache; do
+    flag=""; [ $cache = no-cache ] && flag="--no-cache"
+    "$llm" sample --device cuda --model d12 --tokens 256 $flag --vocab "$dist/gpt2.tiktoken" \
+        > "$out/sample-$cache.txt" 2> "$out/sample-$cache.err"
+    row "llm sample d12 256 tokens, $cache" "$(tail -1 "$out/sample-$cache.err")"
+done
 for m in d12 d24; do
     for k in "median ms/step" "tokens/s" "MFU" "peak GPU memory"; do
-        row "$m $k" "$(grep "^$k" "$out/bench-$m.txt" | sed "s/^$k[^0-9]*//")"
+        row "$m $k" "$(grep "^$k" "$out/bench-$m.txt" | sed "s|^$k[^0-9]*||")"
     done
 done
 echo; echo "== summary"; cat "$summary"
