@@ -74,6 +74,13 @@ public protocol GPT2Backend: AnyObject {
 
     /// Device memory in use now (a GPU's total minus free), for benchmarks; nil on the CPU.
     func deviceMemoryInUse() throws -> Int?
+
+    /// The parameters the forward pass computes with, widened to fp32: on a bf16 GPU these are the
+    /// stochastically rounded bf16 values, not the fp32 master weights. Checkpoints store them, so
+    /// a resumed run computes with exactly the same weights.
+    func readWorkingParameters() throws -> [Float]
+    /// Restores working parameters and fp32 master weights separately (exact resume).
+    func writeParameters(working: [Float], master: [Float]) throws
 }
 
 /// A backend that can generate with a key/value cache: each new token costs one position's work
@@ -90,4 +97,7 @@ extension GPT2Backend {
     public func readRandomState() throws -> [UInt64] { [] }
     public func writeRandomState(_ state: [UInt64]) throws {}
     public func deviceMemoryInUse() throws -> Int? { nil }
+    /// Backends without master weights compute with their fp32 parameters.
+    public func readWorkingParameters() throws -> [Float] { try readParameters() }
+    public func writeParameters(working: [Float], master: [Float]) throws { try writeParameters(master) }
 }

@@ -25,7 +25,10 @@ extension Trainer {
     public func saveCheckpoint(step: Int, to directory: CheckpointDirectory,
                                precision: CheckpointFile.Precision) throws {
         let state = try trainingState(step: step, keepMasterWeights: precision == .bf16)
-        try directory.save(state: state, parameters: model.readParameters(), precision: precision)
+        // A bf16 file holds the weights the device computes with (bf16 values convert exactly);
+        // an fp32 file the fp32 parameters.
+        let parameters = precision == .bf16 ? try model.readWorkingParameters() : try model.readParameters()
+        try directory.save(state: state, parameters: parameters, precision: precision)
     }
 
     /// Restores parameters, optimizer state, RNGs, the loader position and the outlier windows
@@ -42,7 +45,11 @@ extension Trainer {
         if s.step > steps {
             throw LLMError("\(name): step \(s.step) is past this run's \(steps) steps")
         }
-        try model.writeParameters(checkpoint.readParameters())
+        if let master = s.masterWeights, s.processCount == 1 {
+            try model.writeParameters(working: CheckpointFile.read(checkpoint.modelPath).parameters, master: master)
+        } else {
+            try model.writeParameters(checkpoint.readParameters())
+        }
         try model.writeOptimizerState(m: s.m, v: s.v)
         try model.writeRandomState(s.randomStates)
         try train.restore(DataLoader.Position(

@@ -30,7 +30,7 @@ final class LossRecorder: TrainingObserver {
         return (0 ..< 4000).map { _ in UInt16(r.next() % 500) }
     }
 
-    func makeTrainer(dir: String, steps: Int) throws -> (Trainer, LossRecorder) {
+    func makeTrainer(dir: String, steps: Int, precision: CheckpointFile.Precision = .fp32) throws -> (Trainer, LossRecorder) {
         let model = try CPUModel(config: config, parameters: gpt2InitialParameters(config, seed: 42), B: 2, T: 16)
         let loader = try DataLoader(sources: [.memory(name: "random", tokens: tokens())], B: 2, T: 16,
                                     vocabSize: 500, shuffle: true, seed: 42)
@@ -39,6 +39,7 @@ final class LossRecorder: TrainingObserver {
         o.learningRate = 1e-3; o.warmupSteps = 3; o.finalLearningRateFraction = 0.1; o.weightDecay = 0.1
         o.valEvery = 0; o.sampleEvery = 0
         o.checkpointEvery = 5
+        o.checkpointPrecision = precision
         let trainer = try Trainer(model: model, train: loader, val: nil, options: o)
         trainer.checkpoints = try CheckpointDirectory(dir, keepLast: 2)
         let recorder = LossRecorder()
@@ -46,18 +47,21 @@ final class LossRecorder: TrainingObserver {
         return (trainer, recorder)
     }
 
-    @Test func killAndResumeIsBitIdentical() throws {
+    /// fp32 model files; and bf16 model files with the fp32 master weights in the state file (the
+    /// GPU's default), which must resume just as exactly.
+    @Test(arguments: [CheckpointFile.Precision.fp32, .bf16])
+    func killAndResumeIsBitIdentical(precision: CheckpointFile.Precision) throws {
         let straightDir = temporaryTestDirectory(), resumedDir = temporaryTestDirectory()
-        let (straight, straightLosses) = try makeTrainer(dir: straightDir, steps: 20)
+        let (straight, straightLosses) = try makeTrainer(dir: straightDir, steps: 20, precision: precision)
         try straight.run()
         #expect(straightLosses.losses.count == 20)
 
         // First run: killed during step 12, after the checkpoint of step 10 was written.
-        let (first, _) = try makeTrainer(dir: resumedDir, steps: 20)
+        let (first, _) = try makeTrainer(dir: resumedDir, steps: 20, precision: precision)
         first.stopAfterStep = 12
         #expect(throws: TrainingStopped.self) { try first.run() }
         // A fresh process: new model and loader, resumed from the newest complete checkpoint.
-        let (second, resumedLosses) = try makeTrainer(dir: resumedDir, steps: 20)
+        let (second, resumedLosses) = try makeTrainer(dir: resumedDir, steps: 20, precision: precision)
         let checkpoint = try #require(try CheckpointDirectory(resumedDir).latestComplete(config: config))
         #expect(checkpoint.step == 10)
         try second.resume(from: checkpoint)

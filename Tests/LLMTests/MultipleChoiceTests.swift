@@ -36,4 +36,21 @@ import Testing
         let empty = EvalExample(label: 0, context: [], completions: [[1], [1], [1], [1]])
         #expect(throws: LLMError.self) { _ = try evaluateMultipleChoice([empty], model: model, B: 4, T: 4) }
     }
+
+    /// A hand-made llm.c eval file (magic 20240522) through the reader and the scorer.
+    @Test func handMadeEvalFile() throws {
+        let examples = [
+            EvalExample(label: 1, context: [3, 4, 5], completions: [[40, 41], [2], [30], [45, 46, 47]]),
+            EvalExample(label: 0, context: [8], completions: [[1, 1, 1], [9], [10, 11], [12]]),
+            EvalExample(label: 2, context: [6, 6], completions: [[5], [4], [3, 50], [2, 2]]),  // 3 wins: wrong
+        ]
+        let path = temporaryDirectory() + "/hellaswag_tiny.bin"
+        try EvalFile.write(path, examples: examples)
+        let read = try EvalFile.read(path, vocabSize: mockConfig.vocabSize)
+        #expect(read == examples)
+        let model = MockBackend(config: mockConfig, B: 4, T: 8)
+        model.lossOf = { _, target in Float(target) / 10 }
+        let r = try evaluateMultipleChoice(read, model: model, B: 4, T: 8)
+        #expect(r == MultipleChoiceResult(correct: 2, total: 3, skipped: 0))
+    }
 }
