@@ -428,7 +428,7 @@ private func packB(_ dst: UnsafeMutablePointer<Float>, _ b: Operand, _ k0: Int, 
 func kernel8x48(_ kc: Int, _ panelA: UnsafePointer<Float>, _ rowStride: Int, _ kStride: Int,
                 _ stripB: UnsafePointer<Float>,
                 _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ overwrite: Bool, _ bias: UnsafePointer<Float>?) {
-    if LLM_VECTOR_BITS < 512 {  // a compile-time constant: one branch is compiled away
+    if !wideVectorRegisters {  // a compile-time constant: one branch is compiled away
         kernel8x48Narrow(kc, panelA, rowStride, kStride, stripB, c, ldc, overwrite, bias)
         return
     }
@@ -484,6 +484,9 @@ func kernel8x48(_ kc: Int, _ panelA: UnsafePointer<Float>, _ rowStride: Int, _ k
     put(c + 6 * ldc, c60, c61, c62)
     put(c + 7 * ldc, c70, c71, c72)
 }
+
+/// 32 registers of 512 bits (AVX-512) hold the 24 SIMD16 accumulators of the 8 x 48 kernel.
+let wideVectorRegisters = LLM_VECTOR_BITS >= 512
 
 /// The same 8 x 48 tile for CPUs with 16 vector registers (AVX2, or SSE on a baseline x86-64
 /// build), where 24 SIMD16 accumulators would spill on every k: 16-column blocks, 4 rows per pass
