@@ -92,6 +92,16 @@ public protocol CachedGeneration: AnyObject {
     func generationStep(token: Int32) throws -> [Float]
 }
 
+/// The checks every `CachedGeneration` step makes before it touches its cache.
+public func validateGenerationStep(token: Int32, position: Int, maxTokens: Int, vocabSize: Int) throws {
+    if position >= maxTokens {
+        throw LLMError("generation: position \(position) is past the \(maxTokens) tokens planned")
+    }
+    if token < 0 || Int(token) >= vocabSize {
+        throw LLMError("generation: token \(token) is outside the vocabulary (size \(vocabSize))")
+    }
+}
+
 extension GPT2Backend {
     public var peakFLOPs: Double? { nil }
     public func readRandomState() throws -> [UInt64] { [] }

@@ -44,6 +44,11 @@ public struct GPT2Config: Equatable, CustomStringConvertible {
         if channels % numHeads != 0 { throw bad("channels \(channels) not divisible by heads \(numHeads)") }
     }
 
+    /// Slots 2-7 of llm.c's model header (maxT, V, L, NH, C, Vp), shared by our state files.
+    public var headerSlots: [Int32] {
+        [maxSeqLen, vocabSize, numLayers, numHeads, channels, paddedVocabSize].map { Int32($0) }
+    }
+
     // MARK: Descriptors
 
     /// The GPT-2 family by depth, as llm.c's `dN` descriptors: (layers, heads, channels).

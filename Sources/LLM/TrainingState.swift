@@ -90,12 +90,7 @@ extension TrainingState {
         }
         h[0] = Self.magic
         h[1] = Self.version
-        h[2] = Int32(config.maxSeqLen)
-        h[3] = Int32(config.vocabSize)
-        h[4] = Int32(config.numLayers)
-        h[5] = Int32(config.numHeads)
-        h[6] = Int32(config.channels)
-        h[7] = Int32(config.paddedVocabSize)
+        h.replaceSubrange(2 ..< 8, with: config.headerSlots)
         h[8] = Int32(processCount)
         h[9] = Int32(processRank)
         h[10] = masterWeights == nil ? 0 : 1

@@ -65,12 +65,7 @@ extension CPUModel: CachedGeneration {
 
     public func generationStep(token: Int32) throws -> [Float] {
         guard let s = generationState else { throw LLMError("generation: beginGeneration was not called") }
-        if s.position >= s.maxTokens {
-            throw LLMError("generation: position \(s.position) is past the \(s.maxTokens) tokens planned")
-        }
-        if token < 0 || Int(token) >= config.vocabSize {
-            throw LLMError("generation: token \(token) is outside the vocabulary (size \(config.vocabSize))")
-        }
+        try validateGenerationStep(token: token, position: s.position, maxTokens: s.maxTokens, vocabSize: config.vocabSize)
         let C = config.channels, L = config.numLayers, NH = config.numHeads, V = config.vocabSize
         let maxT = s.maxTokens, pos = s.position
         let p = params

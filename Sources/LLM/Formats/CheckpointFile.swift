@@ -72,12 +72,7 @@ public enum CheckpointFile {
         var h = [Int32](repeating: 0, count: llmcHeaderInts)
         h[0] = magic
         h[1] = precision.rawValue
-        h[2] = Int32(config.maxSeqLen)
-        h[3] = Int32(config.vocabSize)
-        h[4] = Int32(config.numLayers)
-        h[5] = Int32(config.numHeads)
-        h[6] = Int32(config.channels)
-        h[7] = Int32(config.paddedVocabSize)
+        h.replaceSubrange(2 ..< 8, with: config.headerSlots)
         return h
     }
 
