@@ -114,9 +114,10 @@ public func matmulBackwardReference(_ dinp: UnsafeMutablePointer<Float>, _ dweig
 /// Register tile: MR rows × NR columns of C live in 24 zmm accumulators (8 × 3 SIMD16).
 let MR = 8
 let NR = 48
-/// Cache blocks. A KC × NR strip of packed B (48 KiB) is reused by every MR-row panel of the
-/// MC × KC packed A block (256 KiB, L2); the KC × NC packed B block (768 KiB) sits in L2/L3.
-/// A tile of C is read and written once per KC of the K loop.
+/// Cache blocks of the backward GEMM. A KC × NR strip of packed B (48 KiB) serves every MR-row
+/// panel of the MC × KC A block (256 KiB, L2); the KC × NC packed B block (768 KiB) sits in
+/// L2/L3; a tile of C is read and written once per KC of the K loop. On this machine MC from 32
+/// to 512 and KC from 128 to 768 all measured within the noise (±3%) on the GPT-2 shapes.
 public nonisolated(unsafe) var matmulKC = 256
 public nonisolated(unsafe) var matmulMC = 256
 public nonisolated(unsafe) var matmulNC = 768
