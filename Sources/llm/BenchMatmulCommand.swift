@@ -38,6 +38,9 @@ struct BenchMatmul: ParsableCommand {
     @Option(help: ArgumentHelp("Read a row-major A in place (1) or pack it (0) (tuning).", visibility: .hidden))
     var aInPlace: Int?
 
+    @Option(help: ArgumentHelp("GEMM split: 0 auto, 1 N, 2 M (tuning).", visibility: .hidden))
+    var split: Int?
+
     @Option(help: ArgumentHelp("Work items per thread in the dynamic schedules (tuning).", visibility: .hidden))
     var chunksPerThread: Int?
 
@@ -60,6 +63,7 @@ struct BenchMatmul: ParsableCommand {
         if let forwardKC { matmulForwardKC = forwardKC }
         if let loopOrder { matmulLoopOrder = loopOrder }
         if let chunksPerThread { matmulChunksPerThread = chunksPerThread }
+        if let split { matmulSplit = split }
         if let aInPlace { matmulRowMajorAInPlace = aInPlace != 0 }
         let BT = bt
         let peak = measurePeakFLOPs()
