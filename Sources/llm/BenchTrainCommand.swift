@@ -65,7 +65,7 @@ struct BenchTrain: ParsableCommand {
                                     vocabSize: config.vocabSize, shuffle: false)
         let backend = try makeBackend(device, config: config, parameters: parameters, B: batch, T: seqLen,
                                       precision: precision, log: { print($0) })
-        let onCPU = backend.deviceDescription.hasPrefix("cpu")
+        let onCPU = backend is CPUModel
         print("model: \(source), \(ParameterLayout(config).unpaddedCount) parameters; device: \(backend.deviceDescription)")
         print(format("batch %ld x %ld, %ld micro-steps, %ld tokens per step; %ld warm-up + %ld timed steps",
                      batch, seqLen, accum, total, warmupSteps, steps))

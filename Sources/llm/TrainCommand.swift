@@ -188,7 +188,7 @@ struct Train: ParsableCommand {
         o.overfitSingleBatch = overfit
 
         o.checkpointEvery = checkpointEvery
-        let onGPU = !backend.deviceDescription.hasPrefix("cpu")
+        let onGPU = !(backend is CPUModel)
         o.checkpointPrecision = (checkpointPrecision ?? (onGPU ? .bf16 : .fp32)) == .bf16 ? .bf16 : .fp32
 
         let trainer = try Trainer(model: backend, train: trainLoader, val: valLoader, options: o)
