@@ -135,6 +135,9 @@ struct Train: ParsableCommand {
             throw LLMError("--seq-len \(seqLen) is longer than the model's maximum \(config.maxSeqLen)")
         }
         out.print("model: \(source): \(config), \(ParameterLayout(config).unpaddedCount) parameters")
+        if sampleTokens >= config.maxSeqLen {
+            throw LLMError("--sample-tokens \(sampleTokens) must be below the model's context of \(config.maxSeqLen) tokens")
+        }
 
         // Data
         let trainSources: [TokenSource], valSources: [TokenSource]?
