@@ -44,7 +44,7 @@ struct BenchTrain: ParsableCommand {
     }
 
     func run() throws {
-        do { try bench() } catch let e as LLMError { throw CleanExit.message("error: \(e.message)") }
+        try reportingErrors(bench)
     }
 
     func bench() throws {

@@ -40,7 +40,7 @@ struct EvalHellaSwag: ParsableCommand {
     }
 
     func run() throws {
-        do { try evaluate() } catch let e as LLMError { throw CleanExit.message("error: \(e.message)") }
+        try reportingErrors(evaluate)
     }
 
     func evaluate() throws {

@@ -42,7 +42,7 @@ struct Sample: ParsableCommand {
     }
 
     func run() throws {
-        do { try generate() } catch let e as LLMError { throw CleanExit.message("error: \(e.message)") }
+        try reportingErrors(generate)
     }
 
     func generate() throws {

@@ -122,7 +122,7 @@ struct Train: ParsableCommand {
     }
 
     func run() throws {
-        do { try runTraining() } catch let e as LLMError { throw CleanExit.message("error: \(e.message)") }
+        try reportingErrors(runTraining)
     }
 
     func runTraining() throws {

@@ -2,6 +2,9 @@
 
 import ArgumentParser
 import LLM
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct LLMCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -16,6 +19,17 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks: training steps, matrix multiplies, the tokenizer.",
         subcommands: [BenchTrain.self, BenchMatmul.self, BenchTokenizer.self])
+}
+
+/// Runs a command's work; an LLMError becomes one line on stderr ("error: FILE: what is wrong")
+/// and exit status 1.
+func reportingErrors(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let e as LLMError {
+        fputs("error: \(e.message)\n", stderr)
+        throw ExitCode.failure
+    }
 }
 
 LLMCommand.main()
