@@ -105,6 +105,19 @@ struct CUDASelfTestCommand: ParsableCommand {
             if rel > worstRel { worstRel = rel; worstName = t.name }
             elementFails += fails
         }
+        // Recompute 0 and 2 (activations kept, layernorms recomputed too) against the default 1:
+        // the same deterministic kernels in another order, so bit-identical loss and gradients.
+        var recomputeSame = true
+        for r in [0, 2] {
+            let other = try CUDAModel(config: config, parameters: params, B: B, T: T, precision: p, recompute: r)
+            let l = try other.forward(inputs: state.inputs, targets: state.targets, B: B, T: T)
+            other.zeroGradients()
+            try other.backward(microSteps: 1)
+            let otherGrads = try other.readGradients()
+            let same = l.bitPattern == loss.bitPattern && zip(otherGrads, grads).allSatisfy { $0.bitPattern == $1.bitPattern }
+            print("[\(p)] recompute \(r) vs 1: loss and gradients " + (same ? "bit-identical" : "DIFFERENT"))
+            recomputeSame = recomputeSame && same
+        }
         // Gradient accumulation: the batch as two micro-batches of B/2 gives the same gradients.
         model.zeroGradients()
         let half = B / 2 * T
@@ -150,16 +163,19 @@ struct CUDASelfTestCommand: ParsableCommand {
             if worstRel > 1e-4 { failures.append("fp32 grads (\(worstName))") }
             if lossDiff > 1e-4 { failures.append("fp32 10 losses") }
             if accRel > 1e-4 { failures.append("fp32 micro-step accumulation") }
+            if !recomputeSame { failures.append("fp32 recompute 0/2 vs 1") }
         } else {
             if logitsMax > 25 { failures.append("bf16 logits") }
             if lossErr > 0.05 { failures.append("bf16 loss") }
             if elementFails > 0 { failures.append("bf16 grads (\(elementFails) elements)") }
             if lossDiff > 0.05 { failures.append("bf16 10 losses") }
             if accRel > 2e-2 { failures.append("bf16 micro-step accumulation") }
+            if !recomputeSame { failures.append("bf16 recompute 0/2 vs 1") }
         }
         let row = "\(p.rawValue) tiny: logits max \(sci(logitsMax)), loss diff \(sci(lossErr)), "
             + "worst grad rel \(sci(worstRel)) (\(worstName)), llm.c grad tol fails \(elementFails), "
-            + "10-step loss max diff \(sci(lossDiff)), 2-micro-step grads rel \(sci(accRel))  \(failures.isEmpty ? "PASS" : "FAIL")"
+            + "10-step loss max diff \(sci(lossDiff)), 2-micro-step grads rel \(sci(accRel)), "
+            + "recompute 0/1/2 \(recomputeSame ? "bit-identical" : "differ")  \(failures.isEmpty ? "PASS" : "FAIL")"
         return ([row], failures)
     }
 
