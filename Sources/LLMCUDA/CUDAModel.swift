@@ -48,6 +48,12 @@ public final class CUDAModel: GPT2Backend {
     /// buffer, recomputed from the kept residual). The kernels are deterministic, so every
     /// setting gives bit-identical results.
     public let recompute: Int
+    /// cuBLASLt epilogues instead of separate kernels (bf16 only; fp32 stays the exact path, and
+    /// $LLM_EPILOGUES=0 turns them off for timing): GELU in the fc matmul (its input kept as fch),
+    /// GELU gradient in the fcproj dinp matmul, bias gradients in the dweight matmuls. Each turns
+    /// itself off, with one line on stderr, if cuBLASLt has no algorithm for it.
+    public var fusedGELU: Bool
+    public var fusedBiasGradients: Bool
 
     // Parameters, gradients and optimizer state share one padded layout: each of the 16 tensors
     // starts at a 128-element boundary so that every cuBLASLt operand is well aligned.
@@ -138,6 +144,9 @@ public final class CUDAModel: GPT2Backend {
         // LLM_ATTENTION=scalar keeps the old kernels, for timing them against the flash ones.
         let scalarAttention = getenv("LLM_ATTENTION").map { String(cString: $0) } == "scalar"
         useFlashAttention = precision == .bf16 && hs == 64 && !scalarAttention
+        let epilogues = precision == .bf16 && getenv("LLM_EPILOGUES").map { String(cString: $0) } != "0"
+        fusedGELU = epilogues
+        fusedBiasGradients = epilogues
         device = try CUDADevice(ordinal: deviceOrdinal)
         kernels = try KernelLibrary(device: device, precision: precision)
         matmul = try MatmulEngine(device: device, bf16: precision == .bf16)
@@ -332,15 +341,63 @@ public final class CUDAModel: GPT2Backend {
                        d: out, a: weight, b: inp, bias: bias ?? 0)
     }
 
+    /// fch (N, 4C) = inp (N, C) . weight (4C, C)^T + bias; gelu (N, 4C) = GELU(fch). One matmul with
+    /// the GELU epilogue when `fusedGELU` (GELU of the fp32 sum, before rounding), else matmul + kernel.
+    func fcForward(fch: CUdeviceptr, gelu: CUdeviceptr, inp: CUdeviceptr, weight: CUdeviceptr, bias: CUdeviceptr,
+                   N: Int, C: Int) throws {
+        if fusedGELU {
+            do {
+                return try matmul.run(MatmulShape(m: 4 * C, n: N, k: C, transA: true, transB: false, bias: true,
+                                                  accumulate: false, epilogue: .geluKeepInput),
+                                      d: gelu, a: weight, b: inp, bias: bias, aux: fch)
+            } catch let e as LLMError {
+                fusedGELU = false
+                fputs("cuda model: GELU epilogues off (\(e.message))\n", stderr)
+            }
+        }
+        try matmulForward(fch, inp, weight, bias, N: N, K: C, OC: 4 * C)
+        try launch1D("gelu_forward", count: N * 4 * C / pack, [.ptr(gelu), .ptr(fch), .i64(Int64(N * 4 * C))])
+    }
+
     /// dinp (N, K) = dout (N, OC) . weight (OC, K); dweight (OC, K) += dout^T . inp; dbias (OC) += column sums.
-    /// dweight comes first, so dinp may be inp's own buffer (the recomputed GELU output).
+    /// dweight comes first, so dinp may be inp's own buffer (the recomputed GELU output). With
+    /// `geluInput` (N, K), the GELU input whose output was inp, dinp becomes the gradient of that input.
     func matmulBackward(dinp: CUdeviceptr, dweight: CUdeviceptr, dbias: CUdeviceptr?, dout: CUdeviceptr,
-                        inp: CUdeviceptr, weight: CUdeviceptr, N: Int, K: Int, OC: Int) throws {
-        try matmul.run(MatmulShape(m: K, n: OC, k: N, transA: false, transB: true, bias: false, accumulate: true),
-                       d: dweight, a: inp, b: dout)
-        try matmul.run(MatmulShape(m: K, n: N, k: OC, transA: false, transB: false, bias: false, accumulate: false),
-                       d: dinp, a: weight, b: dout)
-        if let dbias = dbias {
+                        inp: CUdeviceptr, weight: CUdeviceptr, N: Int, K: Int, OC: Int,
+                        geluInput: CUdeviceptr? = nil) throws {
+        let dweightShape = MatmulShape(m: K, n: OC, k: N, transA: false, transB: true, bias: false, accumulate: true)
+        var biasDone = false
+        if let dbias = dbias, fusedBiasGradients {  // fp32 column sums of dout into partials, then added to dbias
+            var fused = dweightShape
+            fused.epilogue = .biasGradientB
+            do {
+                try matmul.run(fused, d: dweight, a: inp, b: dout, bias: partials)
+                try launch1D("bias_backward_reduce", count: OC, [.ptr(dbias), .ptr(partials), .i32(1), .i32(Int32(OC))])
+                biasDone = true
+            } catch let e as LLMError {
+                fusedBiasGradients = false
+                fputs("cuda model: bias-gradient epilogues off (\(e.message))\n", stderr)
+            }
+        }
+        if !biasDone { try matmul.run(dweightShape, d: dweight, a: inp, b: dout) }
+        let dinpShape = MatmulShape(m: K, n: N, k: OC, transA: false, transB: false, bias: false, accumulate: false)
+        var geluFused = false
+        if let g = geluInput, fusedGELU {
+            var fused = dinpShape
+            fused.epilogue = .geluGradient
+            do {
+                try matmul.run(fused, d: dinp, a: weight, b: dout, aux: g)
+                geluFused = true
+            } catch let e as LLMError {
+                fusedGELU = false
+                fputs("cuda model: GELU epilogues off (\(e.message))\n", stderr)
+            }
+        }
+        if !geluFused { try matmul.run(dinpShape, d: dinp, a: weight, b: dout) }
+        if let g = geluInput, !geluFused {
+            try launch1D("gelu_backward", count: N * K / pack, [.ptr(dinp), .ptr(g), .ptr(dinp), .i64(Int64(N * K))])
+        }
+        if let dbias = dbias, !biasDone {
             let rowBlocks = min(CUDAModel.maxBiasRowBlocks, (N + 255) / 256)
             let rowsPerBlock = (N + rowBlocks - 1) / rowBlocks
             try launch("bias_backward_partial", grid: ((OC + 31) / 32, rowBlocks, 1), block: (32, 8, 1),
@@ -419,9 +476,8 @@ public final class CUDAModel: GPT2Backend {
             try launch1D("residual_forward", count: N * C / pack, [.ptr(res2l), .ptr(residual), .ptr(scratchBTC), .i64(Int64(N * C))])
             try layerNormForward(ln2l, floats(ln2Mean, l * BTmax), floats(ln2Rstd, l * BTmax), res2l,
                                  tensor(params, .ln2w, layer: l), tensor(params, .ln2b, layer: l), N: N, C: C)
-            try matmulForward(fchl, ln2l, tensor(params, .fcw, layer: l), tensor(params, .fcb, layer: l),
-                              N: N, K: C, OC: 4 * C)
-            try launch1D("gelu_forward", count: N * 4 * C / pack, [.ptr(geluL), .ptr(fchl), .i64(Int64(N * 4 * C))])
+            try fcForward(fch: fchl, gelu: geluL, inp: ln2l, weight: tensor(params, .fcw, layer: l),
+                          bias: tensor(params, .fcb, layer: l), N: N, C: C)
             try matmulForward(scratchBTC, geluL, tensor(params, .fcprojw, layer: l),
                               tensor(params, .fcprojb, layer: l), N: N, K: 4 * C, OC: C)
             try launch1D("residual_forward", count: N * C / pack, [.ptr(res3l), .ptr(res2l), .ptr(scratchBTC), .i64(Int64(N * C))])
@@ -490,9 +546,7 @@ public final class CUDAModel: GPT2Backend {
                 try launch1D("gelu_forward", count: N * 4 * C / pack, [.ptr(geluL), .ptr(fchl), .i64(Int64(N * 4 * C))])
             }
             try matmulBackward(dinp: scratchBT4C, dweight: g(.fcprojw), dbias: g(.fcprojb), dout: dresidual,
-                               inp: geluL, weight: p(.fcprojw), N: N, K: 4 * C, OC: C)
-            try launch1D("gelu_backward", count: N * 4 * C / pack,
-                         [.ptr(scratchBT4C), .ptr(fchl), .ptr(scratchBT4C), .i64(Int64(N * 4 * C))])
+                               inp: geluL, weight: p(.fcprojw), N: N, K: 4 * C, OC: C, geluInput: fchl)
             if recompute >= 2 {  // ln2 again from the kept residual2 (mean and rstd rewritten with the same values)
                 try layerNormForward(ln2l, floats(ln2Mean, l * BTmax), floats(ln2Rstd, l * BTmax), res2l,
                                      p(.ln2w), p(.ln2b), N: N, C: C)
@@ -629,6 +683,7 @@ public final class CUDAModel: GPT2Backend {
     /// "params 248 MiB, activations 1.2 GiB, ..." for the start-up message.
     public var memorySummary: String {
         func mib(_ b: Int) -> String { "\(b >> 20) MiB" }
-        return "parameters+grads+AdamW \(mib(parameterBytes)), activations \(mib(activationBytes)) (recompute \(recompute))"
+        return "parameters+grads+AdamW \(mib(parameterBytes)), activations \(mib(activationBytes)) (recompute \(recompute)), "
+            + "cuBLASLt epilogues: GELU \(fusedGELU ? "on" : "off"), bias gradients \(fusedBiasGradients ? "on" : "off")"
     }
 }
