@@ -48,12 +48,11 @@ public final class CUDAModel: GPT2Backend {
     /// buffer, recomputed from the kept residual). The kernels are deterministic, so every
     /// setting gives bit-identical results.
     public let recompute: Int
-    /// cuBLASLt epilogues instead of separate kernels (bf16 only; fp32 stays the exact path, and
-    /// $LLM_EPILOGUES=0 turns them off for timing): GELU in the fc matmul (its input kept as fch),
-    /// GELU gradient in the fcproj dinp matmul, bias gradients in the dweight matmuls. Each turns
-    /// itself off, with one line on stderr, if cuBLASLt has no algorithm for it.
+    /// GELU in cuBLASLt epilogues instead of separate kernels: in the fc matmul (its input kept as
+    /// fch) and its gradient in the fcproj dinp matmul. bf16 only (fp32 stays the exact path);
+    /// $LLM_EPILOGUES=0 turns it off for timing; it turns itself off, with one line on stderr, if
+    /// cuBLASLt has no algorithm for a shape.
     public var fusedGELU: Bool
-    public var fusedBiasGradients: Bool
 
     // Parameters, gradients and optimizer state share one padded layout: each of the 16 tensors
     // starts at a 128-element boundary so that every cuBLASLt operand is well aligned.
@@ -144,9 +143,7 @@ public final class CUDAModel: GPT2Backend {
         // LLM_ATTENTION=scalar keeps the old kernels, for timing them against the flash ones.
         let scalarAttention = getenv("LLM_ATTENTION").map { String(cString: $0) } == "scalar"
         useFlashAttention = precision == .bf16 && hs == 64 && !scalarAttention
-        let epilogues = precision == .bf16 && getenv("LLM_EPILOGUES").map { String(cString: $0) } != "0"
-        fusedGELU = epilogues
-        fusedBiasGradients = epilogues
+        fusedGELU = precision == .bf16 && getenv("LLM_EPILOGUES").map { String(cString: $0) } != "0"
         device = try CUDADevice(ordinal: deviceOrdinal)
         kernels = try KernelLibrary(device: device, precision: precision)
         matmul = try MatmulEngine(device: device, bf16: precision == .bf16)
@@ -365,21 +362,8 @@ public final class CUDAModel: GPT2Backend {
     func matmulBackward(dinp: CUdeviceptr, dweight: CUdeviceptr, dbias: CUdeviceptr?, dout: CUdeviceptr,
                         inp: CUdeviceptr, weight: CUdeviceptr, N: Int, K: Int, OC: Int,
                         geluInput: CUdeviceptr? = nil) throws {
-        let dweightShape = MatmulShape(m: K, n: OC, k: N, transA: false, transB: true, bias: false, accumulate: true)
-        var biasDone = false
-        if let dbias = dbias, fusedBiasGradients {  // fp32 column sums of dout into partials, then added to dbias
-            var fused = dweightShape
-            fused.epilogue = .biasGradientB
-            do {
-                try matmul.run(fused, d: dweight, a: inp, b: dout, bias: partials)
-                try launch1D("bias_backward_reduce", count: OC, [.ptr(dbias), .ptr(partials), .i32(1), .i32(Int32(OC))])
-                biasDone = true
-            } catch let e as LLMError {
-                fusedBiasGradients = false
-                fputs("cuda model: bias-gradient epilogues off (\(e.message))\n", stderr)
-            }
-        }
-        if !biasDone { try matmul.run(dweightShape, d: dweight, a: inp, b: dout) }
+        try matmul.run(MatmulShape(m: K, n: OC, k: N, transA: false, transB: true, bias: false, accumulate: true),
+                       d: dweight, a: inp, b: dout)
         let dinpShape = MatmulShape(m: K, n: N, k: OC, transA: false, transB: false, bias: false, accumulate: false)
         var geluFused = false
         if let g = geluInput, fusedGELU {
@@ -397,7 +381,7 @@ public final class CUDAModel: GPT2Backend {
         if let g = geluInput, !geluFused {
             try launch1D("gelu_backward", count: N * K / pack, [.ptr(dinp), .ptr(g), .ptr(dinp), .i64(Int64(N * K))])
         }
-        if let dbias = dbias, !biasDone {
+        if let dbias = dbias {
             let rowBlocks = min(CUDAModel.maxBiasRowBlocks, (N + 255) / 256)
             let rowsPerBlock = (N + rowBlocks - 1) / rowBlocks
             try launch("bias_backward_partial", grid: ((OC + 31) / 32, rowBlocks, 1), block: (32, 8, 1),
@@ -684,6 +668,6 @@ public final class CUDAModel: GPT2Backend {
     public var memorySummary: String {
         func mib(_ b: Int) -> String { "\(b >> 20) MiB" }
         return "parameters+grads+AdamW \(mib(parameterBytes)), activations \(mib(activationBytes)) (recompute \(recompute)), "
-            + "cuBLASLt epilogues: GELU \(fusedGELU ? "on" : "off"), bias gradients \(fusedBiasGradients ? "on" : "off")"
+            + "GELU in cuBLASLt epilogues \(fusedGELU ? "on" : "off")"
     }
 }

@@ -71,7 +71,7 @@ struct CUDASelfTestCommand: ParsableCommand {
         let steps = try ReferenceSteps(path: fixtures + "/tiny_steps.json")
         let start = now()
         let model = try CUDAModel(config: config, parameters: params, B: state.B, T: state.T, precision: p)
-        print("[\(p)] \(model.deviceDescription), epilogues GELU \(model.fusedGELU) bias \(model.fusedBiasGradients), kernels: \(model.kernels.compiledModules) modules compiled, "
+        print("[\(p)] \(model.deviceDescription), GELU epilogues \(model.fusedGELU ? "on" : "off"), kernels: \(model.kernels.compiledModules) modules compiled, "
               + "load \(fmt(model.kernels.loadSeconds)) s, model ready in \(fmt(now() - start)) s")
         let V = config.vocabSize, B = state.B, T = state.T
         let loss = try model.forward(inputs: state.inputs, targets: state.targets, B: B, T: T)

@@ -1,6 +1,6 @@
 // cuBLASLt (libcublasLt.so) through dlopen: the matmuls of the model, bf16 or fp32 in/out with
-// fp32 accumulation, optional epilogues (bias, GELU with its input kept, GELU gradient, bias
-// gradient), one cached descriptor set and algorithm per shape.
+// fp32 accumulation, optional epilogues (bias, GELU with its input kept, GELU gradient), one
+// cached descriptor set and algorithm per shape.
 
 #if canImport(Glibc)
 import Glibc
@@ -31,12 +31,10 @@ let CUBLASLT_MATMUL_DESC_EPILOGUE: Int32 = 7
 let CUBLASLT_MATMUL_DESC_BIAS_POINTER: Int32 = 8
 let CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER: Int32 = 11
 let CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD: Int32 = 12
-let CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: Int32 = 26
 let CUBLASLT_EPILOGUE_DEFAULT: UInt32 = 1
 let CUBLASLT_EPILOGUE_BIAS: UInt32 = 4
 let CUBLASLT_EPILOGUE_GELU_AUX: UInt32 = 32 | 128
 let CUBLASLT_EPILOGUE_DGELU: UInt32 = 64 | 128
-let CUBLASLT_EPILOGUE_BGRADB: UInt32 = 512
 let CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES: Int32 = 1
 let CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES: Int32 = 5  // then B 6, C 7, D 8
 /// sizeof(cublasLtMatmulHeuristicResult_t): algo (8 x uint64), workspaceSize, state, wavesCount, reserved[4].
@@ -100,8 +98,6 @@ public enum MatmulEpilogue: Hashable {
     case geluKeepInput
     /// D = result * gelu'(aux), aux the GELU input kept by `geluKeepInput`.
     case geluGradient
-    /// D as without epilogue; `bias` (n, fp32) is overwritten with op(B)'s sums over k.
-    case biasGradientB
 }
 
 /// One matmul problem in cuBLAS's column-major terms: D (m x n) = alpha op(A) op(B) + beta D,
@@ -158,7 +154,6 @@ public final class MatmulEngine {
         case .none: epilogue = s.bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT
         case .geluKeepInput: epilogue = CUBLASLT_EPILOGUE_GELU_AUX | (s.bias ? CUBLASLT_EPILOGUE_BIAS : 0)
         case .geluGradient: epilogue = CUBLASLT_EPILOGUE_DGELU
-        case .biasGradientB: epilogue = CUBLASLT_EPILOGUE_BGRADB
         }
         try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, 4), "cublasLtMatmulDescSetAttribute(TRANSA)")
         try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, 4), "cublasLtMatmulDescSetAttribute(TRANSB)")
@@ -184,15 +179,10 @@ public final class MatmulEngine {
             try lt.check(lt.preferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES + Int32(i), &v, 4),
                          "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)")
         }
-        if s.bias || s.epilogue == .biasGradientB {  // the heuristic reads the pointer alignments from the descriptor
+        if s.bias {  // the heuristic reads the pointer alignments from the descriptor
             var ptr = bias
             try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ptr, 8),
                          "cublasLtMatmulDescSetAttribute(BIAS_POINTER)")
-        }
-        if s.epilogue == .biasGradientB {  // fp32 sums, added to the floatX gradient by a kernel
-            var type = CudaDataType.r32F.rawValue
-            try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &type, 4),
-                         "cublasLtMatmulDescSetAttribute(BIAS_DATA_TYPE)")
         }
         if s.epilogue == .geluKeepInput || s.epilogue == .geluGradient {
             var ld = Int64(s.m)
@@ -213,7 +203,7 @@ public final class MatmulEngine {
     }
 
     /// D = op(A) op(B) (+ bias) (+ D if accumulate), then the shape's epilogue, on the device's
-    /// stream. `bias`: the bias or the bias gradient; `aux`: the GELU input, (m x n) like D.
+    /// stream. `aux`: the GELU input, (m x n) like D.
     public func run(_ shape: MatmulShape, d: CUdeviceptr, a: CUdeviceptr, b: CUdeviceptr, bias: CUdeviceptr = 0,
                     aux: CUdeviceptr = 0) throws {
         var s = shape
@@ -223,7 +213,7 @@ public final class MatmulEngine {
         s.alignBias = pointerAlignment(bias)
         s.alignAux = pointerAlignment(aux)
         let p = try plan(s, bias: bias, aux: aux)
-        if s.bias || s.epilogue == .biasGradientB {
+        if s.bias {
             var ptr = bias
             try lt.check(lt.descSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ptr, 8),
                          "cublasLtMatmulDescSetAttribute(BIAS_POINTER)")
