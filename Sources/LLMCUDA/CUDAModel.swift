@@ -45,8 +45,8 @@ public final class CUDAModel: GPT2Backend {
     /// What the backward recomputes instead of keeping from the forward (llm.c's `-r`): 0 nothing;
     /// 1 GELU: its output lives in the (B, T, 4C) backward scratch, one layer at a time, and is
     /// recomputed from fch before the fcproj backward; 2 also both layernorm outputs (one (B, T, C)
-    /// buffer, recomputed from the kept residual). The kernels are deterministic, so every
-    /// setting gives bit-identical results.
+    /// buffer, recomputed from the kept residual). The kernels are deterministic, so 1 and 2 give
+    /// bit-identical results, and 0 too without `fusedGELU` (the epilogue's GELU is of the fp32 sum).
     public let recompute: Int
     /// GELU in cuBLASLt epilogues instead of separate kernels: in the fc matmul (its input kept as
     /// fch) and its gradient in the fcproj dinp matmul. bf16 only (fp32 stays the exact path);
