@@ -42,6 +42,17 @@ public final class CUDAModel: GPT2Backend {
     /// Tensor-core flash attention (flash_attention.cu: bf16, head size 64); off, the scalar kernels
     /// of attention.cu, which are also its reference in `attentionParity`. Off when $LLM_ATTENTION is "scalar".
     public var useFlashAttention: Bool
+    /// What the backward recomputes instead of keeping from the forward (llm.c's `-r`): 0 nothing;
+    /// 1 GELU: its output lives in the (B, T, 4C) backward scratch, one layer at a time, and is
+    /// recomputed from fch before the fcproj backward; 2 also both layernorm outputs (one (B, T, C)
+    /// buffer, recomputed from the kept residual). The kernels are deterministic, so 1 and 2 give
+    /// bit-identical results, and 0 too without `fusedGELU` (the epilogue's GELU is of the fp32 sum).
+    public let recompute: Int
+    /// GELU in cuBLASLt epilogues instead of separate kernels: in the fc matmul (its input kept as
+    /// fch) and its gradient in the fcproj dinp matmul. bf16 only (fp32 stays the exact path);
+    /// $LLM_EPILOGUES=0 turns it off for timing; it turns itself off, with one line on stderr, if
+    /// cuBLASLt has no algorithm for a shape.
+    public var fusedGELU: Bool
 
     // Parameters, gradients and optimizer state share one padded layout: each of the 16 tensors
     // starts at a 128-element boundary so that every cuBLASLt operand is well aligned.
@@ -56,18 +67,18 @@ public final class CUDAModel: GPT2Backend {
     // Activations (floatX unless noted), one allocation, L-stacked where per layer.
     let activations: CUdeviceptr
     let encoded: CUdeviceptr     // (B, T, C)
-    let ln1: CUdeviceptr         // (L, B, T, C)
+    let ln1: CUdeviceptr         // (L, B, T, C); (B, T, C) with recompute 2, shared by ln1 and ln2
     let ln1Mean: CUdeviceptr     // (L, B, T) fp32
     let ln1Rstd: CUdeviceptr     // (L, B, T) fp32
     let qkv: CUdeviceptr         // (L, B, T, 3C)
     let atty: CUdeviceptr        // (L, B, T, C)
     let attLse: CUdeviceptr      // (L, B, NH, T) fp32: log-sum-exp per attention row
     let residual2: CUdeviceptr   // (L, B, T, C)
-    let ln2: CUdeviceptr         // (L, B, T, C)
+    let ln2: CUdeviceptr         // (L, B, T, C); ln1's buffer with recompute 2
     let ln2Mean: CUdeviceptr     // (L, B, T) fp32
     let ln2Rstd: CUdeviceptr     // (L, B, T) fp32
     let fch: CUdeviceptr         // (L, B, T, 4C) before GELU
-    let fchGelu: CUdeviceptr     // (L, B, T, 4C)
+    let fchGelu: CUdeviceptr     // (L, B, T, 4C); scratchBT4C with recompute >= 1
     let residual3: CUdeviceptr   // (L, B, T, C)
     let lnf: CUdeviceptr         // (B, T, C)
     let lnfMean: CUdeviceptr     // (B, T) fp32
@@ -104,8 +115,12 @@ public final class CUDAModel: GPT2Backend {
 
     /// `parameters`: N fp32 values in checkpoint order (these become the master weights).
     public init(config: GPT2Config, parameters: [Float], B: Int, T: Int, precision: GPUPrecision = .bf16,
-                deviceOrdinal: Int = 0) throws {
+                recompute: Int = 1, deviceOrdinal: Int = 0) throws {
         try config.validate(source: "cuda model")
+        if !(0 ... 2).contains(recompute) {
+            throw LLMError("cuda model: recompute \(recompute) is not 0 (none), 1 (GELU) or 2 (GELU and layernorms)")
+        }
+        self.recompute = recompute
         if B <= 0 || T <= 0 || T > config.maxSeqLen {
             throw LLMError("cuda model: batch B=\(B) T=\(T) does not fit (maxT \(config.maxSeqLen))")
         }
@@ -128,6 +143,7 @@ public final class CUDAModel: GPT2Backend {
         // LLM_ATTENTION=scalar keeps the old kernels, for timing them against the flash ones.
         let scalarAttention = getenv("LLM_ATTENTION").map { String(cString: $0) } == "scalar"
         useFlashAttention = precision == .bf16 && hs == 64 && !scalarAttention
+        fusedGELU = precision == .bf16 && getenv("LLM_EPILOGUES").map { String(cString: $0) } != "0"
         device = try CUDADevice(ordinal: deviceOrdinal)
         kernels = try KernelLibrary(device: device, precision: precision)
         matmul = try MatmulEngine(device: device, bf16: precision == .bf16)
@@ -151,16 +167,17 @@ public final class CUDAModel: GPT2Backend {
         let L = config.numLayers, C = config.channels, NH = config.numHeads, Vp = config.paddedVocabSize
         let BT = B * T
         let x = E, f = 4
+        let Lln = recompute >= 2 ? 1 : L, Lgelu = recompute >= 1 ? 0 : L  // layers kept of ln1/ln2, fchGelu
         let plan: [Int] = [
             BT * C * x,                      // encoded
-            L * BT * C * x, L * BT * f, L * BT * f,  // ln1, mean, rstd
+            Lln * BT * C * x, L * BT * f, L * BT * f,  // ln1, mean, rstd
             L * BT * 3 * C * x,              // qkv
             L * BT * C * x,                  // atty
             L * B * NH * T * f,              // attLse
             L * BT * C * x,                  // residual2
-            L * BT * C * x, L * BT * f, L * BT * f,  // ln2, mean, rstd
+            (recompute >= 2 ? 0 : L) * BT * C * x, L * BT * f, L * BT * f,  // ln2, mean, rstd
             L * BT * 4 * C * x,              // fch
-            L * BT * 4 * C * x,              // fchGelu
+            Lgelu * BT * 4 * C * x,          // fchGelu
             L * BT * C * x,                  // residual3
             BT * C * x, BT * f, BT * f,      // lnf, mean, rstd
             BT * Vp * x,                     // logits
@@ -176,10 +193,11 @@ public final class CUDAModel: GPT2Backend {
         var at = activations
         for a in aligned { views.append(at); at += UInt64(a) }
         encoded = views[0]; ln1 = views[1]; ln1Mean = views[2]; ln1Rstd = views[3]; qkv = views[4]
-        atty = views[5]; attLse = views[6]; residual2 = views[7]; ln2 = views[8]; ln2Mean = views[9]
-        ln2Rstd = views[10]; fch = views[11]; fchGelu = views[12]; residual3 = views[13]; lnf = views[14]
+        atty = views[5]; attLse = views[6]; residual2 = views[7]; ln2 = recompute >= 2 ? views[1] : views[8]
+        ln2Mean = views[9]; ln2Rstd = views[10]; fch = views[11]; residual3 = views[13]; lnf = views[14]
         lnfMean = views[15]; lnfRstd = views[16]; logitsBuffer = views[17]; losses = views[18]
         dresidual = views[19]; scratchBTC = views[20]; scratchBT4C = views[21]; attDsum = views[22]
+        fchGelu = recompute >= 1 ? scratchBT4C : views[12]
 
         partialFloats = max(CUDAModel.lnBackwardBlocks * 2 * C, CUDAModel.maxBiasRowBlocks * 4 * C,
                             CUDAModel.normBlocks + 1)
@@ -216,6 +234,14 @@ public final class CUDAModel: GPT2Backend {
 
     @inline(__always) func elements(_ base: CUdeviceptr, _ n: Int) -> CUdeviceptr { base + UInt64(n * E) }
     @inline(__always) func floats(_ base: CUdeviceptr, _ n: Int) -> CUdeviceptr { base + UInt64(n * 4) }
+
+    /// Layer `l`'s layernorm and GELU outputs (B, T, C) and (B, T, 4C): one shared buffer for every
+    /// layer when the backward recomputes them.
+    func ln1Layer(_ l: Int) -> CUdeviceptr { recompute >= 2 ? ln1 : elements(ln1, l * batchSize * sequenceLength * config.channels) }
+    func ln2Layer(_ l: Int) -> CUdeviceptr { recompute >= 2 ? ln2 : elements(ln2, l * batchSize * sequenceLength * config.channels) }
+    func geluLayer(_ l: Int) -> CUdeviceptr {
+        recompute >= 1 ? fchGelu : elements(fchGelu, l * batchSize * sequenceLength * 4 * config.channels)
+    }
 
     /// Layer `l`'s slice of a parameter (or gradient) tensor; whole tensor for the non-layer ones.
     func tensor(_ base: CUdeviceptr, _ t: ParameterTensor, layer l: Int = 0) -> CUdeviceptr {
@@ -312,13 +338,49 @@ public final class CUDAModel: GPT2Backend {
                        d: out, a: weight, b: inp, bias: bias ?? 0)
     }
 
+    /// fch (N, 4C) = inp (N, C) . weight (4C, C)^T + bias; gelu (N, 4C) = GELU(fch). One matmul with
+    /// the GELU epilogue when `fusedGELU` (GELU of the fp32 sum, before rounding), else matmul + kernel.
+    func fcForward(fch: CUdeviceptr, gelu: CUdeviceptr, inp: CUdeviceptr, weight: CUdeviceptr, bias: CUdeviceptr,
+                   N: Int, C: Int) throws {
+        if fusedGELU {
+            do {
+                return try matmul.run(MatmulShape(m: 4 * C, n: N, k: C, transA: true, transB: false, bias: true,
+                                                  accumulate: false, epilogue: .geluKeepInput),
+                                      d: gelu, a: weight, b: inp, bias: bias, aux: fch)
+            } catch let e as LLMError {
+                fusedGELU = false
+                fputs("cuda model: GELU epilogues off (\(e.message))\n", stderr)
+            }
+        }
+        try matmulForward(fch, inp, weight, bias, N: N, K: C, OC: 4 * C)
+        try launch1D("gelu_forward", count: N * 4 * C / pack, [.ptr(gelu), .ptr(fch), .i64(Int64(N * 4 * C))])
+    }
+
     /// dinp (N, K) = dout (N, OC) . weight (OC, K); dweight (OC, K) += dout^T . inp; dbias (OC) += column sums.
+    /// dweight comes first, so dinp may be inp's own buffer (the recomputed GELU output). With
+    /// `geluInput` (N, K), the GELU input whose output was inp, dinp becomes the gradient of that input.
     func matmulBackward(dinp: CUdeviceptr, dweight: CUdeviceptr, dbias: CUdeviceptr?, dout: CUdeviceptr,
-                        inp: CUdeviceptr, weight: CUdeviceptr, N: Int, K: Int, OC: Int) throws {
-        try matmul.run(MatmulShape(m: K, n: N, k: OC, transA: false, transB: false, bias: false, accumulate: false),
-                       d: dinp, a: weight, b: dout)
+                        inp: CUdeviceptr, weight: CUdeviceptr, N: Int, K: Int, OC: Int,
+                        geluInput: CUdeviceptr? = nil) throws {
         try matmul.run(MatmulShape(m: K, n: OC, k: N, transA: false, transB: true, bias: false, accumulate: true),
                        d: dweight, a: inp, b: dout)
+        let dinpShape = MatmulShape(m: K, n: N, k: OC, transA: false, transB: false, bias: false, accumulate: false)
+        var geluFused = false
+        if let g = geluInput, fusedGELU {
+            var fused = dinpShape
+            fused.epilogue = .geluGradient
+            do {
+                try matmul.run(fused, d: dinp, a: weight, b: dout, aux: g)
+                geluFused = true
+            } catch let e as LLMError {
+                fusedGELU = false
+                fputs("cuda model: GELU epilogues off (\(e.message))\n", stderr)
+            }
+        }
+        if !geluFused { try matmul.run(dinpShape, d: dinp, a: weight, b: dout) }
+        if let g = geluInput, !geluFused {
+            try launch1D("gelu_backward", count: N * K / pack, [.ptr(dinp), .ptr(g), .ptr(dinp), .i64(Int64(N * K))])
+        }
         if let dbias = dbias {
             let rowBlocks = min(CUDAModel.maxBiasRowBlocks, (N + 255) / 256)
             let rowsPerBlock = (N + rowBlocks - 1) / rowBlocks
@@ -383,10 +445,10 @@ public final class CUDAModel: GPT2Backend {
                       .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(C))])
         for l in 0 ..< L {
             let residual = l == 0 ? encoded : elements(residual3, (l - 1) * BTmax * C)
-            let ln1l = elements(ln1, l * BTmax * C), qkvl = elements(qkv, l * BTmax * 3 * C)
+            let ln1l = ln1Layer(l), qkvl = elements(qkv, l * BTmax * 3 * C)
             let attyl = elements(atty, l * BTmax * C), lsel = floats(attLse, l * NHT)
-            let res2l = elements(residual2, l * BTmax * C), ln2l = elements(ln2, l * BTmax * C)
-            let fchl = elements(fch, l * BTmax * 4 * C), geluL = elements(fchGelu, l * BTmax * 4 * C)
+            let res2l = elements(residual2, l * BTmax * C), ln2l = ln2Layer(l)
+            let fchl = elements(fch, l * BTmax * 4 * C), geluL = geluLayer(l)
             let res3l = elements(residual3, l * BTmax * C)
             try layerNormForward(ln1l, floats(ln1Mean, l * BTmax), floats(ln1Rstd, l * BTmax), residual,
                                  tensor(params, .ln1w, layer: l), tensor(params, .ln1b, layer: l), N: N, C: C)
@@ -398,9 +460,8 @@ public final class CUDAModel: GPT2Backend {
             try launch1D("residual_forward", count: N * C / pack, [.ptr(res2l), .ptr(residual), .ptr(scratchBTC), .i64(Int64(N * C))])
             try layerNormForward(ln2l, floats(ln2Mean, l * BTmax), floats(ln2Rstd, l * BTmax), res2l,
                                  tensor(params, .ln2w, layer: l), tensor(params, .ln2b, layer: l), N: N, C: C)
-            try matmulForward(fchl, ln2l, tensor(params, .fcw, layer: l), tensor(params, .fcb, layer: l),
-                              N: N, K: C, OC: 4 * C)
-            try launch1D("gelu_forward", count: N * 4 * C / pack, [.ptr(geluL), .ptr(fchl), .i64(Int64(N * 4 * C))])
+            try fcForward(fch: fchl, gelu: geluL, inp: ln2l, weight: tensor(params, .fcw, layer: l),
+                          bias: tensor(params, .fcb, layer: l), N: N, C: C)
             try matmulForward(scratchBTC, geluL, tensor(params, .fcprojw, layer: l),
                               tensor(params, .fcprojb, layer: l), N: N, K: 4 * C, OC: C)
             try launch1D("residual_forward", count: N * C / pack, [.ptr(res3l), .ptr(res2l), .ptr(scratchBTC), .i64(Int64(N * C))])
@@ -456,18 +517,24 @@ public final class CUDAModel: GPT2Backend {
                               weight: tensor(params, .lnfw), mean: lnfMean, rstd: lnfRstd, N: N, C: C)
         for l in stride(from: L - 1, through: 0, by: -1) {
             let residual = l == 0 ? encoded : elements(residual3, (l - 1) * BTmax * C)
-            let ln1l = elements(ln1, l * BTmax * C), qkvl = elements(qkv, l * BTmax * 3 * C)
+            let ln1l = ln1Layer(l), qkvl = elements(qkv, l * BTmax * 3 * C)
             let attyl = elements(atty, l * BTmax * C), lsel = floats(attLse, l * NHT)
-            let res2l = elements(residual2, l * BTmax * C), ln2l = elements(ln2, l * BTmax * C)
-            let fchl = elements(fch, l * BTmax * 4 * C), geluL = elements(fchGelu, l * BTmax * 4 * C)
+            let res2l = elements(residual2, l * BTmax * C), ln2l = ln2Layer(l)
+            let fchl = elements(fch, l * BTmax * 4 * C), geluL = geluLayer(l)
             func p(_ t: ParameterTensor) -> CUdeviceptr { tensor(params, t, layer: l) }
             func g(_ t: ParameterTensor) -> CUdeviceptr { tensor(grads, t, layer: l) }
 
-            // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2)))
+            // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2))). With recompute >= 1 geluL is
+            // scratchBT4C itself: matmulBackward reads it for dweight before dinp overwrites it.
+            if recompute >= 1 {
+                try launch1D("gelu_forward", count: N * 4 * C / pack, [.ptr(geluL), .ptr(fchl), .i64(Int64(N * 4 * C))])
+            }
             try matmulBackward(dinp: scratchBT4C, dweight: g(.fcprojw), dbias: g(.fcprojb), dout: dresidual,
-                               inp: geluL, weight: p(.fcprojw), N: N, K: 4 * C, OC: C)
-            try launch1D("gelu_backward", count: N * 4 * C / pack,
-                         [.ptr(scratchBT4C), .ptr(fchl), .ptr(scratchBT4C), .i64(Int64(N * 4 * C))])
+                               inp: geluL, weight: p(.fcprojw), N: N, K: 4 * C, OC: C, geluInput: fchl)
+            if recompute >= 2 {  // ln2 again from the kept residual2 (mean and rstd rewritten with the same values)
+                try layerNormForward(ln2l, floats(ln2Mean, l * BTmax), floats(ln2Rstd, l * BTmax), res2l,
+                                     p(.ln2w), p(.ln2b), N: N, C: C)
+            }
             try matmulBackward(dinp: scratchBTC, dweight: g(.fcw), dbias: g(.fcb), dout: scratchBT4C,
                                inp: ln2l, weight: p(.fcw), N: N, K: C, OC: 4 * C)
             try layerNormBackward(dinp: dresidual, dweight: g(.ln2w), dbias: g(.ln2b), dout: scratchBTC, inp: res2l,
@@ -478,6 +545,10 @@ public final class CUDAModel: GPT2Backend {
                                inp: attyl, weight: p(.attprojw), N: N, K: C, OC: C)
             let dqkv = scratchBT4C
             try attentionBackward(dqkv: dqkv, dout: scratchBTC, qkv: qkvl, out: attyl, lse: lsel, dsum: attDsum, B: B, T: T)
+            if recompute >= 2 {
+                try layerNormForward(ln1l, floats(ln1Mean, l * BTmax), floats(ln1Rstd, l * BTmax), residual,
+                                     p(.ln1w), p(.ln1b), N: N, C: C)
+            }
             try matmulBackward(dinp: scratchBTC, dweight: g(.qkvw), dbias: g(.qkvb), dout: dqkv,
                                inp: ln1l, weight: p(.qkvw), N: N, K: C, OC: 3 * C)
             try layerNormBackward(dinp: dresidual, dweight: g(.ln1w), dbias: g(.ln1b), dout: scratchBTC, inp: residual,
@@ -596,6 +667,7 @@ public final class CUDAModel: GPT2Backend {
     /// "params 248 MiB, activations 1.2 GiB, ..." for the start-up message.
     public var memorySummary: String {
         func mib(_ b: Int) -> String { "\(b >> 20) MiB" }
-        return "parameters+grads+AdamW \(mib(parameterBytes)), activations \(mib(activationBytes))"
+        return "parameters+grads+AdamW \(mib(parameterBytes)), activations \(mib(activationBytes)) (recompute \(recompute)), "
+            + "GELU in cuBLASLt epilogues \(fusedGELU ? "on" : "off")"
     }
 }

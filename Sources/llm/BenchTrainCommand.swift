@@ -34,6 +34,8 @@ struct BenchTrain: ParsableCommand {
     var device: DeviceChoice = .auto
     @Option(help: "GPU precision.")
     var precision: PrecisionChoice = .bf16
+    @Option(help: "GPU memory for speed: 0 keeps every activation; 1 recomputes GELU in the backward (default, as llm.c); 2 also the layernorms.")
+    var recompute: Int = 1
     @Option(help: "CPU threads (default: all cores).")
     var threads: Int?
 
@@ -41,6 +43,7 @@ struct BenchTrain: ParsableCommand {
         if batch <= 0 || seqLen <= 0 { throw ValidationError("--batch and --seq-len must be > 0") }
         if steps <= 0 { throw ValidationError("--steps \(steps) must be > 0") }
         if warmupSteps < 0 { throw ValidationError("--warmup-steps \(warmupSteps) must be >= 0") }
+        if !(0 ... 2).contains(recompute) { throw ValidationError("--recompute \(recompute) must be 0, 1 or 2") }
     }
 
     func run() throws {
@@ -64,7 +67,7 @@ struct BenchTrain: ParsableCommand {
         let loader = try DataLoader(sources: [.memory(name: "random tokens", tokens: tokens)], B: batch, T: seqLen,
                                     vocabSize: config.vocabSize, shuffle: false)
         let backend = try makeBackend(device, config: config, parameters: parameters, B: batch, T: seqLen,
-                                      precision: precision, log: { print($0) })
+                                      precision: precision, recompute: recompute, log: { print($0) })
         let onCPU = backend is CPUModel
         print("model: \(source), \(ParameterLayout(config).unpaddedCount) parameters; device: \(backend.deviceDescription)")
         print(format("batch %ld x %ld, %ld micro-steps, %ld tokens per step; %ld warm-up + %ld timed steps",

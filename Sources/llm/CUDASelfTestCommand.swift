@@ -71,7 +71,7 @@ struct CUDASelfTestCommand: ParsableCommand {
         let steps = try ReferenceSteps(path: fixtures + "/tiny_steps.json")
         let start = now()
         let model = try CUDAModel(config: config, parameters: params, B: state.B, T: state.T, precision: p)
-        print("[\(p)] \(model.deviceDescription), kernels: \(model.kernels.compiledModules) modules compiled, "
+        print("[\(p)] \(model.deviceDescription), GELU epilogues \(model.fusedGELU ? "on" : "off"), kernels: \(model.kernels.compiledModules) modules compiled, "
               + "load \(fmt(model.kernels.loadSeconds)) s, model ready in \(fmt(now() - start)) s")
         let V = config.vocabSize, B = state.B, T = state.T
         let loss = try model.forward(inputs: state.inputs, targets: state.targets, B: B, T: T)
@@ -104,6 +104,26 @@ struct CUDASelfTestCommand: ParsableCommand {
             gradLines.append("\(t.name) \(sci(rel))" + (fails > 0 ? " (\(fails) elements over llm.c tol)" : ""))
             if rel > worstRel { worstRel = rel; worstName = t.name }
             elementFails += fails
+        }
+        // Recompute 0 and 2 (activations kept, layernorms recomputed too) against the default 1:
+        // the same deterministic kernels in another order, so bit-identical loss and gradients.
+        // Except 0 with the GELU epilogue: its fcproj dweight then reads the epilogue's GELU of the
+        // fp32 sum, where recompute 1 reads gelu_forward of the bf16-rounded fch.
+        var recomputeSame = true
+        for r in [0, 2] {
+            let other = try CUDAModel(config: config, parameters: params, B: B, T: T, precision: p, recompute: r)
+            let l = try other.forward(inputs: state.inputs, targets: state.targets, B: B, T: T)
+            other.zeroGradients()
+            try other.backward(microSteps: 1)
+            let otherGrads = try other.readGradients()
+            let same = l.bitPattern == loss.bitPattern && zip(otherGrads, grads).allSatisfy { $0.bitPattern == $1.bitPattern }
+            var d2 = 0.0, r2 = 0.0
+            for (x, y) in zip(otherGrads, grads) { d2 += Double(x - y) * Double(x - y); r2 += Double(y) * Double(y) }
+            let rel = Float((d2 / max(r2, 1e-30)).squareRoot())
+            let ok = same || (r == 0 && model.fusedGELU && rel < 1e-2)
+            print("[\(p)] recompute \(r) vs 1: loss and gradients " + (same ? "bit-identical" : "differ, all-grad rel. \(sci(rel))")
+                  + (ok ? "" : " FAIL"))
+            recomputeSame = recomputeSame && ok
         }
         // Gradient accumulation: the batch as two micro-batches of B/2 gives the same gradients.
         model.zeroGradients()
@@ -150,16 +170,19 @@ struct CUDASelfTestCommand: ParsableCommand {
             if worstRel > 1e-4 { failures.append("fp32 grads (\(worstName))") }
             if lossDiff > 1e-4 { failures.append("fp32 10 losses") }
             if accRel > 1e-4 { failures.append("fp32 micro-step accumulation") }
+            if !recomputeSame { failures.append("fp32 recompute 0/2 vs 1") }
         } else {
             if logitsMax > 25 { failures.append("bf16 logits") }
             if lossErr > 0.05 { failures.append("bf16 loss") }
             if elementFails > 0 { failures.append("bf16 grads (\(elementFails) elements)") }
             if lossDiff > 0.05 { failures.append("bf16 10 losses") }
             if accRel > 2e-2 { failures.append("bf16 micro-step accumulation") }
+            if !recomputeSame { failures.append("bf16 recompute 0/2 vs 1") }
         }
         let row = "\(p.rawValue) tiny: logits max \(sci(logitsMax)), loss diff \(sci(lossErr)), "
             + "worst grad rel \(sci(worstRel)) (\(worstName)), llm.c grad tol fails \(elementFails), "
-            + "10-step loss max diff \(sci(lossDiff)), 2-micro-step grads rel \(sci(accRel))  \(failures.isEmpty ? "PASS" : "FAIL")"
+            + "10-step loss max diff \(sci(lossDiff)), 2-micro-step grads rel \(sci(accRel)), "
+            + "recompute 0/1/2 \(recomputeSame ? "agree" : "differ")  \(failures.isEmpty ? "PASS" : "FAIL")"
         return ([row], failures)
     }
 

@@ -1,5 +1,6 @@
 // cuBLASLt (libcublasLt.so) through dlopen: the matmuls of the model, bf16 or fp32 in/out with
-// fp32 accumulation, optional bias epilogue, one cached descriptor set and algorithm per shape.
+// fp32 accumulation, optional epilogues (bias, GELU with its input kept, GELU gradient), one
+// cached descriptor set and algorithm per shape.
 
 #if canImport(Glibc)
 import Glibc
@@ -28,8 +29,12 @@ let CUBLASLT_MATMUL_DESC_TRANSA: Int32 = 3
 let CUBLASLT_MATMUL_DESC_TRANSB: Int32 = 4
 let CUBLASLT_MATMUL_DESC_EPILOGUE: Int32 = 7
 let CUBLASLT_MATMUL_DESC_BIAS_POINTER: Int32 = 8
+let CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER: Int32 = 11
+let CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD: Int32 = 12
 let CUBLASLT_EPILOGUE_DEFAULT: UInt32 = 1
 let CUBLASLT_EPILOGUE_BIAS: UInt32 = 4
+let CUBLASLT_EPILOGUE_GELU_AUX: UInt32 = 32 | 128
+let CUBLASLT_EPILOGUE_DGELU: UInt32 = 64 | 128
 let CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES: Int32 = 1
 let CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES: Int32 = 5  // then B 6, C 7, D 8
 /// sizeof(cublasLtMatmulHeuristicResult_t): algo (8 x uint64), workspaceSize, state, wavesCount, reserved[4].
@@ -86,6 +91,15 @@ public final class CuBLASLt {
 
 // MARK: - Matmul
 
+/// What the matmul does to its result on the way out (cuBLASLt epilogues).
+public enum MatmulEpilogue: Hashable {
+    case none
+    /// D = gelu(result (+ bias)); aux (m x n, leading dimension m) gets the GELU input.
+    case geluKeepInput
+    /// D = result * gelu'(aux), aux the GELU input kept by `geluKeepInput`.
+    case geluGradient
+}
+
 /// One matmul problem in cuBLAS's column-major terms: D (m x n) = alpha op(A) op(B) + beta D,
 /// A is (m x k) after op, B (k x n) after op; `bias` (m) is added to every column of D.
 public struct MatmulShape: Hashable {
@@ -93,9 +107,10 @@ public struct MatmulShape: Hashable {
     public var transA: Bool, transB: Bool
     public var bias: Bool
     public var accumulate: Bool   // beta = 1
+    public var epilogue: MatmulEpilogue = .none
     /// Alignments (bytes, power of two up to 256) of the A, B, D and bias pointers: the
     /// algorithm chosen for one alignment may fail on a less aligned view.
-    var alignA = 256, alignB = 256, alignD = 256, alignBias = 256
+    var alignA = 256, alignB = 256, alignD = 256, alignBias = 256, alignAux = 256
 }
 
 @inline(__always) func pointerAlignment(_ p: CUdeviceptr) -> Int {
@@ -129,12 +144,17 @@ public final class MatmulEngine {
         _ = lt.destroy(handle)  // descriptors are small and live as long as the process
     }
 
-    func plan(_ s: MatmulShape, bias: CUdeviceptr) throws -> Plan {
+    func plan(_ s: MatmulShape, bias: CUdeviceptr, aux: CUdeviceptr) throws -> Plan {
         if let p = plans[s] { return p }
         var desc: OpaquePointer? = nil
         try lt.check(lt.descCreate(&desc, CUBLAS_COMPUTE_32F, CudaDataType.r32F.rawValue), "cublasLtMatmulDescCreate")
         var ta: Int32 = s.transA ? 1 : 0, tb: Int32 = s.transB ? 1 : 0
-        var epilogue = s.bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT
+        var epilogue: UInt32
+        switch s.epilogue {
+        case .none: epilogue = s.bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT
+        case .geluKeepInput: epilogue = CUBLASLT_EPILOGUE_GELU_AUX | (s.bias ? CUBLASLT_EPILOGUE_BIAS : 0)
+        case .geluGradient: epilogue = CUBLASLT_EPILOGUE_DGELU
+        }
         try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, 4), "cublasLtMatmulDescSetAttribute(TRANSA)")
         try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, 4), "cublasLtMatmulDescSetAttribute(TRANSB)")
         try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, 4),
@@ -159,10 +179,18 @@ public final class MatmulEngine {
             try lt.check(lt.preferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES + Int32(i), &v, 4),
                          "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)")
         }
-        if s.bias {  // the heuristic reads the bias pointer's alignment from the descriptor
+        if s.bias {  // the heuristic reads the pointer alignments from the descriptor
             var ptr = bias
             try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ptr, 8),
                          "cublasLtMatmulDescSetAttribute(BIAS_POINTER)")
+        }
+        if s.epilogue == .geluKeepInput || s.epilogue == .geluGradient {
+            var ld = Int64(s.m)
+            try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, 8),
+                         "cublasLtMatmulDescSetAttribute(EPILOGUE_AUX_LD)")
+            var ptr = aux
+            try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &ptr, 8),
+                         "cublasLtMatmulDescSetAttribute(EPILOGUE_AUX_POINTER)")
         }
         var result = [UInt8](repeating: 0, count: heuristicResultBytes)
         var found: Int32 = 0
@@ -174,18 +202,26 @@ public final class MatmulEngine {
         return p
     }
 
-    /// D = op(A) op(B) (+ bias) (+ D if accumulate), on the device's stream.
-    public func run(_ shape: MatmulShape, d: CUdeviceptr, a: CUdeviceptr, b: CUdeviceptr, bias: CUdeviceptr = 0) throws {
+    /// D = op(A) op(B) (+ bias) (+ D if accumulate), then the shape's epilogue, on the device's
+    /// stream. `aux`: the GELU input, (m x n) like D.
+    public func run(_ shape: MatmulShape, d: CUdeviceptr, a: CUdeviceptr, b: CUdeviceptr, bias: CUdeviceptr = 0,
+                    aux: CUdeviceptr = 0) throws {
         var s = shape
         s.alignA = pointerAlignment(a)
         s.alignB = pointerAlignment(b)
         s.alignD = pointerAlignment(d)
         s.alignBias = pointerAlignment(bias)
-        let p = try plan(s, bias: bias)
+        s.alignAux = pointerAlignment(aux)
+        let p = try plan(s, bias: bias, aux: aux)
         if s.bias {
             var ptr = bias
             try lt.check(lt.descSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ptr, 8),
                          "cublasLtMatmulDescSetAttribute(BIAS_POINTER)")
+        }
+        if s.epilogue == .geluKeepInput || s.epilogue == .geluGradient {
+            var ptr = aux
+            try lt.check(lt.descSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &ptr, 8),
+                         "cublasLtMatmulDescSetAttribute(EPILOGUE_AUX_POINTER)")
         }
         var alpha: Float = 1, beta: Float = s.accumulate ? 1 : 0
         try p.algo.withUnsafeBytes { algo in
