@@ -92,6 +92,13 @@ public protocol CachedGeneration: AnyObject {
     func generationStep(token: Int32) throws -> [Float]
 }
 
+/// The check of every `beginGeneration`: a cache of 1 ... maxT positions.
+public func validateGenerationLength(_ maxTokens: Int, maxSeqLen: Int) throws {
+    if maxTokens < 1 || maxTokens > maxSeqLen {
+        throw LLMError("generation: maxTokens \(maxTokens) must be 1...\(maxSeqLen)")
+    }
+}
+
 /// The checks every `CachedGeneration` step makes before it touches its cache.
 public func validateGenerationStep(token: Int32, position: Int, maxTokens: Int, vocabSize: Int) throws {
     if position >= maxTokens {

@@ -52,9 +52,7 @@ final class CUDAGenerationState {
 
 extension CUDAModel: CachedGeneration {
     public func beginGeneration(maxTokens: Int) throws {
-        if maxTokens < 1 || maxTokens > config.maxSeqLen {
-            throw LLMError("generation: maxTokens \(maxTokens) must be 1...\(config.maxSeqLen)")
-        }
+        try validateGenerationLength(maxTokens, maxSeqLen: config.maxSeqLen)
         // A cache at least as long is reused: starting over only rewinds the position.
         if let state = generationState, state.maxTokens >= maxTokens {
             state.position = 0
