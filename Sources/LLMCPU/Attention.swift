@@ -25,38 +25,49 @@ public func attentionForward(_ out: UnsafeMutablePointer<Float>,  // (B, T, C)
             let t = row % T, h = (row / T) % NH, b = row / (T * NH)
             let q = inp + b * T * C3 + t * C3 + h * hs
             let a = att + ((b * NH + h) * T + t) * T
-            var maxval: Float = -10000
-            for t2 in 0 ... t {
-                let k = inp + b * T * C3 + t2 * C3 + C + h * hs
-                let s = dot(q, k, hs) * scale
-                if s > maxval { maxval = s }
-                a[t2] = s
-            }
-            var sum: Float = 0
-            for t2 in 0 ... t {
-                let e = expf(a[t2] - maxval)
-                sum += e
-                a[t2] = e
-            }
-            let inv: Float = sum == 0 ? 0 : 1 / sum
-            for t2 in 0 ... t { a[t2] *= inv }
+            attentionRow(out + b * T * C + t * C + h * hs, a, q, inp + b * T * C3 + C + h * hs,
+                         inp + b * T * C3 + 2 * C + h * hs, C3, t + 1, hs, scale)
             for t2 in (t + 1) ..< T { a[t2] = 0 }
-            let o = out + b * T * C + t * C + h * hs
-            let v0 = inp + b * T * C3 + 2 * C + h * hs
-            var i = 0
-            while i + 16 <= hs {
-                var acc = Vec16()
-                for t2 in 0 ... t { acc += Vec16(repeating: a[t2]) * load16(v0 + t2 * C3 + i) }
-                store16(o + i, acc)
-                i += 16
-            }
-            while i < hs {
-                var s: Float = 0
-                for t2 in 0 ... t { s += a[t2] * v0[t2 * C3 + i] }
-                o[i] = s
-                i += 1
-            }
         }
+    }
+}
+
+/// One query against n keys and values (rows `stride` apart): a[0 ..< n] = softmax(q·k / √hs) with
+/// the running max starting at -10000, o (hs) = Σ a[t2]·v_t2. The training forward and the cached
+/// generation step both call it, so the two agree to the bit.
+@inline(__always)
+func attentionRow(_ o: UnsafeMutablePointer<Float>,     // (hs)
+                  _ a: UnsafeMutablePointer<Float>,     // (n)
+                  _ q: UnsafePointer<Float>,            // (hs)
+                  _ keys: UnsafePointer<Float>,         // (n, stride), hs used
+                  _ values: UnsafePointer<Float>,       // (n, stride), hs used
+                  _ stride: Int, _ n: Int, _ hs: Int, _ scale: Float) {
+    var maxval: Float = -10000
+    for t2 in 0 ..< n {
+        let s = dot(q, keys + t2 * stride, hs) * scale
+        if s > maxval { maxval = s }
+        a[t2] = s
+    }
+    var sum: Float = 0
+    for t2 in 0 ..< n {
+        let e = expf(a[t2] - maxval)
+        sum += e
+        a[t2] = e
+    }
+    let inv: Float = sum == 0 ? 0 : 1 / sum
+    for t2 in 0 ..< n { a[t2] *= inv }
+    var i = 0
+    while i + 16 <= hs {
+        var acc = Vec16()
+        for t2 in 0 ..< n { acc += Vec16(repeating: a[t2]) * load16(values + t2 * stride + i) }
+        store16(o + i, acc)
+        i += 16
+    }
+    while i < hs {
+        var s: Float = 0
+        for t2 in 0 ..< n { s += a[t2] * values[t2 * stride + i] }
+        o[i] = s
+        i += 1
     }
 }
 

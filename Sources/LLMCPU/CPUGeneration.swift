@@ -96,8 +96,8 @@ extension CPUModel: CachedGeneration {
 // MARK: - Layers for one position
 
 /// out (C) = attention of the query in qkv over keys/values 0...pos (the new position's key and
-/// value already in place): llm.c's math, as `attentionForward` computes its row pos, with the
-/// same loops so the two agree to the bit given the same inputs.
+/// value already in place): `attentionRow`, which `attentionForward` calls for its row pos too,
+/// so the two agree to the bit given the same inputs.
 func attentionStep(_ out: UnsafeMutablePointer<Float>,     // (C)
                    _ scores: UnsafeMutablePointer<Float>,  // (NH, maxT)
                    _ qkv: UnsafePointer<Float>,            // (3C) the new position's q | k | v
@@ -113,35 +113,7 @@ func attentionStep(_ out: UnsafeMutablePointer<Float>,     // (C)
         for h in range {
             let q = qkv + h * hs
             let a = scores + h * maxT
-            var maxval: Float = -10000
-            for t2 in 0 ... pos {
-                let s = dot(q, keys + t2 * C + h * hs, hs) * scale
-                if s > maxval { maxval = s }
-                a[t2] = s
-            }
-            var sum: Float = 0
-            for t2 in 0 ... pos {
-                let e = expf(a[t2] - maxval)
-                sum += e
-                a[t2] = e
-            }
-            let inv: Float = sum == 0 ? 0 : 1 / sum
-            for t2 in 0 ... pos { a[t2] *= inv }
-            let o = out + h * hs
-            let v0 = values + h * hs
-            var i = 0
-            while i + 16 <= hs {
-                var acc = Vec16()
-                for t2 in 0 ... pos { acc += Vec16(repeating: a[t2]) * load16(v0 + t2 * C + i) }
-                store16(o + i, acc)
-                i += 16
-            }
-            while i < hs {
-                var s: Float = 0
-                for t2 in 0 ... pos { s += a[t2] * v0[t2 * C + i] }
-                o[i] = s
-                i += 1
-            }
+            attentionRow(out + h * hs, a, q, keys + h * hs, values + h * hs, C, pos + 1, hs, scale)
         }
     }
 }
