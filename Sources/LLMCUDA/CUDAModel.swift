@@ -53,6 +53,11 @@ public final class CUDAModel: GPT2Backend {
     /// $LLM_EPILOGUES=0 turns it off for timing; it turns itself off, with one line on stderr, if
     /// cuBLASLt has no algorithm for a shape.
     public var fusedGELU: Bool
+    /// Bias gradients from the weight-gradient matmuls (cuBLASLt's BGRADB epilogue: the column sums
+    /// of dout while the product reads it anyway) into a bf16 scratch, then added to the gradient,
+    /// instead of the bias_backward kernels' extra pass over dout. bf16 only, off with
+    /// $LLM_EPILOGUES=0, and off (one line on stderr) if cuBLASLt has no algorithm for it.
+    public var fusedBiasGradient: Bool
 
     // Parameters, gradients and optimizer state share one padded layout: each of the 16 tensors
     // starts at a 128-element boundary so that every cuBLASLt operand is well aligned.
@@ -144,6 +149,7 @@ public final class CUDAModel: GPT2Backend {
         let scalarAttention = getenv("LLM_ATTENTION").map { String(cString: $0) } == "scalar"
         useFlashAttention = precision == .bf16 && hs == 64 && !scalarAttention
         fusedGELU = precision == .bf16 && getenv("LLM_EPILOGUES").map { String(cString: $0) } != "0"
+        fusedBiasGradient = fusedGELU
         device = try CUDADevice(ordinal: deviceOrdinal)
         kernels = try KernelLibrary(device: device, precision: precision)
         matmul = try MatmulEngine(device: device, bf16: precision == .bf16)
@@ -362,8 +368,25 @@ public final class CUDAModel: GPT2Backend {
     func matmulBackward(dinp: CUdeviceptr, dweight: CUdeviceptr, dbias: CUdeviceptr?, dout: CUdeviceptr,
                         inp: CUdeviceptr, weight: CUdeviceptr, N: Int, K: Int, OC: Int,
                         geluInput: CUdeviceptr? = nil) throws {
-        try matmul.run(MatmulShape(m: K, n: OC, k: N, transA: false, transB: true, bias: false, accumulate: true),
-                       d: dweight, a: inp, b: dout)
+        // dbias first goes to a bf16 scratch (the epilogue overwrites), `partials`, free until the
+        // add below consumes it.
+        var biasDone = false
+        if let dbias, fusedBiasGradient, OC % pack == 0 {
+            do {
+                try matmul.run(MatmulShape(m: K, n: OC, k: N, transA: false, transB: true, bias: true, accumulate: true,
+                                           epilogue: .biasGradient),
+                               d: dweight, a: inp, b: dout, bias: partials)
+                try launch1D("residual_forward", count: OC / pack, [.ptr(dbias), .ptr(dbias), .ptr(partials), .i64(Int64(OC))])
+                biasDone = true
+            } catch let e as LLMError {
+                fusedBiasGradient = false
+                fputs("cuda model: bias gradients from cuBLASLt off (\(e.message))\n", stderr)
+            }
+        }
+        if !biasDone {
+            try matmul.run(MatmulShape(m: K, n: OC, k: N, transA: false, transB: true, bias: false, accumulate: true),
+                           d: dweight, a: inp, b: dout)
+        }
         let dinpShape = MatmulShape(m: K, n: N, k: OC, transA: false, transB: false, bias: false, accumulate: false)
         var geluFused = false
         if let g = geluInput, fusedGELU {
@@ -381,7 +404,7 @@ public final class CUDAModel: GPT2Backend {
         if let g = geluInput, !geluFused {
             try launch1D("gelu_backward", count: N * K / pack, [.ptr(dinp), .ptr(g), .ptr(dinp), .i64(Int64(N * K))])
         }
-        if let dbias = dbias {
+        if let dbias = dbias, !biasDone {
             let rowBlocks = min(CUDAModel.maxBiasRowBlocks, (N + 255) / 256)
             let rowsPerBlock = (N + rowBlocks - 1) / rowBlocks
             try launch("bias_backward_partial", grid: ((OC + 31) / 32, rowBlocks, 1), block: (32, 8, 1),
@@ -393,8 +416,28 @@ public final class CUDAModel: GPT2Backend {
 
     func layerNormForward(_ out: CUdeviceptr, _ mean: CUdeviceptr, _ rstd: CUdeviceptr, _ inp: CUdeviceptr,
                           _ weight: CUdeviceptr, _ bias: CUdeviceptr, N: Int, C: Int) throws {
+        try residualLayerNormForward(residual: nil, out, mean, rstd, inp, nil, weight, bias, N: N, C: C)
+    }
+
+    /// With b: residual (N, C) = a + b, then out (N, C) = layernorm(residual); without: out =
+    /// layernorm(a). One kernel (one warp per row in registers) up to 2048 channels; wider rows
+    /// take the residual and layernorm kernels in turn.
+    func residualLayerNormForward(residual: CUdeviceptr?, _ out: CUdeviceptr, _ mean: CUdeviceptr, _ rstd: CUdeviceptr,
+                                  _ a: CUdeviceptr, _ b: CUdeviceptr?, _ weight: CUdeviceptr, _ bias: CUdeviceptr,
+                                  N: Int, C: Int) throws {
         let warpsPerBlock = 8
-        try launch("layernorm_forward", grid: ((N + warpsPerBlock - 1) / warpsPerBlock, 1, 1), block: (32 * warpsPerBlock, 1, 1),
+        let grid = ((N + warpsPerBlock - 1) / warpsPerBlock, 1, 1), block = (32 * warpsPerBlock, 1, 1)
+        if C <= 2048 && C % pack == 0 {  // LN_MAX_C in layernorm.cu
+            return try launch("residual_layernorm_forward", grid: grid, block: block,
+                              [.ptr(residual ?? 0), .ptr(out), .ptr(mean), .ptr(rstd), .ptr(a), .ptr(b ?? 0), .ptr(weight),
+                               .ptr(bias), .i32(Int32(N)), .i32(Int32(C))])
+        }
+        var inp = a
+        if let b, let residual {
+            try launch1D("residual_forward", count: (N * C + pack - 1) / pack, [.ptr(residual), .ptr(a), .ptr(b), .i64(Int64(N * C))])
+            inp = residual
+        }
+        try launch("layernorm_forward", grid: grid, block: block,
                    [.ptr(out), .ptr(mean), .ptr(rstd), .ptr(inp), .ptr(weight), .ptr(bias), .i32(Int32(N)), .i32(Int32(C))])
     }
 
@@ -443,6 +486,9 @@ public final class CUDAModel: GPT2Backend {
         try launch1D("encoder_forward", count: N * C,
                      [.ptr(encoded), .ptr(tokens), .ptr(tensor(params, .wte)), .ptr(tensor(params, .wpe)),
                       .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(C))])
+        // Each residual add runs in one kernel with the layernorm that reads its result: residual2
+        // with ln2, residual3 with the next layer's ln1 (or lnf after the last layer).
+        try layerNormForward(ln1Layer(0), ln1Mean, ln1Rstd, encoded, tensor(params, .ln1w), tensor(params, .ln1b), N: N, C: C)
         for l in 0 ..< L {
             let residual = l == 0 ? encoded : elements(residual3, (l - 1) * BTmax * C)
             let ln1l = ln1Layer(l), qkvl = elements(qkv, l * BTmax * 3 * C)
@@ -450,24 +496,28 @@ public final class CUDAModel: GPT2Backend {
             let res2l = elements(residual2, l * BTmax * C), ln2l = ln2Layer(l)
             let fchl = elements(fch, l * BTmax * 4 * C), geluL = geluLayer(l)
             let res3l = elements(residual3, l * BTmax * C)
-            try layerNormForward(ln1l, floats(ln1Mean, l * BTmax), floats(ln1Rstd, l * BTmax), residual,
-                                 tensor(params, .ln1w, layer: l), tensor(params, .ln1b, layer: l), N: N, C: C)
             try matmulForward(qkvl, ln1l, tensor(params, .qkvw, layer: l), tensor(params, .qkvb, layer: l),
                               N: N, K: C, OC: 3 * C)
             try attentionForward(out: attyl, lse: lsel, qkv: qkvl, B: B, T: T)
             try matmulForward(scratchBTC, attyl, tensor(params, .attprojw, layer: l),
                               tensor(params, .attprojb, layer: l), N: N, K: C, OC: C)
-            try launch1D("residual_forward", count: N * C / pack, [.ptr(res2l), .ptr(residual), .ptr(scratchBTC), .i64(Int64(N * C))])
-            try layerNormForward(ln2l, floats(ln2Mean, l * BTmax), floats(ln2Rstd, l * BTmax), res2l,
-                                 tensor(params, .ln2w, layer: l), tensor(params, .ln2b, layer: l), N: N, C: C)
+            try residualLayerNormForward(residual: res2l, ln2l, floats(ln2Mean, l * BTmax), floats(ln2Rstd, l * BTmax),
+                                         residual, scratchBTC, tensor(params, .ln2w, layer: l),
+                                         tensor(params, .ln2b, layer: l), N: N, C: C)
             try fcForward(fch: fchl, gelu: geluL, inp: ln2l, weight: tensor(params, .fcw, layer: l),
                           bias: tensor(params, .fcb, layer: l), N: N, C: C)
             try matmulForward(scratchBTC, geluL, tensor(params, .fcprojw, layer: l),
                               tensor(params, .fcprojb, layer: l), N: N, K: 4 * C, OC: C)
-            try launch1D("residual_forward", count: N * C / pack, [.ptr(res3l), .ptr(res2l), .ptr(scratchBTC), .i64(Int64(N * C))])
+            if l + 1 < L {  // ln1 of the next layer (with recompute 2 it shares the buffer ln2 just left)
+                try residualLayerNormForward(residual: res3l, ln1Layer(l + 1), floats(ln1Mean, (l + 1) * BTmax),
+                                             floats(ln1Rstd, (l + 1) * BTmax), res2l, scratchBTC,
+                                             tensor(params, .ln1w, layer: l + 1), tensor(params, .ln1b, layer: l + 1),
+                                             N: N, C: C)
+            } else {
+                try residualLayerNormForward(residual: res3l, lnf, lnfMean, lnfRstd, res2l, scratchBTC,
+                                             tensor(params, .lnfw), tensor(params, .lnfb), N: N, C: C)
+            }
         }
-        try layerNormForward(lnf, lnfMean, lnfRstd, elements(residual3, (L - 1) * BTmax * C),
-                             tensor(params, .lnfw), tensor(params, .lnfb), N: N, C: C)
         try matmulForward(logitsBuffer, lnf, tensor(params, .wte), nil, N: N, K: C, OC: Vp)
         guard targets != nil else {
             hostLosses = []
@@ -668,6 +718,6 @@ public final class CUDAModel: GPT2Backend {
     public var memorySummary: String {
         func mib(_ b: Int) -> String { "\(b >> 20) MiB" }
         return "parameters+grads+AdamW \(mib(parameterBytes)), activations \(mib(activationBytes)) (recompute \(recompute)), "
-            + "GELU in cuBLASLt epilogues \(fusedGELU ? "on" : "off")"
+            + "GELU in cuBLASLt epilogues \(fusedGELU ? "on" : "off"), bias gradients in epilogues \(fusedBiasGradient ? "on" : "off")"
     }
 }

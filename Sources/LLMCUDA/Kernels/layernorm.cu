@@ -3,6 +3,7 @@
 #include "common.cuh"
 
 // One warp per row: out (N, C) = (inp - mean) * rstd * weight + bias; mean, rstd (N) in fp32.
+// Used only for rows wider than residual_layernorm_forward takes (C > LN_MAX_C or C % PACK != 0).
 extern "C" __global__ void layernorm_forward(floatX* out, float* mean, float* rstd, const floatX* inp,
                                              const floatX* weight, const floatX* bias, int N, int C) {
     int lane = threadIdx.x & 31;
@@ -18,6 +19,60 @@ extern "C" __global__ void layernorm_forward(floatX* out, float* mean, float* rs
     floatX* o = out + (long long)row * C;
     for (int c = lane; c < C; c += 32) {
         o[c] = fromFloat((toFloat(x[c]) - m) * s * toFloat(weight[c]) + toFloat(bias[c]));
+    }
+    if (lane == 0) { mean[row] = m; rstd[row] = s; }
+}
+
+// The widest row residual_layernorm_forward keeps in registers: PACK-element packs per lane.
+#define LN_MAX_C 2048
+#define LN_PACKS (LN_MAX_C / (32 * PACK))
+
+// One warp per row, the row held in registers as 16-byte packs (C % PACK == 0, C <= LN_MAX_C):
+// with b, residual (N, C) = a + b (rounded to floatX) and out = layernorm(residual); with b null,
+// out = layernorm(a) and residual is not touched. mean, rstd (N) in fp32, of the rounded residual,
+// so a later call on the stored residual (recompute 2) gives the same bits. Fusing the add saves a
+// read of the residual; the packs make it one pass over memory where layernorm_forward reads
+// 2-byte elements three times.
+extern "C" __global__ void residual_layernorm_forward(floatX* residual, floatX* out, float* mean, float* rstd,
+                                                      const floatX* a, const floatX* b, const floatX* weight,
+                                                      const floatX* bias, int N, int C) {
+    int lane = threadIdx.x & 31;
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= N) return;
+    const long long base = (long long)row * C;
+    Pack x[LN_PACKS];
+    float sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < LN_PACKS; i++) {
+        int c = (i * 32 + lane) * PACK;
+        if (c >= C) break;
+        x[i] = loadPack(a + base + c);
+        if (b != nullptr) {
+            Pack y = loadPack(b + base + c);
+#pragma unroll
+            for (int k = 0; k < PACK; k++) x[i].v[k] = fromFloat(toFloat(x[i].v[k]) + toFloat(y.v[k]));
+            storePack(residual + base + c, x[i]);
+        }
+#pragma unroll
+        for (int k = 0; k < PACK; k++) sum += toFloat(x[i].v[k]);
+    }
+    const float m = warpSum(sum) / C;
+    float var = 0.0f;
+#pragma unroll
+    for (int i = 0; i < LN_PACKS; i++) {
+        if ((i * 32 + lane) * PACK >= C) break;
+#pragma unroll
+        for (int k = 0; k < PACK; k++) { float d = toFloat(x[i].v[k]) - m; var += d * d; }
+    }
+    const float s = rsqrtf(warpSum(var) / C + 1e-5f);
+#pragma unroll
+    for (int i = 0; i < LN_PACKS; i++) {
+        int c = (i * 32 + lane) * PACK;
+        if (c >= C) break;
+        Pack w = loadPack(weight + c), bb = loadPack(bias + c), o;
+#pragma unroll
+        for (int k = 0; k < PACK; k++) o.v[k] = fromFloat((toFloat(x[i].v[k]) - m) * s * toFloat(w.v[k]) + toFloat(bb.v[k]));
+        storePack(out + base + c, o);
     }
     if (lane == 0) { mean[row] = m; rstd[row] = s; }
 }
