@@ -3,14 +3,10 @@
 // and one write per logit). Probabilities are never stored. Rows are read in 16-byte packs (Vp % PACK == 0).
 #include "common.cuh"
 
-// losses (N) = -log softmax(logits[row])[targets[row]]; lse (N) = log sum exp of the row's first V
-// logits. One block per row; each thread keeps a running maximum and the sum scaled to it (online
-// softmax: one pass over the row), then the block combines them.
-extern "C" __global__ void classifier_loss(float* losses, float* lse, const floatX* logits, const int* targets,
-                                           int V, int Vp) {
-    __shared__ float scratch[32];
-    long long row = blockIdx.x;
-    const floatX* x = logits + row * Vp;
+// The row's log-sum-exp over its first V logits, for every thread of the block. Each thread keeps a
+// running maximum and the sum scaled to it (online softmax: one pass over the row), then the block
+// combines them.
+__device__ float rowLogSumExp(const floatX* x, int V, float* scratch) {
     float m = NEG_INFINITY, s = 0.0f;
     for (int c = threadIdx.x * PACK; c < V; c += blockDim.x * PACK) {
         Pack p = loadPack(x + c);
@@ -25,21 +21,11 @@ extern "C" __global__ void classifier_loss(float* losses, float* lse, const floa
     }
     float rowMax = blockMax(m, scratch);
     float rowSum = blockSum(m == NEG_INFINITY ? 0.0f : s * expf(m - rowMax), scratch);
-    if (threadIdx.x == 0) {
-        float l = rowMax + logf(rowSum);
-        lse[row] = l;
-        losses[row] = l - toFloat(x[targets[row]]);
-    }
+    return rowMax + logf(rowSum);
 }
 
-// logits[row] := (softmax - onehot(target)) * dloss for the first V columns, 0 for the padding,
-// with softmax = exp(logit - lse[row]) from classifier_loss.
-extern "C" __global__ void classifier_backward(floatX* logits, const float* lse, const int* targets, float dloss,
-                                               int V, int Vp) {
-    long long row = blockIdx.x;
-    floatX* x = logits + row * Vp;
-    const float l = lse[row];
-    const int target = targets[row];
+// dlogits for the first V columns, 0 for the padding, written over the row: (softmax - onehot) * dloss.
+__device__ void rowGradient(floatX* x, float l, int target, float dloss, int V, int Vp) {
     for (int c = threadIdx.x * PACK; c < Vp; c += blockDim.x * PACK) {
         Pack p = loadPack(x + c);
 #pragma unroll
@@ -50,4 +36,44 @@ extern "C" __global__ void classifier_backward(floatX* logits, const float* lse,
         }
         storePack(x + c, p);
     }
+}
+
+// losses (N) = -log softmax(logits[row])[targets[row]]; lse (N) = log sum exp of the row's first V
+// logits. One block per row.
+extern "C" __global__ void classifier_loss(float* losses, float* lse, const floatX* logits, const int* targets,
+                                           int V, int Vp) {
+    __shared__ float scratch[32];
+    long long row = blockIdx.x;
+    const floatX* x = logits + row * Vp;
+    float l = rowLogSumExp(x, V, scratch);
+    if (threadIdx.x == 0) {
+        lse[row] = l;
+        losses[row] = l - toFloat(x[targets[row]]);
+    }
+}
+
+// logits[row] := (softmax - onehot(target)) * dloss for the first V columns, 0 for the padding,
+// with softmax = exp(logit - lse[row]) from classifier_loss.
+extern "C" __global__ void classifier_backward(floatX* logits, const float* lse, const int* targets, float dloss,
+                                               int V, int Vp) {
+    long long row = blockIdx.x;
+    rowGradient(logits + row * Vp, lse[row], targets[row], dloss, V, Vp);
+}
+
+// Both of the above in one launch for a training micro-step: the loss and log-sum-exp, then the
+// gradient over the same row while it is still in L2 (a row is Vp * 2 bytes, ~100 KB at GPT-2's
+// vocabulary), so the logits come from memory once instead of twice. Same arithmetic, same bits.
+extern "C" __global__ void classifier_loss_backward(floatX* logits, float* losses, float* lse, const int* targets,
+                                                    float dloss, int V, int Vp) {
+    __shared__ float scratch[32];
+    long long row = blockIdx.x;
+    floatX* x = logits + row * Vp;
+    const int target = targets[row];
+    const float targetLogit = toFloat(x[target]);  // read before any thread overwrites the row
+    float l = rowLogSumExp(x, V, scratch);          // ends with a barrier: every read of pass one is done
+    if (threadIdx.x == 0) {
+        lse[row] = l;
+        losses[row] = l - targetLogit;
+    }
+    rowGradient(x, l, target, dloss, V, Vp);
 }
