@@ -56,7 +56,8 @@ public final class CUDAModel: GPT2Backend {
     /// Bias gradients from the weight-gradient matmuls (cuBLASLt's BGRADB epilogue: the column sums
     /// of dout while the product reads it anyway) into a bf16 scratch, then added to the gradient,
     /// instead of the bias_backward kernels' extra pass over dout. bf16 only, off with
-    /// $LLM_EPILOGUES=0, and off (one line on stderr) if cuBLASLt has no algorithm for it.
+    /// $LLM_EPILOGUES=0 or $LLM_BIAS_EPILOGUE=0 (timing), and off (one line on stderr) if cuBLASLt
+    /// has no algorithm for it.
     public var fusedBiasGradient: Bool
 
     // Parameters, gradients and optimizer state share one padded layout: each of the 16 tensors
@@ -149,7 +150,7 @@ public final class CUDAModel: GPT2Backend {
         let scalarAttention = getenv("LLM_ATTENTION").map { String(cString: $0) } == "scalar"
         useFlashAttention = precision == .bf16 && hs == 64 && !scalarAttention
         fusedGELU = precision == .bf16 && getenv("LLM_EPILOGUES").map { String(cString: $0) } != "0"
-        fusedBiasGradient = fusedGELU
+        fusedBiasGradient = fusedGELU && getenv("LLM_BIAS_EPILOGUE").map { String(cString: $0) } != "0"
         device = try CUDADevice(ordinal: deviceOrdinal)
         kernels = try KernelLibrary(device: device, precision: precision)
         matmul = try MatmulEngine(device: device, bf16: precision == .bf16)
