@@ -177,10 +177,12 @@ public final class KernelLibrary {
                     }
                     ptrs[i] = raw
                 }
-                try d.check(d.cuLaunchKernel(f.handle, UInt32(grid.0), UInt32(grid.1), UInt32(grid.2),
-                                             UInt32(block.0), UInt32(block.1), UInt32(block.2), UInt32(shared),
-                                             device.stream, ptrs.baseAddress, nil),
-                            "cuLaunchKernel(\(f.name), grid \(grid), block \(block), shared \(shared))")
+                try device.profiled(f.name) {
+                    try d.check(d.cuLaunchKernel(f.handle, UInt32(grid.0), UInt32(grid.1), UInt32(grid.2),
+                                                 UInt32(block.0), UInt32(block.1), UInt32(block.2), UInt32(shared),
+                                                 device.stream, ptrs.baseAddress, nil),
+                                "cuLaunchKernel(\(f.name), grid \(grid), block \(block), shared \(shared))")
+                }
             }
         }
     }

@@ -4,6 +4,7 @@
 import ArgumentParser
 import LLM
 import LLMCPU
+import LLMCUDA
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -38,6 +39,8 @@ struct BenchTrain: ParsableCommand {
     var recompute: Int = 1
     @Option(help: "CPU threads (default: all cores).")
     var threads: Int?
+    @Flag(help: "GPU: after the timed steps, run one more with every kernel and matmul timed (CUDA events) and print the time per kernel.")
+    var profile = false
 
     func validate() throws {
         if batch <= 0 || seqLen <= 0 { throw ValidationError("--batch and --seq-len must be > 0") }
@@ -76,8 +79,7 @@ struct BenchTrain: ParsableCommand {
         var times: [Double] = []
         var peakDeviceMemory = 0
         var firstStepSeconds = 0.0
-        for step in 0 ..< warmupSteps + steps {
-            let t0 = monotonicSeconds()
+        func trainingStep(_ step: Int) throws -> Float {
             backend.zeroGradients()
             var loss: Float = 0
             for _ in 0 ..< accum {
@@ -89,6 +91,11 @@ struct BenchTrain: ParsableCommand {
             try backend.update(AdamWSettings(learningRate: 1e-4, weightDecay: 0.1, t: step + 1,
                                              gradScale: norm > 1 ? 1 / norm : 1))
             _ = try backend.gradientNorm()  // waits for the update on a GPU
+            return loss
+        }
+        for step in 0 ..< warmupSteps + steps {
+            let t0 = monotonicSeconds()
+            let loss = try trainingStep(step)
             let seconds = monotonicSeconds() - t0
             if step == 0 { firstStepSeconds = monotonicSeconds() - startup }
             if let used = try backend.deviceMemoryInUse() { peakDeviceMemory = max(peakDeviceMemory, used) }
@@ -123,8 +130,30 @@ struct BenchTrain: ParsableCommand {
             }
             rows.append(("peak GPU memory in use", format("%.2f GiB", Double(peakDeviceMemory) / Double(1 << 30))))
         }
+        if profile, let cuda = backend as? CUDAModel {
+            try printProfile(cuda) { _ = try trainingStep(warmupSteps + steps) }
+        }
         print("")
         for (k, v) in rows { print(k.padding(24) + v) }
+    }
+
+    /// One step with every launch timed: the kernels by total time, then the sum against the span.
+    func printProfile(_ model: CUDAModel, _ step: () throws -> Void) throws {
+        let profiler = KernelProfiler(device: model.device)
+        model.device.profiler = profiler
+        defer { model.device.profiler = nil }
+        let t0 = monotonicSeconds()
+        try step()
+        let wall = (monotonicSeconds() - t0) * 1000
+        let (kernels, busy, span) = try profiler.report()
+        print("")
+        print("kernel (one profiled step)".padding(44) + "calls  total ms    ms/call   share")
+        for k in kernels {
+            print(k.name.padding(44) + format("%5ld %9.2f %10.4f %6.1f %%", k.calls, k.milliseconds,
+                                               k.milliseconds / Double(k.calls), 100 * k.milliseconds / busy))
+        }
+        print(format("sum of kernel times %.1f ms; first start to last end %.1f ms (%.1f ms between kernels); "
+                     + "step on the host clock %.1f ms (events add a little)", busy, span, span - busy, wall))
     }
 }
 

@@ -164,6 +164,8 @@ public final class CUDADevice {
     public let maxSharedMemoryPerBlock: Int
     let context: CUhandle
     public let stream: CUhandle
+    /// When set, every kernel launch and matmul on the stream is timed (KernelProfiler.swift).
+    public var profiler: KernelProfiler?
 
     public init(ordinal: Int = 0) throws {
         let d = try CUDADriver.get()
@@ -248,7 +250,9 @@ public final class CUDADevice {
 
     public func zero(_ p: CUdeviceptr, bytes: Int) throws {
         if bytes == 0 { return }
-        try driver.check(driver.cuMemsetD8Async(p, 0, bytes, stream), "cuMemsetD8Async(\(bytes) bytes)")
+        try profiled("memset") {
+            try driver.check(driver.cuMemsetD8Async(p, 0, bytes, stream), "cuMemsetD8Async(\(bytes) bytes)")
+        }
     }
 
     // MARK: Timing

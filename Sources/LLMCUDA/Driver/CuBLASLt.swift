@@ -117,6 +117,21 @@ public struct MatmulShape: Hashable {
     var alignA = 256, alignB = 256, alignD = 256, alignBias = 256, alignAux = 256
 }
 
+extension MatmulShape {
+    /// "768x65536x3072 NN dgelu": m x n x k, whether A and B are transposed, the epilogue.
+    var profileName: String {
+        let ops = (transA ? "T" : "N") + (transB ? "T" : "N")
+        let tail: String
+        switch epilogue {
+        case .none: tail = bias ? " bias" : ""
+        case .geluKeepInput: tail = " bias+gelu"
+        case .geluGradient: tail = " dgelu"
+        case .biasGradient: tail = " bgrad"
+        }
+        return "\(m)x\(n)x\(k) \(ops)" + tail + (accumulate ? " +=" : "")
+    }
+}
+
 @inline(__always) func pointerAlignment(_ p: CUdeviceptr) -> Int {
     p == 0 ? 256 : min(256, 1 << p.trailingZeroBitCount)
 }
@@ -229,10 +244,12 @@ public final class MatmulEngine {
                          "cublasLtMatmulDescSetAttribute(EPILOGUE_AUX_POINTER)")
         }
         var alpha: Float = 1, beta: Float = s.accumulate ? 1 : 0
-        try p.algo.withUnsafeBytes { algo in
-            try lt.check(lt.matmul(handle, p.desc, &alpha, a, p.a, b, p.b, &beta, d, p.d, d, p.d,
-                                   algo.baseAddress, workspace, workspaceBytes, device.stream),
-                         "cublasLtMatmul(m \(s.m) n \(s.n) k \(s.k))")
+        try device.profiled("matmul \(s.profileName)") {
+            try p.algo.withUnsafeBytes { algo in
+                try lt.check(lt.matmul(handle, p.desc, &alpha, a, p.a, b, p.b, &beta, d, p.d, d, p.d,
+                                       algo.baseAddress, workspace, workspaceBytes, device.stream),
+                             "cublasLtMatmul(m \(s.m) n \(s.n) k \(s.k))")
+            }
         }
     }
 }
