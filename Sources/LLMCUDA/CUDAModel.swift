@@ -53,12 +53,6 @@ public final class CUDAModel: GPT2Backend {
     /// $LLM_EPILOGUES=0 turns it off for timing; it turns itself off, with one line on stderr, if
     /// cuBLASLt has no algorithm for a shape.
     public var fusedGELU: Bool
-    /// Bias gradients from the weight-gradient matmuls (cuBLASLt's BGRADB epilogue: the column sums
-    /// of dout while the product reads it anyway) into a bf16 scratch, then added to the gradient,
-    /// instead of the bias_backward kernels' extra pass over dout. bf16 only, off with
-    /// $LLM_EPILOGUES=0 or $LLM_BIAS_EPILOGUE=0 (timing), and off (one line on stderr) if cuBLASLt
-    /// has no algorithm for it.
-    public var fusedBiasGradient: Bool
 
     // Parameters, gradients and optimizer state share one padded layout: each of the 16 tensors
     // starts at a 128-element boundary so that every cuBLASLt operand is well aligned.
@@ -150,7 +144,6 @@ public final class CUDAModel: GPT2Backend {
         let scalarAttention = getenv("LLM_ATTENTION").map { String(cString: $0) } == "scalar"
         useFlashAttention = precision == .bf16 && hs == 64 && !scalarAttention
         fusedGELU = precision == .bf16 && getenv("LLM_EPILOGUES").map { String(cString: $0) } != "0"
-        fusedBiasGradient = fusedGELU && getenv("LLM_BIAS_EPILOGUE").map { String(cString: $0) } != "0"
         device = try CUDADevice(ordinal: deviceOrdinal)
         kernels = try KernelLibrary(device: device, precision: precision)
         matmul = try MatmulEngine(device: device, bf16: precision == .bf16)
@@ -369,25 +362,8 @@ public final class CUDAModel: GPT2Backend {
     func matmulBackward(dinp: CUdeviceptr, dweight: CUdeviceptr, dbias: CUdeviceptr?, dout: CUdeviceptr,
                         inp: CUdeviceptr, weight: CUdeviceptr, N: Int, K: Int, OC: Int,
                         geluInput: CUdeviceptr? = nil) throws {
-        // dbias first goes to a bf16 scratch (the epilogue overwrites), `partials`, free until the
-        // add below consumes it.
-        var biasDone = false
-        if let dbias, fusedBiasGradient, OC % pack == 0 {
-            do {
-                try matmul.run(MatmulShape(m: K, n: OC, k: N, transA: false, transB: true, bias: true, accumulate: true,
-                                           epilogue: .biasGradient),
-                               d: dweight, a: inp, b: dout, bias: partials)
-                try launch1D("residual_forward", count: OC / pack, [.ptr(dbias), .ptr(dbias), .ptr(partials), .i64(Int64(OC))])
-                biasDone = true
-            } catch let e as LLMError {
-                fusedBiasGradient = false
-                fputs("cuda model: bias gradients from cuBLASLt off (\(e.message))\n", stderr)
-            }
-        }
-        if !biasDone {
-            try matmul.run(MatmulShape(m: K, n: OC, k: N, transA: false, transB: true, bias: false, accumulate: true),
-                           d: dweight, a: inp, b: dout)
-        }
+        try matmul.run(MatmulShape(m: K, n: OC, k: N, transA: false, transB: true, bias: false, accumulate: true),
+                       d: dweight, a: inp, b: dout)
         let dinpShape = MatmulShape(m: K, n: N, k: OC, transA: false, transB: false, bias: false, accumulate: false)
         var geluFused = false
         if let g = geluInput, fusedGELU {
@@ -405,7 +381,7 @@ public final class CUDAModel: GPT2Backend {
         if let g = geluInput, !geluFused {
             try launch1D("gelu_backward", count: N * K / pack, [.ptr(dinp), .ptr(g), .ptr(dinp), .i64(Int64(N * K))])
         }
-        if let dbias = dbias, !biasDone {
+        if let dbias = dbias {
             let rowBlocks = min(CUDAModel.maxBiasRowBlocks, (N + 255) / 256)
             let rowsPerBlock = (N + rowBlocks - 1) / rowBlocks
             try launch("bias_backward_partial", grid: ((OC + 31) / 32, rowBlocks, 1), block: (32, 8, 1),
@@ -719,6 +695,6 @@ public final class CUDAModel: GPT2Backend {
     public var memorySummary: String {
         func mib(_ b: Int) -> String { "\(b >> 20) MiB" }
         return "parameters+grads+AdamW \(mib(parameterBytes)), activations \(mib(activationBytes)) (recompute \(recompute)), "
-            + "GELU in cuBLASLt epilogues \(fusedGELU ? "on" : "off"), bias gradients in epilogues \(fusedBiasGradient ? "on" : "off")"
+            + "GELU in cuBLASLt epilogues \(fusedGELU ? "on" : "off")"
     }
 }

@@ -1,6 +1,6 @@
 // cuBLASLt (libcublasLt.so) through dlopen: the matmuls of the model, bf16 or fp32 in/out with
-// fp32 accumulation, optional epilogues (bias, GELU with its input kept, GELU gradient, bias
-// gradient), one cached descriptor set and algorithm per shape.
+// fp32 accumulation, optional epilogues (bias, GELU with its input kept, GELU gradient), one
+// cached descriptor set and algorithm per shape.
 
 #if canImport(Glibc)
 import Glibc
@@ -35,7 +35,6 @@ let CUBLASLT_EPILOGUE_DEFAULT: UInt32 = 1
 let CUBLASLT_EPILOGUE_BIAS: UInt32 = 4
 let CUBLASLT_EPILOGUE_GELU_AUX: UInt32 = 32 | 128
 let CUBLASLT_EPILOGUE_DGELU: UInt32 = 64 | 128
-let CUBLASLT_EPILOGUE_BGRADB: UInt32 = 512
 let CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES: Int32 = 1
 let CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES: Int32 = 5  // then B 6, C 7, D 8
 /// sizeof(cublasLtMatmulHeuristicResult_t): algo (8 x uint64), workspaceSize, state, wavesCount, reserved[4].
@@ -99,9 +98,6 @@ public enum MatmulEpilogue: Hashable {
     case geluKeepInput
     /// D = result * gelu'(aux), aux the GELU input kept by `geluKeepInput`.
     case geluGradient
-    /// D as usual, and `bias` (n, D's type) = the sums of op(B) over k: the bias gradient of a
-    /// weight-gradient product, written (not accumulated). Needs `bias: true` in the shape.
-    case biasGradient
 }
 
 /// One matmul problem in cuBLAS's column-major terms: D (m x n) = alpha op(A) op(B) + beta D,
@@ -126,7 +122,6 @@ extension MatmulShape {
         case .none: tail = bias ? " bias" : ""
         case .geluKeepInput: tail = " bias+gelu"
         case .geluGradient: tail = " dgelu"
-        case .biasGradient: tail = " bgrad"
         }
         return "\(m)x\(n)x\(k) \(ops)" + tail + (accumulate ? " +=" : "")
     }
@@ -173,7 +168,6 @@ public final class MatmulEngine {
         case .none: epilogue = s.bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT
         case .geluKeepInput: epilogue = CUBLASLT_EPILOGUE_GELU_AUX | (s.bias ? CUBLASLT_EPILOGUE_BIAS : 0)
         case .geluGradient: epilogue = CUBLASLT_EPILOGUE_DGELU
-        case .biasGradient: epilogue = CUBLASLT_EPILOGUE_BGRADB
         }
         try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, 4), "cublasLtMatmulDescSetAttribute(TRANSA)")
         try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, 4), "cublasLtMatmulDescSetAttribute(TRANSB)")
