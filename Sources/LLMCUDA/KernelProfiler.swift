@@ -32,22 +32,28 @@ public final class KernelProfiler {
         marks.append((started.0, started.1, try nextEvent()))
     }
 
-    /// Waits for the work, then returns the time per name (largest first), the sum of all kernel
-    /// times and the span from the first start to the last end (the difference: the GPU idle between
-    /// kernels), and forgets the marks.
-    public func report() throws -> (kernels: [KernelTime], busyMs: Double, spanMs: Double) {
+    /// Waits for the work, then returns the time per name (largest first), the GPU idle time before
+    /// each name (the host had not launched it yet; largest first), the sum of all kernel times and
+    /// the span from the first start to the last end, and forgets the marks.
+    public func report() throws -> (kernels: [KernelTime], idleBefore: [KernelTime], busyMs: Double, spanMs: Double) {
         defer { marks = []; used = 0 }
-        guard let first = marks.first, let last = marks.last else { return ([], 0, 0) }
-        var byName: [String: KernelTime] = [:]
+        guard let first = marks.first, let last = marks.last else { return ([], [], 0, 0) }
+        var byName: [String: KernelTime] = [:], idle: [String: KernelTime] = [:]
         var busy = 0.0
-        for m in marks {
+        for (i, m) in marks.enumerated() {
             let ms = Double(try device.elapsedMilliseconds(events[m.start], events[m.end]))
             busy += ms
             byName[m.name, default: KernelTime(name: m.name, calls: 0, milliseconds: 0)].calls += 1
             byName[m.name]!.milliseconds += ms
+            if i > 0 {
+                let gap = Double(try device.elapsedMilliseconds(events[marks[i - 1].end], events[m.start]))
+                idle[m.name, default: KernelTime(name: m.name, calls: 0, milliseconds: 0)].calls += 1
+                idle[m.name]!.milliseconds += gap
+            }
         }
         let span = Double(try device.elapsedMilliseconds(events[first.start], events[last.end]))
-        return (byName.values.sorted { $0.milliseconds > $1.milliseconds }, busy, span)
+        func largestFirst(_ d: [String: KernelTime]) -> [KernelTime] { d.values.sorted { $0.milliseconds > $1.milliseconds } }
+        return (largestFirst(byName), largestFirst(idle), busy, span)
     }
 }
 

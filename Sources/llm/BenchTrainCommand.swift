@@ -145,7 +145,7 @@ struct BenchTrain: ParsableCommand {
         let t0 = monotonicSeconds()
         try step()
         let wall = (monotonicSeconds() - t0) * 1000
-        let (kernels, busy, span) = try profiler.report()
+        let (kernels, idle, busy, span) = try profiler.report()
         print("")
         print("kernel (one profiled step)".padding(44) + "calls  total ms    ms/call   share")
         for k in kernels {
@@ -154,6 +154,8 @@ struct BenchTrain: ParsableCommand {
         }
         print(format("sum of kernel times %.1f ms; first start to last end %.1f ms (%.1f ms between kernels); "
                      + "step on the host clock %.1f ms (events add a little)", busy, span, span - busy, wall))
+        print("GPU idle before (largest):  "
+              + idle.prefix(6).map { $0.name + format(" %.2f ms", $0.milliseconds) }.joined(separator: ", "))
     }
 }
 
