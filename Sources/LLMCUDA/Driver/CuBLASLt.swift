@@ -139,8 +139,11 @@ public final class MatmulEngine {
     let dataType: CudaDataType
     let workspace: CUdeviceptr
     let workspaceBytes = 32 << 20
-    struct Plan { let desc: OpaquePointer; let a: OpaquePointer; let b: OpaquePointer; let d: OpaquePointer; let algo: [UInt8] }
+    struct Plan { let desc: OpaquePointer; let a: OpaquePointer; let b: OpaquePointer; let d: OpaquePointer; var algo: [UInt8] }
     var plans: [MatmulShape: Plan] = [:]
+    /// $LLM_MATMUL_TUNE=1: time up to 8 of the heuristic's algorithms for each new shape and keep
+    /// the fastest (an experiment: the choice can differ from run to run, and with it the bits).
+    let tune = getenv("LLM_MATMUL_TUNE").map { String(cString: $0) } == "1"
 
     /// `bf16`: bf16 in/out; else fp32 in/out. Both accumulate in fp32 (CUBLAS_COMPUTE_32F, no TF32).
     public init(device: CUDADevice, bf16: Bool) throws {
@@ -206,14 +209,58 @@ public final class MatmulEngine {
             try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &ptr, 8),
                          "cublasLtMatmulDescSetAttribute(EPILOGUE_AUX_POINTER)")
         }
-        var result = [UInt8](repeating: 0, count: heuristicResultBytes)
+        let wanted: Int32 = tune ? 8 : 1
+        var result = [UInt8](repeating: 0, count: heuristicResultBytes * Int(wanted))
         var found: Int32 = 0
-        try lt.check(lt.algoGetHeuristic(handle, desc, a, b, d, d, pref, 1, &result, &found),
+        try lt.check(lt.algoGetHeuristic(handle, desc, a, b, d, d, pref, wanted, &result, &found),
                      "cublasLtMatmulAlgoGetHeuristic(\(s))")
         if found == 0 { throw LLMError("cublasLt: no algorithm for matmul \(s)") }
         let p = Plan(desc: desc!, a: a, b: b, d: d, algo: Array(result[0 ..< 64]))
-        plans[s] = p
+        if tune && found > 1 {
+            candidates = (0 ..< Int(found)).map { Array(result[$0 * heuristicResultBytes ..< $0 * heuristicResultBytes + 64]) }
+        } else {
+            candidates = []
+        }
+        plans[s] = p  // `run` tunes the algorithm, if asked, once it has the operands
         return p
+    }
+
+    var candidates: [[UInt8]] = []
+
+    /// Times each candidate algorithm of a new shape on its real operands (D is written: the
+    /// products that accumulate get a scratch D) and keeps the fastest in the plan.
+    func tuneAlgorithm(_ s: MatmulShape, d: CUdeviceptr, a: CUdeviceptr, b: CUdeviceptr) throws {
+        let list = candidates
+        candidates = []
+        guard list.count > 1, var plan = plans[s] else { return }
+        var target = d, scratch: CUdeviceptr = 0
+        if s.accumulate {
+            scratch = try device.allocate(bytes: s.m * s.n * (dataType == .r16BF ? 2 : 4), what: "matmul tuning")
+            try device.zero(scratch, bytes: s.m * s.n * (dataType == .r16BF ? 2 : 4))
+            target = scratch
+        }
+        defer { device.free(scratch) }
+        let start = try device.makeEvent(), end = try device.makeEvent()
+        var alpha: Float = 1, beta: Float = s.accumulate ? 1 : 0
+        var times: [Float] = []
+        for algo in list {
+            func once() throws -> Bool {
+                algo.withUnsafeBytes { buf in
+                    lt.matmul(handle, plan.desc, &alpha, a, plan.a, b, plan.b, &beta, target, plan.d, target, plan.d,
+                              buf.baseAddress, workspace, workspaceBytes, device.stream) == 0
+                }
+            }
+            guard try once() else { times.append(.infinity); continue }
+            try device.record(start)
+            for _ in 0 ..< 3 { _ = try once() }
+            try device.record(end)
+            times.append(try device.elapsedMilliseconds(start, end) / 3)
+        }
+        let best = times.indices.min { times[$0] < times[$1] }!
+        plan.algo = list[best]
+        plans[s] = plan
+        fputs("matmul tune " + s.profileName + format(": heuristic's first %.4f ms, best (#%ld of %ld) %.4f ms\n",
+                                                      Double(times[0]), best, list.count, Double(times[best])), stderr)
     }
 
     /// D = op(A) op(B) (+ bias) (+ D if accumulate), then the shape's epilogue, on the device's
@@ -226,7 +273,11 @@ public final class MatmulEngine {
         s.alignD = pointerAlignment(d)
         s.alignBias = pointerAlignment(bias)
         s.alignAux = pointerAlignment(aux)
-        let p = try plan(s, bias: bias, aux: aux)
+        var p = try plan(s, bias: bias, aux: aux)
+        if !candidates.isEmpty {
+            try tuneAlgorithm(s, d: d, a: a, b: b)
+            p = plans[s]!
+        }
         if s.bias {
             var ptr = bias
             try lt.check(lt.descSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ptr, 8),
