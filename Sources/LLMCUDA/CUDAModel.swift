@@ -93,7 +93,7 @@ public final class CUDAModel: GPT2Backend {
     // Backward scratch, reused by every layer.
     let dresidual: CUdeviceptr   // (B, T, C)
     let scratchBTC: CUdeviceptr  // (B, T, C)
-    let scratchBT4C: CUdeviceptr // (B, T, 4C), also dqkv (B, T, 3C)
+    let scratchBT4C: CUdeviceptr // (B, T, 4C), also dqkv (B, T, 3C) and dwteSum
     let attDsum: CUdeviceptr     // (B, NH, T) fp32
     let dwteSum: CUdeviceptr     // (Vp, C) fp32, bf16 only: the LM head's dwte summed over the classifier's
                                  // chunks; scratchBT4C where that is large enough (free then), else its own

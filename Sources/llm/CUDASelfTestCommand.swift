@@ -122,7 +122,8 @@ struct CUDASelfTestCommand: ParsableCommand {
         // fp32 sum, where recompute 1 reads gelu_forward of the bf16-rounded fch.
         var recomputeSame = true
         for r in [0, 2] {
-            let other = try CUDAModel(config: config, parameters: params, B: B, T: T, precision: p, recompute: r)
+            let other = try CUDAModel(config: config, parameters: params, B: B, T: T, precision: p, recompute: r,
+                                      classifierRows: B * T)
             let l = try other.forward(inputs: state.inputs, targets: state.targets, B: B, T: T)
             other.zeroGradients()
             try other.backward(microSteps: 1)
