@@ -1,6 +1,9 @@
 // The CUDA model's classifier (LM head matmul, cross-entropy, and their backward) in chunks of at
 // most `classifierRows` rows, so the (B*T, Vp) logits never exist whole (6.6 GB at d12, B=64).
 
+#if canImport(Glibc)
+import Glibc
+#endif
 import LLM
 
 // MARK: - State
@@ -81,29 +84,43 @@ extension CUDAModel {
     /// backward (no bias): dlnf[rows] (rows, C) = dlogits . wte into scratchBTC, and dwte (Vp, C) +=
     /// dlogits^T . lnf[rows]. With one chunk, or in fp32, dwte accumulates straight into the gradient
     /// (one rounding, as a single matmul); several chunks in bf16 sum it in fp32 in dwteSum, added to
-    /// the gradient once at the end, so it is still rounded once.
+    /// the gradient once at the end, so it is still rounded once. Should cuBLASLt refuse the fp32
+    /// output (`dwteInFP32` off, one line on stderr), every chunk rounds into the gradient instead.
     func classifierBackwardPass(N: Int, microSteps: Int, computeLogits: Bool, losses withLosses: Bool) throws {
         let C = config.channels, V = config.vocabSize, Vp = config.paddedVocabSize
         let dloss = 1.0 / Float(N * max(microSteps, 1))
         let chunks = classifierChunks(N)
-        let viaSum = precision == .bf16 && chunks.count > 1
-        let dwte = viaSum ? dwteSum : tensor(grads, .wte)
-        for (i, chunk) in chunks.enumerated() {
+        var viaSum = precision == .bf16 && chunks.count > 1 && dwteInFP32
+        var summed = false  // dwteSum holds products not yet in the gradient
+        for chunk in chunks {
             let r0 = chunk.row, rows = chunk.rows
             if computeLogits { try classifierForward(chunk, losses: withLosses) }
             try launch("classifier_backward", grid: (rows, 1, 1), block: (V >= 4096 ? 1024 : 128, 1, 1),
                        [.ptr(logitsBuffer), .ptr(floats(logitsLse, r0)), .ptr(targetsBuffer + UInt64(4 * r0)),
                         .f32(dloss), .i32(Int32(V)), .i32(Int32(Vp))])
-            // dwte (column-major C x Vp) (+)= lnf[rows] (C x rows) . dlogits^T (rows x Vp); the fp32
-            // sum starts from zero with the first chunk.
-            try matmul.run(MatmulShape(m: C, n: Vp, k: rows, transA: false, transB: true, bias: false,
-                                       accumulate: !(viaSum && i == 0), fp32Output: viaSum),
-                           d: dwte, a: elements(lnf, r0 * C), b: logitsBuffer)
+            // dwte (column-major C x Vp) (+)= lnf[rows] (C x rows) . dlogits^T (rows x Vp): into the
+            // fp32 sum (overwritten by the first chunk), or accumulated into the gradient.
+            var dwteShape = MatmulShape(m: C, n: Vp, k: rows, transA: false, transB: true, bias: false, accumulate: true)
+            if viaSum {
+                dwteShape.accumulate = summed
+                dwteShape.fp32Output = true
+                do {
+                    try matmul.run(dwteShape, d: dwteSum, a: elements(lnf, r0 * C), b: logitsBuffer)
+                    summed = true
+                } catch let e as LLMError {
+                    dwteInFP32 = false
+                    viaSum = false
+                    dwteShape.accumulate = true
+                    dwteShape.fp32Output = false
+                    fputs("cuda model: LM-head dwte summed in bf16 (\(e.message))\n", stderr)
+                }
+            }
+            if !viaSum { try matmul.run(dwteShape, d: tensor(grads, .wte), a: elements(lnf, r0 * C), b: logitsBuffer) }
             // dlnf[rows] (column-major C x rows) = wte (C x Vp) . dlogits (Vp x rows)
             try matmul.run(MatmulShape(m: C, n: rows, k: Vp, transA: false, transB: false, bias: false, accumulate: false),
                            d: elements(scratchBTC, r0 * C), a: tensor(params, .wte), b: logitsBuffer)
         }
-        if viaSum {
+        if summed {
             let n = Vp * C
             try launch1D("add_fp32_gradient", count: n / pack, [.ptr(tensor(grads, .wte)), .ptr(dwteSum), .i64(Int64(n))])
         }

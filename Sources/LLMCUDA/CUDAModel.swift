@@ -57,6 +57,10 @@ public final class CUDAModel: GPT2Backend {
     /// $LLM_EPILOGUES=0 turns it off for timing; it turns itself off, with one line on stderr, if
     /// cuBLASLt has no algorithm for a shape.
     public var fusedGELU: Bool
+    /// The LM head's dwte over several classifier chunks summed in fp32 (bf16 in, fp32 out: one
+    /// rounding into the bf16 gradient); off, each chunk's product rounds into it. Turns itself off,
+    /// with one line on stderr, if cuBLASLt has no algorithm for the fp32 output.
+    public var dwteInFP32 = true
 
     // Parameters, gradients and optimizer state share one padded layout: each of the 16 tensors
     // starts at a 128-element boundary so that every cuBLASLt operand is well aligned.

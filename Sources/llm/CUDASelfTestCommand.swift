@@ -231,7 +231,8 @@ struct CUDASelfTestCommand: ParsableCommand {
             let lossRel = abs(l - loss) / max(abs(loss), 1e-30)
             let pass = lossRel < tolerance && d.all < tolerance && d.worst < 5 * tolerance
             ok = ok && pass
-            print("[\(p)] classifier in \(chunks) chunks of \(rows) rows, "
+            let sum = p == .bf16 ? (model.dwteInFP32 ? ", dwte summed in fp32" : ", dwte summed in bf16 (fallback)") : ""
+            print("[\(p)] classifier in \(chunks) chunks of \(rows) rows\(sum), "
                   + (training ? "trainingForward + backward" : "forward + backward (logits recomputed)")
                   + " vs 1 chunk: " + (same ? "bit-identical" : "loss rel. diff \(sci(lossRel)), all-grad rel. \(sci(d.all)), "
                                        + "worst tensor \(d.worstName) \(sci(d.worst))")
@@ -253,19 +254,21 @@ struct CUDASelfTestCommand: ParsableCommand {
         let params = randomParameters(config)
         let (x, y) = batchAt(try tokens(), 0, B: B, T: T)
         var results: [(loss: Float, grads: [Float])] = []
-        var chunkRows = 0
+        var chunkRows = 0, fp32Sum = true
         for rows in [B * T, nil] {
             let model = try CUDAModel(config: config, parameters: params, B: B, T: T, precision: .bf16, classifierRows: rows)
-            chunkRows = model.classifierRows
             model.zeroGradients()
             let loss = try model.trainingForward(inputs: x, targets: y, B: B, T: T, microSteps: 1)
             try model.backward(microSteps: 1)
             results.append((loss, try model.readGradients()))
+            chunkRows = model.classifierRows
+            fp32Sum = model.dwteInFP32
         }
         let d = gradientDifference(results[1].grads, results[0].grads, config: config)
         let lossRel = abs(results[1].loss - results[0].loss) / abs(results[0].loss)
         let ok = lossRel < 1e-2 && d.all < 1e-2 && d.worst < 5e-2
-        let row = "classifier d12 bf16 B=\(B) T=\(T), \((B * T + chunkRows - 1) / chunkRows) chunks of \(chunkRows) rows vs 1 chunk: "
+        let row = "classifier d12 bf16 B=\(B) T=\(T), \((B * T + chunkRows - 1) / chunkRows) chunks of \(chunkRows) rows "
+            + "(dwte summed in \(fp32Sum ? "fp32" : "bf16, fallback")) vs 1 chunk: "
             + "loss \(fmt6(results[1].loss)) vs \(fmt6(results[0].loss)) (rel. diff \(sci(lossRel))), "
             + "all-grad rel. \(sci(d.all)), worst tensor \(d.worstName) \(sci(d.worst))  " + (ok ? "PASS" : "FAIL")
         print("[classifier] " + row)
