@@ -40,6 +40,12 @@ public protocol GPT2Backend: AnyObject {
     /// Forward pass. inputs (B, T) token ids; with targets also the per-token losses and the
     /// mean loss, which is returned (NaN without targets).
     func forward(inputs: [Int32], targets: [Int32]?, B: Int, T: Int) throws -> Float
+    /// Forward for a micro-step that `backward(microSteps:)` will follow, with the same
+    /// `microSteps`: a backend may already run parts of the backward here (the CUDA model does
+    /// the classifier and LM head in row chunks, so it never keeps all the logits). Returns the
+    /// mean loss as `forward` does; `logits(b:t:)` need not work after it. Gradients accumulate
+    /// from here on, so `zeroGradients()` comes before it, not between it and `backward`.
+    func trainingForward(inputs: [Int32], targets: [Int32], B: Int, T: Int, microSteps: Int) throws -> Float
     /// Per-token losses (B, T) of the last forward with targets.
     func lastLosses() -> [Float]
     /// Logits (V, unpadded) of row (b, t) of the last forward.
@@ -110,6 +116,10 @@ public func validateGenerationStep(token: Int32, position: Int, maxTokens: Int, 
 }
 
 extension GPT2Backend {
+    /// Backends that keep every activation of a forward (the CPU) need nothing special.
+    public func trainingForward(inputs: [Int32], targets: [Int32], B: Int, T: Int, microSteps: Int) throws -> Float {
+        try forward(inputs: inputs, targets: targets, B: B, T: T)
+    }
     public var peakFLOPs: Double? { nil }
     public func readRandomState() throws -> [UInt64] { [] }
     public func writeRandomState(_ state: [UInt64]) throws {}

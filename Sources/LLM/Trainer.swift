@@ -177,7 +177,8 @@ public final class Trainer {
                 let loader = o.overfitSingleBatch ? (val ?? train) : train
                 if o.overfitSingleBatch { loader.reset() }
                 try loader.nextBatch()
-                lossSum += try model.forward(inputs: loader.inputs, targets: loader.targets, B: o.B, T: o.T)
+                lossSum += try model.trainingForward(inputs: loader.inputs, targets: loader.targets, B: o.B, T: o.T,
+                                                     microSteps: gradAccumSteps)
                 try model.backward(microSteps: gradAccumSteps)
             }
             let loss = lossSum / Float(gradAccumSteps)

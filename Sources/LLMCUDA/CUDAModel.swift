@@ -48,11 +48,19 @@ public final class CUDAModel: GPT2Backend {
     /// buffer, recomputed from the kept residual). The kernels are deterministic, so 1 and 2 give
     /// bit-identical results, and 0 too without `fusedGELU` (the epilogue's GELU is of the fp32 sum).
     public let recompute: Int
+    /// Rows of logits computed at a time (CUDAClassifier.swift): the logits buffer holds this many
+    /// rows of Vp, not B*T of them. $LLM_CLASSIFIER_ROWS overrides the default, for experiments.
+    public let classifierRows: Int
+    static let defaultClassifierRows = 8192
     /// GELU in cuBLASLt epilogues instead of separate kernels: in the fc matmul (its input kept as
     /// fch) and its gradient in the fcproj dinp matmul. bf16 only (fp32 stays the exact path);
     /// $LLM_EPILOGUES=0 turns it off for timing; it turns itself off, with one line on stderr, if
     /// cuBLASLt has no algorithm for a shape.
     public var fusedGELU: Bool
+    /// The LM head's dwte over several classifier chunks summed in fp32 (bf16 in, fp32 out: one
+    /// rounding into the bf16 gradient); off, each chunk's product rounds into it. Turns itself off,
+    /// with one line on stderr, if cuBLASLt has no algorithm for the fp32 output.
+    public var dwteInFP32 = true
 
     // Parameters, gradients and optimizer state share one padded layout: each of the 16 tensors
     // starts at a 128-element boundary so that every cuBLASLt operand is well aligned.
@@ -83,14 +91,16 @@ public final class CUDAModel: GPT2Backend {
     let lnf: CUdeviceptr         // (B, T, C)
     let lnfMean: CUdeviceptr     // (B, T) fp32
     let lnfRstd: CUdeviceptr     // (B, T) fp32
-    let logitsBuffer: CUdeviceptr  // (B, T, Vp): logits, then dlogits in place
+    let logitsBuffer: CUdeviceptr  // (min(classifierRows, B*T), Vp): one chunk's logits, then its dlogits in place
     let losses: CUdeviceptr      // (B, T) fp32
     let logitsLse: CUdeviceptr   // (B, T) fp32: log-sum-exp of each logits row, for the classifier backward
     // Backward scratch, reused by every layer.
     let dresidual: CUdeviceptr   // (B, T, C)
     let scratchBTC: CUdeviceptr  // (B, T, C)
-    let scratchBT4C: CUdeviceptr // (B, T, 4C), also dqkv (B, T, 3C)
+    let scratchBT4C: CUdeviceptr // (B, T, 4C), also dqkv (B, T, 3C) and dwteSum
     let attDsum: CUdeviceptr     // (B, NH, T) fp32
+    let dwteSum: CUdeviceptr     // (Vp, C) fp32, bf16 only: the LM head's dwte summed over the classifier's
+                                 // chunks; scratchBT4C where that is large enough (free then), else its own
     let partials: CUdeviceptr    // fp32 per-block partial sums
     let partialFloats: Int
     let tokens: CUdeviceptr      // (B, T) int32 inputs
@@ -103,6 +113,7 @@ public final class CUDAModel: GPT2Backend {
     var lastB = 0, lastT = 0
     var lastInputs: [Int32] = []
     var haveTargets = false
+    var classifierState = ClassifierState.empty
     var hostLosses: [Float] = []
     /// xorshift state for the stochastic-rounding seeds (llm.c: 13371337 + rank).
     var rngState: UInt64 = 13371337
@@ -114,13 +125,23 @@ public final class CUDAModel: GPT2Backend {
     static let maxBiasRowBlocks = 64
 
     /// `parameters`: N fp32 values in checkpoint order (these become the master weights).
+    /// `classifierRows`: nil takes $LLM_CLASSIFIER_ROWS, else 8192.
     public init(config: GPT2Config, parameters: [Float], B: Int, T: Int, precision: GPUPrecision = .bf16,
-                recompute: Int = 1, deviceOrdinal: Int = 0) throws {
+                recompute: Int = 1, classifierRows: Int? = nil, deviceOrdinal: Int = 0) throws {
         try config.validate(source: "cuda model")
         if !(0 ... 2).contains(recompute) {
             throw LLMError("cuda model: recompute \(recompute) is not 0 (none), 1 (GELU) or 2 (GELU and layernorms)")
         }
         self.recompute = recompute
+        var rows = CUDAModel.defaultClassifierRows
+        if let r = classifierRows {
+            rows = r
+        } else if let text = getenv("LLM_CLASSIFIER_ROWS").map({ String(cString: $0) }), !text.isEmpty {
+            guard let r = Int(text) else { throw LLMError("LLM_CLASSIFIER_ROWS: '\(text)' is not a number of rows") }
+            rows = r
+        }
+        if rows < 1 { throw LLMError("cuda model: classifier rows \(rows) must be at least 1") }
+        self.classifierRows = rows
         if B <= 0 || T <= 0 || T > config.maxSeqLen {
             throw LLMError("cuda model: batch B=\(B) T=\(T) does not fit (maxT \(config.maxSeqLen))")
         }
@@ -168,6 +189,9 @@ public final class CUDAModel: GPT2Backend {
         let BT = B * T
         let x = E, f = 4
         let Lln = recompute >= 2 ? 1 : L, Lgelu = recompute >= 1 ? 0 : L  // layers kept of ln1/ln2, fchGelu
+        // dwte's fp32 sum over the classifier chunks (bf16, more than one chunk) lives in scratchBT4C,
+        // unused from the last layer's forward to the first layer's backward, unless that is too small.
+        let dwteSumOwn = precision == .bf16 && rows < BT && BT * 4 * C * x < Vp * C * f
         let plan: [Int] = [
             BT * C * x,                      // encoded
             Lln * BT * C * x, L * BT * f, L * BT * f,  // ln1, mean, rstd
@@ -180,10 +204,11 @@ public final class CUDAModel: GPT2Backend {
             Lgelu * BT * 4 * C * x,          // fchGelu
             L * BT * C * x,                  // residual3
             BT * C * x, BT * f, BT * f,      // lnf, mean, rstd
-            BT * Vp * x,                     // logits
+            min(rows, BT) * Vp * x,          // logits, one chunk of rows
             BT * f,                          // losses
             BT * C * x, BT * C * x, BT * 4 * C * x,  // dresidual, scratchBTC, scratchBT4C
             B * NH * T * f,                  // attDsum
+            dwteSumOwn ? Vp * C * f : 0,     // dwteSum
         ]
         let aligned = plan.map { ($0 + 255) / 256 * 256 }
         activationBytes = aligned.reduce(0, +)
@@ -198,6 +223,7 @@ public final class CUDAModel: GPT2Backend {
         lnfMean = views[15]; lnfRstd = views[16]; logitsBuffer = views[17]; losses = views[18]
         dresidual = views[19]; scratchBTC = views[20]; scratchBT4C = views[21]; attDsum = views[22]
         fchGelu = recompute >= 1 ? scratchBT4C : views[12]
+        dwteSum = precision == .bf16 ? (dwteSumOwn ? views[23] : scratchBT4C) : 0
 
         partialFloats = max(CUDAModel.lnBackwardBlocks * 2 * C, CUDAModel.maxBiasRowBlocks * 4 * C,
                             CUDAModel.normBlocks + 1)
@@ -440,7 +466,24 @@ public final class CUDAModel: GPT2Backend {
 
     // MARK: Forward
 
+    /// Logits and losses chunk by chunk (CUDAClassifier.swift): after it the logits buffer holds every
+    /// row's logits when B*T <= classifierRows, else only the last chunk's.
     public func forward(inputs: [Int32], targets: [Int32]?, B: Int, T: Int) throws -> Float {
+        try forwardLayers(inputs: inputs, targets: targets, B: B, T: T)
+        let N = B * T
+        for chunk in classifierChunks(N) { try classifierForward(chunk, losses: targets != nil) }
+        classifierState = N <= classifierRows ? .allLogits : .lastChunk
+        guard targets != nil else {
+            hostLosses = []
+            try device.synchronize()
+            return .nan
+        }
+        return try downloadMeanLoss(N)
+    }
+
+    /// Everything of the forward up to the final layernorm's output lnf (B, T, C); the classifier
+    /// follows in chunks.
+    func forwardLayers(inputs: [Int32], targets: [Int32]?, B: Int, T: Int) throws {
         if B <= 0 || T <= 0 || B > batchSize || T > sequenceLength {
             throw LLMError("cuda model: forward with B=\(B) T=\(T), planned for B<=\(batchSize) T<=\(sequenceLength)")
         }
@@ -453,11 +496,12 @@ public final class CUDAModel: GPT2Backend {
         }
         lastB = B; lastT = T
         lastInputs = inputs
+        classifierState = .empty  // until the classifier of this forward has run
         haveTargets = targets != nil
         try device.upload(tokens, inputs)
         if let t = targets { try device.upload(targetsBuffer, t) }
 
-        let C = config.channels, L = config.numLayers, NH = config.numHeads, Vp = config.paddedVocabSize
+        let C = config.channels, L = config.numLayers, NH = config.numHeads
         let BTmax = batchSize * sequenceLength  // per-layer stride of the stacked activations
         let NHT = batchSize * NH * sequenceLength
         try launch1D("encoder_forward", count: N * C,
@@ -495,14 +539,10 @@ public final class CUDAModel: GPT2Backend {
                                              tensor(params, .lnfw), tensor(params, .lnfb), N: N, C: C)
             }
         }
-        try matmulForward(logitsBuffer, lnf, tensor(params, .wte), nil, N: N, K: C, OC: Vp)
-        guard targets != nil else {
-            hostLosses = []
-            try device.synchronize()
-            return .nan
-        }
-        try launch("classifier_loss", grid: (N, 1, 1), block: (V >= 4096 ? 1024 : 128, 1, 1),
-                   [.ptr(losses), .ptr(logitsLse), .ptr(logitsBuffer), .ptr(targetsBuffer), .i32(Int32(V)), .i32(Int32(Vp))])
+    }
+
+    /// Downloads the per-row losses of the last forward (waits for the GPU); their mean.
+    func downloadMeanLoss(_ N: Int) throws -> Float {
         hostLosses = try device.download(losses, count: N, as: Float.self, fill: 0)
         var sum = 0.0
         for x in hostLosses { sum += Double(x) }
@@ -511,7 +551,13 @@ public final class CUDAModel: GPT2Backend {
 
     public func lastLosses() -> [Float] { hostLosses }
 
+    /// Only after a plain `forward` of at most `classifierRows` rows (sampling, parity checks): the
+    /// buffer keeps one chunk of logits, and a backward turns it into gradients. Stops the program otherwise.
     public func logits(b: Int, t: Int) -> [Float] {
+        precondition(classifierState == .allLogits,
+                     "cuda model: logits(b:t:) needs a plain forward of at most \(classifierRows) rows (classifierRows) "
+                     + "before any backward; the last forward had \(lastB * lastT) rows")
+        precondition(b >= 0 && b < lastB && t >= 0 && t < lastT, "cuda model: logits(b:t:) outside the last forward")
         let Vp = config.paddedVocabSize
         let row = elements(logitsBuffer, (b * lastT + t) * Vp)
         let all = (try? downloadFloatX(row, count: Vp)) ?? []
@@ -528,16 +574,12 @@ public final class CUDAModel: GPT2Backend {
         if !haveTargets { throw LLMError("cuda model: backward needs a forward with targets first") }
         let B = lastB, T = lastT, N = B * T
         let C = config.channels, L = config.numLayers, NH = config.numHeads
-        let V = config.vocabSize, Vp = config.paddedVocabSize
         let BTmax = batchSize * sequenceLength
         let NHT = batchSize * NH * sequenceLength
-        let dloss = 1.0 / Float(N * max(microSteps, 1))
 
-        try launch("classifier_backward", grid: (N, 1, 1), block: (V >= 4096 ? 1024 : 128, 1, 1),
-                   [.ptr(logitsBuffer), .ptr(logitsLse), .ptr(targetsBuffer), .f32(dloss), .i32(Int32(V)), .i32(Int32(Vp))])
-        // LM head (no bias): dlnf = dlogits . wte, dwte += dlogits^T . lnf
-        try matmulBackward(dinp: scratchBTC, dweight: tensor(grads, .wte), dbias: nil, dout: logitsBuffer,
-                           inp: lnf, weight: tensor(params, .wte), N: N, K: C, OC: Vp)
+        // Classifier and LM head (no bias): dlnf (B, T, C) into scratchBTC, dwte += dlogits^T . lnf;
+        // already done by trainingForward, else here from the kept or recomputed logits.
+        try classifierBackwardOfLastForward(microSteps: microSteps)
         try device.zero(dresidual, bytes: N * C * E)
         try layerNormBackward(dinp: dresidual, dweight: tensor(grads, .lnfw), dbias: tensor(grads, .lnfb),
                               dout: scratchBTC, inp: elements(residual3, (L - 1) * BTmax * C),
@@ -691,10 +733,13 @@ public final class CUDAModel: GPT2Backend {
         rngState = state[0]
     }
 
-    /// "params 248 MiB, activations 1.2 GiB, ..." for the start-up message.
+    /// "parameters+grads+AdamW 1899 MiB, activations 20037 MiB (recompute 0; logits in chunks of 8192
+    /// of 65536 rows: 786 MiB), ..." for the start-up message.
     public var memorySummary: String {
         func mib(_ b: Int) -> String { "\(b >> 20) MiB" }
-        return "parameters+grads+AdamW \(mib(parameterBytes)), activations \(mib(activationBytes)) (recompute \(recompute)), "
+        let logitsRows = min(classifierRows, batchSize * sequenceLength)
+        return "parameters+grads+AdamW \(mib(parameterBytes)), activations \(mib(activationBytes)) (recompute \(recompute); "
+            + "logits in chunks of \(logitsRows) of \(batchSize * sequenceLength) rows: \(mib(logitsRows * config.paddedVocabSize * E))), "
             + "GELU in cuBLASLt epilogues \(fusedGELU ? "on" : "off")"
     }
 }

@@ -84,7 +84,8 @@ struct BenchTrain: ParsableCommand {
             var loss: Float = 0
             for _ in 0 ..< accum {
                 try loader.nextBatch()
-                loss += try backend.forward(inputs: loader.inputs, targets: loader.targets, B: batch, T: seqLen)
+                loss += try backend.trainingForward(inputs: loader.inputs, targets: loader.targets, B: batch, T: seqLen,
+                                                    microSteps: accum)
                 try backend.backward(microSteps: accum)
             }
             let norm = try backend.gradientNorm()

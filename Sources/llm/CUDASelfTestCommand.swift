@@ -1,5 +1,6 @@
 // `llm cuda-selftest`: the GPU model against PyTorch's reference files (tiny model: logits, loss,
-// every gradient, 10 AdamW losses) in fp32 and bf16, a determinism run, and step timings.
+// every gradient, 10 AdamW losses) in fp32 and bf16, the classifier in row chunks against one chunk,
+// a determinism run, and step timings.
 
 #if canImport(Glibc)
 import Glibc
@@ -22,6 +23,9 @@ struct CUDASelfTestCommand: ParsableCommand {
 
     @Option(name: .long, help: "Batch of the flash-attention check against the scalar kernels (d12 heads, bf16); 0 skips it.")
     var attentionBatch = 4
+
+    @Option(name: .long, help: "Batch of the d12 check of the classifier in chunks of 8192 rows against one chunk (bf16, T = 1024); 0 skips it.")
+    var classifierBatch = 32
 
     @Option(name: .long, help: "Steps of the determinism run (two runs, d12 shape, bf16); 0 skips it.")
     var determinismSteps = 20
@@ -51,6 +55,11 @@ struct CUDASelfTestCommand: ParsableCommand {
             table += rows
             failures += bad
         }
+        if classifierBatch > 0 && precisions.contains(.bf16) {
+            let (row, ok) = try classifierCheck()
+            table.append(row)
+            if !ok { failures.append("classifier chunks d12") }
+        }
         if determinismSteps > 0 {
             let (row, ok) = try determinism()
             table.append(row)
@@ -70,7 +79,9 @@ struct CUDASelfTestCommand: ParsableCommand {
         let state = try DebugState(path: fixtures + "/tiny_debug_state.bin", config: config)
         let steps = try ReferenceSteps(path: fixtures + "/tiny_steps.json")
         let start = now()
-        let model = try CUDAModel(config: config, parameters: params, B: state.B, T: state.T, precision: p)
+        // One chunk of classifier rows: logits(b:t:) needs every row's logits.
+        let model = try CUDAModel(config: config, parameters: params, B: state.B, T: state.T, precision: p,
+                                  classifierRows: state.B * state.T)
         print("[\(p)] \(model.deviceDescription), GELU epilogues \(model.fusedGELU ? "on" : "off"), kernels: \(model.kernels.compiledModules) modules compiled, "
               + "load \(fmt(model.kernels.loadSeconds)) s, model ready in \(fmt(now() - start)) s")
         let V = config.vocabSize, B = state.B, T = state.T
@@ -111,7 +122,8 @@ struct CUDASelfTestCommand: ParsableCommand {
         // fp32 sum, where recompute 1 reads gelu_forward of the bf16-rounded fch.
         var recomputeSame = true
         for r in [0, 2] {
-            let other = try CUDAModel(config: config, parameters: params, B: B, T: T, precision: p, recompute: r)
+            let other = try CUDAModel(config: config, parameters: params, B: B, T: T, precision: p, recompute: r,
+                                      classifierRows: B * T)
             let l = try other.forward(inputs: state.inputs, targets: state.targets, B: B, T: T)
             other.zeroGradients()
             try other.backward(microSteps: 1)
@@ -125,12 +137,15 @@ struct CUDASelfTestCommand: ParsableCommand {
                   + (ok ? "" : " FAIL"))
             recomputeSame = recomputeSame && ok
         }
+        let (chunkRows, chunksOK) = try classifierChunks(p, config: config, params: params, state: state,
+                                                         loss: loss, grads: grads)
         // Gradient accumulation: the batch as two micro-batches of B/2 gives the same gradients.
         model.zeroGradients()
         let half = B / 2 * T
         for k in 0 ..< 2 {
-            _ = try model.forward(inputs: Array(state.inputs[k * half ..< (k + 1) * half]),
-                                  targets: Array(state.targets[k * half ..< (k + 1) * half]), B: B / 2, T: T)
+            _ = try model.trainingForward(inputs: Array(state.inputs[k * half ..< (k + 1) * half]),
+                                          targets: Array(state.targets[k * half ..< (k + 1) * half]), B: B / 2, T: T,
+                                          microSteps: 2)
             try model.backward(microSteps: 2)
         }
         let accumulated = try model.readGradients()
@@ -151,10 +166,10 @@ struct CUDASelfTestCommand: ParsableCommand {
         var lossDiff: Float = 0
         var losses: [Float] = []
         for step in 0 ..< steps.losses.count {
-            let l = try model.forward(inputs: state.inputs, targets: state.targets, B: B, T: T)
+            model.zeroGradients()
+            let l = try model.trainingForward(inputs: state.inputs, targets: state.targets, B: B, T: T, microSteps: 1)
             losses.append(l)
             lossDiff = max(lossDiff, abs(l - steps.losses[step]))
-            model.zeroGradients()
             try model.backward(microSteps: 1)
             try model.update(AdamWSettings(learningRate: steps.lr, beta1: steps.beta1, beta2: steps.beta2, epsilon: steps.eps,
                                            weightDecay: steps.weightDecay, decayAllTensors: true, t: step + 1))
@@ -171,6 +186,7 @@ struct CUDASelfTestCommand: ParsableCommand {
             if lossDiff > 1e-4 { failures.append("fp32 10 losses") }
             if accRel > 1e-4 { failures.append("fp32 micro-step accumulation") }
             if !recomputeSame { failures.append("fp32 recompute 0/2 vs 1") }
+            if !chunksOK { failures.append("fp32 classifier chunks") }
         } else {
             if logitsMax > 25 { failures.append("bf16 logits") }
             if lossErr > 0.05 { failures.append("bf16 loss") }
@@ -178,12 +194,107 @@ struct CUDASelfTestCommand: ParsableCommand {
             if lossDiff > 0.05 { failures.append("bf16 10 losses") }
             if accRel > 2e-2 { failures.append("bf16 micro-step accumulation") }
             if !recomputeSame { failures.append("bf16 recompute 0/2 vs 1") }
+            if !chunksOK { failures.append("bf16 classifier chunks") }
         }
         let row = "\(p.rawValue) tiny: logits max \(sci(logitsMax)), loss diff \(sci(lossErr)), "
             + "worst grad rel \(sci(worstRel)) (\(worstName)), llm.c grad tol fails \(elementFails), "
             + "10-step loss max diff \(sci(lossDiff)), 2-micro-step grads rel \(sci(accRel)), "
-            + "recompute 0/1/2 \(recomputeSame ? "agree" : "differ")  \(failures.isEmpty ? "PASS" : "FAIL")"
+            + "recompute 0/1/2 \(recomputeSame ? "agree" : "differ"), "
+            + "classifier in chunks of \(chunkRows) rows \(chunksOK ? "agrees" : "differs")  \(failures.isEmpty ? "PASS" : "FAIL")"
         return ([row], failures)
+    }
+
+    // MARK: Classifier in chunks
+
+    /// The tiny model's classifier in 4 chunks (the last one short) against one chunk (`loss`,
+    /// `grads`, from forward + backward): trainingForward, which runs the LM-head backward chunk by
+    /// chunk (dwte summed in fp32 in bf16 mode), and a plain forward whose backward recomputes each
+    /// chunk's logits. Only the matmul algorithms (other row counts) and dwte's summation order
+    /// differ, so loss and gradients agree to rounding. Also: a backward with other micro-steps than
+    /// its trainingForward must throw.
+    func classifierChunks(_ p: GPUPrecision, config: GPT2Config, params: [Float], state: DebugState,
+                          loss: Float, grads: [Float]) throws -> (rows: Int, ok: Bool) {
+        let B = state.B, T = state.T
+        let rows = max(1, B * T * 5 / 16)  // 128 rows: 40, 40, 40, 8
+        let chunks = (B * T + rows - 1) / rows
+        let tolerance: Float = p == .fp32 ? 1e-5 : 1e-2
+        let model = try CUDAModel(config: config, parameters: params, B: B, T: T, precision: p, classifierRows: rows)
+        let seeds = try model.readRandomState()  // as the reference model's: the same stochastic rounding
+        var ok = true
+        for training in [true, false] {
+            try model.writeRandomState(seeds)
+            model.zeroGradients()
+            let l = training
+                ? try model.trainingForward(inputs: state.inputs, targets: state.targets, B: B, T: T, microSteps: 1)
+                : try model.forward(inputs: state.inputs, targets: state.targets, B: B, T: T)
+            try model.backward(microSteps: 1)
+            let d = gradientDifference(try model.readGradients(), grads, config: config)
+            let same = l.bitPattern == loss.bitPattern && d.all == 0
+            let lossRel = abs(l - loss) / max(abs(loss), 1e-30)
+            let pass = lossRel < tolerance && d.all < tolerance && d.worst < 5 * tolerance
+            ok = ok && pass
+            let sum = p == .bf16 ? (model.dwteInFP32 ? ", dwte summed in fp32" : ", dwte summed in bf16 (fallback)") : ""
+            print("[\(p)] classifier in \(chunks) chunks of \(rows) rows\(sum), "
+                  + (training ? "trainingForward + backward" : "forward + backward (logits recomputed)")
+                  + " vs 1 chunk: " + (same ? "bit-identical" : "loss rel. diff \(sci(lossRel)), all-grad rel. \(sci(d.all)), "
+                                       + "worst tensor \(d.worstName) \(sci(d.worst))")
+                  + (pass ? "" : " FAIL"))
+        }
+        _ = try model.trainingForward(inputs: state.inputs, targets: state.targets, B: B, T: T, microSteps: 2)
+        let mismatchThrows = (try? model.backward(microSteps: 1)) == nil
+        print("[\(p)] backward(microSteps: 1) after trainingForward(microSteps: 2): "
+              + (mismatchThrows ? "throws" : "did not throw FAIL"))
+        return (rows, ok && mismatchThrows)
+    }
+
+    /// d12 (bf16, random weights, tinyshakespeare batch): trainingForward + backward with the
+    /// classifier in chunks (LLM_CLASSIFIER_ROWS or 8192 rows; from B = 25 on, dwte's fp32 sum
+    /// lives in the (B, T, 4C) scratch) against one chunk of all B*T rows.
+    func classifierCheck() throws -> (String, Bool) {
+        let T = 1024, B = classifierBatch
+        let config = try GPT2Config.fromDescriptor("d12")
+        let params = randomParameters(config)
+        let (x, y) = batchAt(try tokens(), 0, B: B, T: T)
+        var results: [(loss: Float, grads: [Float])] = []
+        var chunkRows = 0, fp32Sum = true
+        for rows in [B * T, nil] {
+            let model = try CUDAModel(config: config, parameters: params, B: B, T: T, precision: .bf16, classifierRows: rows)
+            model.zeroGradients()
+            let loss = try model.trainingForward(inputs: x, targets: y, B: B, T: T, microSteps: 1)
+            try model.backward(microSteps: 1)
+            results.append((loss, try model.readGradients()))
+            chunkRows = model.classifierRows
+            fp32Sum = model.dwteInFP32
+        }
+        let d = gradientDifference(results[1].grads, results[0].grads, config: config)
+        let lossRel = abs(results[1].loss - results[0].loss) / abs(results[0].loss)
+        let ok = lossRel < 1e-2 && d.all < 1e-2 && d.worst < 5e-2
+        let row = "classifier d12 bf16 B=\(B) T=\(T), \((B * T + chunkRows - 1) / chunkRows) chunks of \(chunkRows) rows "
+            + "(dwte summed in \(fp32Sum ? "fp32" : "bf16, fallback")) vs 1 chunk: "
+            + "loss \(fmt6(results[1].loss)) vs \(fmt6(results[0].loss)) (rel. diff \(sci(lossRel))), "
+            + "all-grad rel. \(sci(d.all)), worst tensor \(d.worstName) \(sci(d.worst))  " + (ok ? "PASS" : "FAIL")
+        print("[classifier] " + row)
+        return (row, ok)
+    }
+
+    /// Relative L2 difference of `a` against the reference `b` over all parameters, and the largest per tensor.
+    func gradientDifference(_ a: [Float], _ b: [Float], config: GPT2Config) -> (all: Float, worst: Float, worstName: String) {
+        let layout = ParameterLayout(config)
+        var d2All = 0.0, r2All = 0.0
+        var worst: Float = 0, worstName = ""
+        for t in ParameterTensor.allCases {
+            var d2 = 0.0, r2 = 0.0
+            for i in layout.range(t) {
+                let d = Double(a[i]) - Double(b[i])
+                d2 += d * d
+                r2 += Double(b[i]) * Double(b[i])
+            }
+            d2All += d2
+            r2All += r2
+            let rel = Float((d2 / max(r2, 1e-30)).squareRoot())
+            if !worst.isNaN && !(rel <= worst) { worst = rel; worstName = t.name }  // the first NaN stays the worst
+        }
+        return (Float((d2All / max(r2All, 1e-30)).squareRoot()), worst, worstName)
     }
 
     // MARK: Flash attention
@@ -224,8 +335,8 @@ struct CUDASelfTestCommand: ParsableCommand {
             var losses: [Float] = []
             for step in 0 ..< determinismSteps {
                 let (x, y) = batchAt(data, step, B: B, T: T)
-                let l = try model.forward(inputs: x, targets: y, B: B, T: T)
                 model.zeroGradients()
+                let l = try model.trainingForward(inputs: x, targets: y, B: B, T: T, microSteps: 1)
                 try model.backward(microSteps: 1)
                 let norm = try model.gradientNorm()
                 try model.update(AdamWSettings(learningRate: 6e-4, weightDecay: 0.1, t: step + 1,
@@ -252,9 +363,9 @@ struct CUDASelfTestCommand: ParsableCommand {
         for step in 0 ..< benchSteps + 1 {
             let (x, y) = batchAt(data, step, B: B, T: T)
             let t0 = now()
-            _ = try model.forward(inputs: x, targets: y, B: B, T: T)
-            let t1 = now()
             model.zeroGradients()
+            _ = try model.trainingForward(inputs: x, targets: y, B: B, T: T, microSteps: 1)
+            let t1 = now()
             try model.backward(microSteps: 1)
             let t2 = now()
             let norm = try model.gradientNorm()
@@ -268,7 +379,7 @@ struct CUDASelfTestCommand: ParsableCommand {
         let flops = (6 * N + 6 * Double(config.numLayers * config.channels * T)) * tokensPerStep
         let mfu = flops / median(times) / (model.peakFLOPs ?? 989.4e12) * 100
         let mem = try model.device.memoryInfo()
-        return ["bench d12 bf16 B=\(B) T=\(T): \(fmt(ms)) ms/step (fwd \(fmt(median(fwd) * 1000)), bwd \(fmt(median(bwd) * 1000)), "
+        return ["bench d12 bf16 B=\(B) T=\(T): \(fmt(ms)) ms/step (fwd incl. classifier bwd \(fmt(median(fwd) * 1000)), bwd \(fmt(median(bwd) * 1000)), "
                 + "norm+update \(fmt(median(upd) * 1000))), \(Int(tokensPerStep / median(times))) tok/s, MFU \(fmt(mfu))%, "
                 + "device memory used \((mem.total - mem.free) >> 20) MiB (\(model.memorySummary))"]
     }

@@ -32,7 +32,8 @@ import Testing
         #expect(throws: LLMError.self) { try model.forward(inputs: [500], targets: nil, B: 1, T: 1) }
     }
 
-    /// Two backward passes with microSteps 2 accumulate the same gradient as one with microSteps 1,
+    /// Two backward passes with microSteps 2 accumulate the same gradient as one with microSteps 1
+    /// (those two after trainingForward: the protocol's default, a plain forward, on the CPU),
     /// and gradientNorm is the L2 norm of what readGradients returns.
     @Test func backwardAccumulatesMicroSteps() throws {
         let model = try CPUModel.load(path: fixturePath("tiny.bin"), B: 4, T: 32)
@@ -43,7 +44,7 @@ import Testing
         let once = try model.readGradients()
         model.zeroGradients()
         for _ in 0 ..< 2 {
-            _ = try model.forward(inputs: state.inputs, targets: state.targets, B: 4, T: 32)
+            _ = try model.trainingForward(inputs: state.inputs, targets: state.targets, B: 4, T: 32, microSteps: 2)
             try model.backward(microSteps: 2)
         }
         let twice = try model.readGradients()

@@ -14,6 +14,8 @@ final class MockBackend: GPT2Backend {
     var losses: [Float] = []
     var lastInputs: [Int32] = []
     var updates: [AdamWSettings] = []
+    /// microSteps of each trainingForward call.
+    var trainingForwards: [Int] = []
     /// loss of predicting `target` after `input`: defined by the test.
     var lossOf: (_ input: Int32, _ target: Int32) -> Float = { _, t in Float(t % 7) }
 
@@ -34,6 +36,10 @@ final class MockBackend: GPT2Backend {
         guard let targets else { return .nan }
         losses = (0 ..< B * T).map { lossOf(inputs[$0], targets[$0]) }
         return losses.reduce(0, +) / Float(B * T)
+    }
+    func trainingForward(inputs: [Int32], targets: [Int32], B: Int, T: Int, microSteps: Int) throws -> Float {
+        trainingForwards.append(microSteps)
+        return try forward(inputs: inputs, targets: targets, B: B, T: T)
     }
     func lastLosses() -> [Float] { losses }
     /// Logits favour (last input + 1) mod V, so sampling is predictable (B = 1 when sampling).

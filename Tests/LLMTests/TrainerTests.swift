@@ -35,6 +35,8 @@ final class RecordingObserver: TrainingObserver {
         let losses = try trainer.run()
         #expect(trainer.gradAccumSteps == 3)
         #expect(losses.count == 6 && obs.steps.count == 6)
+        // Each micro-step's forward is a training forward told the accumulation (validation is not).
+        #expect(model.trainingForwards == [Int](repeating: 3, count: 18))
         // Every step's gradient is 1 per parameter (3 micro-steps of 1/3): norm sqrt(N), clipped to 1.
         let n = Float(ParameterLayout(mockConfig).count)
         #expect(abs(obs.steps[0].gradNorm - n.squareRoot()) < 1e-2)

@@ -108,6 +108,9 @@ public struct MatmulShape: Hashable {
     public var bias: Bool
     public var accumulate: Bool   // beta = 1
     public var epilogue: MatmulEpilogue = .none
+    /// D (and C) in fp32 whatever the engine's type: bf16 products summed into an fp32 scratch
+    /// (the LM head's dwte over row chunks) round only once, when the sum is added to the gradient.
+    public var fp32Output = false
     /// Alignments (bytes, power of two up to 256) of the A, B, D and bias pointers: the
     /// algorithm chosen for one alignment may fail on a less aligned view.
     var alignA = 256, alignB = 256, alignD = 256, alignBias = 256, alignAux = 256
@@ -123,7 +126,7 @@ extension MatmulShape {
         case .geluKeepInput: tail = " bias+gelu"
         case .geluGradient: tail = " dgelu"
         }
-        return "\(m)x\(n)x\(k) \(ops)" + tail + (accumulate ? " +=" : "")
+        return "\(m)x\(n)x\(k) \(ops)" + tail + (fp32Output ? " fp32" : "") + (accumulate ? " +=" : "")
     }
 }
 
@@ -176,16 +179,16 @@ public final class MatmulEngine {
         try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, 4), "cublasLtMatmulDescSetAttribute(TRANSB)")
         try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, 4),
                      "cublasLtMatmulDescSetAttribute(EPILOGUE)")
-        func layout(_ rows: Int, _ cols: Int) throws -> OpaquePointer {
+        func layout(_ rows: Int, _ cols: Int, _ type: CudaDataType) throws -> OpaquePointer {
             var l: OpaquePointer? = nil
-            try lt.check(lt.layoutCreate(&l, dataType.rawValue, UInt64(rows), UInt64(cols), Int64(rows)),
+            try lt.check(lt.layoutCreate(&l, type.rawValue, UInt64(rows), UInt64(cols), Int64(rows)),
                          "cublasLtMatrixLayoutCreate(\(rows)x\(cols))")
             return l!
         }
         // Stored (before op) shapes, column-major with the leading dimension = rows.
-        let a = try s.transA ? layout(s.k, s.m) : layout(s.m, s.k)
-        let b = try s.transB ? layout(s.n, s.k) : layout(s.k, s.n)
-        let d = try layout(s.m, s.n)
+        let a = try s.transA ? layout(s.k, s.m, dataType) : layout(s.m, s.k, dataType)
+        let b = try s.transB ? layout(s.n, s.k, dataType) : layout(s.k, s.n, dataType)
+        let d = try layout(s.m, s.n, s.fp32Output ? .r32F : dataType)
         var pref: OpaquePointer? = nil
         try lt.check(lt.preferenceCreate(&pref), "cublasLtMatmulPreferenceCreate")
         var ws = workspaceBytes
@@ -235,8 +238,9 @@ public final class MatmulEngine {
         guard list.count > 1, var plan = plans[s] else { return }
         var target = d, scratch: CUdeviceptr = 0
         if s.accumulate {
-            scratch = try device.allocate(bytes: s.m * s.n * (dataType == .r16BF ? 2 : 4), what: "matmul tuning")
-            try device.zero(scratch, bytes: s.m * s.n * (dataType == .r16BF ? 2 : 4))
+            let bytes = s.m * s.n * (dataType == .r16BF && !s.fp32Output ? 2 : 4)
+            scratch = try device.allocate(bytes: bytes, what: "matmul tuning")
+            try device.zero(scratch, bytes: bytes)
             target = scratch
         }
         defer { device.free(scratch) }

@@ -1,6 +1,7 @@
 // The loss head over the logits (N rows of Vp, only the first V real): per-row cross-entropy and
 // log-sum-exp, then its gradient written in place over the logits from that log-sum-exp (one read
 // and one write per logit). Probabilities are never stored. Rows are read in 16-byte packs (Vp % PACK == 0).
+// The model runs them on row chunks of the logits (pointers offset by the chunk's first row).
 #include "common.cuh"
 
 // The row's log-sum-exp over its first V logits, for every thread of the block. Each thread keeps a
@@ -76,4 +77,23 @@ extern "C" __global__ void classifier_loss_backward(floatX* logits, float* losse
         losses[row] = l - targetLogit;
     }
     rowGradient(x, l, target, dloss, V, Vp);
+}
+
+// grad (n) += sum (n, fp32), rounded to nearest once: the LM head's dwte, summed over the row
+// chunks of the classifier in an fp32 scratch, joins the bf16 gradient. One 16-byte pack of grad
+// per thread (n % PACK == 0); one writer per element, so the result is the same on every run.
+extern "C" __global__ void add_fp32_gradient(floatX* grad, const float* sum, long long n) {
+    long long i = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * PACK;
+    if (i >= n) return;
+    Pack g = loadPack(grad + i);
+    const float4* s = (const float4*)(sum + i);
+#pragma unroll
+    for (int k = 0; k < PACK / 4; k++) {
+        float4 f = s[k];
+        g.v[4 * k + 0] = fromFloat(toFloat(g.v[4 * k + 0]) + f.x);
+        g.v[4 * k + 1] = fromFloat(toFloat(g.v[4 * k + 1]) + f.y);
+        g.v[4 * k + 2] = fromFloat(toFloat(g.v[4 * k + 2]) + f.z);
+        g.v[4 * k + 3] = fromFloat(toFloat(g.v[4 * k + 3]) + f.w);
+    }
+    storePack(grad + i, g);
 }
