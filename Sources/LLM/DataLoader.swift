@@ -149,15 +149,24 @@ public final class DataLoader {
         let start = sample * processCount * B * T + rank * B * T
         let V = vocabSize
         let name = sources[loadedShard].name
-        try tokens.withUnsafeBufferPointer { tok in
-            for i in 0 ..< B * T {
-                let x = Int(tok[start + i]), y = Int(tok[start + i + 1])
-                if x >= V || y >= V {
-                    throw LLMError("\(name): token \(max(x, y)) near position \(start + i) is outside the vocabulary (size \(V))")
+        // Through raw buffers: element stores into the class's arrays would each check uniqueness
+        // and exclusivity (about 2 ms per 64K-token batch, while a GPU waits for the next batch).
+        var bad = -1
+        tokens.withUnsafeBufferPointer { tok in
+            inputs.withUnsafeMutableBufferPointer { inp in
+                targets.withUnsafeMutableBufferPointer { tgt in
+                    for i in 0 ..< B * T {
+                        let x = Int(tok[start + i]), y = Int(tok[start + i + 1])
+                        if x >= V || y >= V { bad = i; return }
+                        inp[i] = Int32(x)
+                        tgt[i] = Int32(y)
+                    }
                 }
-                inputs[i] = Int32(x)
-                targets[i] = Int32(y)
             }
+        }
+        if bad >= 0 {
+            let x = Int(tokens[start + bad]), y = Int(tokens[start + bad + 1])
+            throw LLMError("\(name): token \(max(x, y)) near position \(start + bad) is outside the vocabulary (size \(V))")
         }
         samplePosition += 1
     }

@@ -127,7 +127,7 @@ public final class CUDAModel: GPT2Backend {
     /// `parameters`: N fp32 values in checkpoint order (these become the master weights).
     /// `classifierRows`: nil takes $LLM_CLASSIFIER_ROWS, else 8192.
     public init(config: GPT2Config, parameters: [Float], B: Int, T: Int, precision: GPUPrecision = .bf16,
-                recompute: Int = 1, classifierRows: Int? = nil, deviceOrdinal: Int = 0) throws {
+                recompute: Int = 0, classifierRows: Int? = nil, deviceOrdinal: Int = 0) throws {
         try config.validate(source: "cuda model")
         if !(0 ... 2).contains(recompute) {
             throw LLMError("cuda model: recompute \(recompute) is not 0 (none), 1 (GELU) or 2 (GELU and layernorms)")
@@ -491,8 +491,10 @@ public final class CUDAModel: GPT2Backend {
         if inputs.count != N || (targets != nil && targets!.count != N) {
             throw LLMError("cuda model: forward needs \(N) inputs and targets, got \(inputs.count) and \(targets?.count ?? 0)")
         }
-        for x in inputs + (targets ?? []) where x < 0 || Int(x) >= V {
-            throw LLMError("cuda model: token \(x) is outside the vocabulary (size \(V))")
+        for tokens in [inputs, targets ?? []] {
+            if let x = tokens.first(where: { $0 < 0 || Int($0) >= V }) {
+                throw LLMError("cuda model: token \(x) is outside the vocabulary (size \(V))")
+            }
         }
         lastB = B; lastT = T
         lastInputs = inputs

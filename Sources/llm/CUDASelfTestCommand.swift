@@ -79,9 +79,10 @@ struct CUDASelfTestCommand: ParsableCommand {
         let state = try DebugState(path: fixtures + "/tiny_debug_state.bin", config: config)
         let steps = try ReferenceSteps(path: fixtures + "/tiny_steps.json")
         let start = now()
-        // One chunk of classifier rows: logits(b:t:) needs every row's logits.
+        // One chunk of classifier rows: logits(b:t:) needs every row's logits. Recompute 1: the
+        // reference the other settings are compared with below.
         let model = try CUDAModel(config: config, parameters: params, B: state.B, T: state.T, precision: p,
-                                  classifierRows: state.B * state.T)
+                                  recompute: 1, classifierRows: state.B * state.T)
         print("[\(p)] \(model.deviceDescription), GELU epilogues \(model.fusedGELU ? "on" : "off"), kernels: \(model.kernels.compiledModules) modules compiled, "
               + "load \(fmt(model.kernels.loadSeconds)) s, model ready in \(fmt(now() - start)) s")
         let V = config.vocabSize, B = state.B, T = state.T
@@ -116,7 +117,7 @@ struct CUDASelfTestCommand: ParsableCommand {
             if rel > worstRel { worstRel = rel; worstName = t.name }
             elementFails += fails
         }
-        // Recompute 0 and 2 (activations kept, layernorms recomputed too) against the default 1:
+        // Recompute 0 and 2 (activations kept, layernorms recomputed too) against 1:
         // the same deterministic kernels in another order, so bit-identical loss and gradients.
         // Except 0 with the GELU epilogue: its fcproj dweight then reads the epilogue's GELU of the
         // fp32 sum, where recompute 1 reads gelu_forward of the bf16-rounded fch.

@@ -23,7 +23,7 @@ struct CheckCommand: ParsableCommand {
     @Option(help: "GPU precision: fp32 (exact checks, no TF32) or bf16 (llm.c's mixed precision).")
     var precision: PrecisionChoice = .fp32
     @Option(help: "GPU recompute setting (0, 1 or 2; see `llm train --help`).")
-    var recompute: Int = 1
+    var recompute: Int = 0
 
     @Option(help: "Tolerance on the max abs difference of logits (default 1e-4; 0.05 for cuda bf16).")
     var logitsTolerance: Float?

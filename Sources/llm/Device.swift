@@ -27,7 +27,7 @@ func loadModelParameters(_ model: String, seed: UInt64) throws -> (config: GPT2C
 /// Builds the backend for `device`; `auto` takes CUDA when a driver and GPU are found, else the
 /// CPU, and says why in one line.
 func makeBackend(_ device: DeviceChoice, config: GPT2Config, parameters: [Float], B: Int, T: Int,
-                 precision: PrecisionChoice, recompute: Int = 1, log: (String) -> Void) throws -> GPT2Backend {
+                 precision: PrecisionChoice, recompute: Int = 0, log: (String) -> Void) throws -> GPT2Backend {
     switch device {
     case .cpu:
         return try CPUModel(config: config, parameters: parameters, B: B, T: T)
@@ -46,7 +46,7 @@ func makeBackend(_ device: DeviceChoice, config: GPT2Config, parameters: [Float]
 }
 
 func makeCUDA(config: GPT2Config, parameters: [Float], B: Int, T: Int, precision: PrecisionChoice,
-              recompute: Int = 1, log: (String) -> Void) throws -> GPT2Backend {
+              recompute: Int = 0, log: (String) -> Void) throws -> GPT2Backend {
     let model = try CUDAModel(config: config, parameters: parameters, B: B, T: T,
                               precision: precision == .bf16 ? .bf16 : .fp32, recompute: recompute)
     log("gpu memory: \(model.memorySummary)")

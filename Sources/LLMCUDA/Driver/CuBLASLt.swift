@@ -54,6 +54,7 @@ public final class CuBLASLt {
     let algoGetHeuristic: FnLtHeuristic
     let matmul: FnLtMatmul
     let statusString: FnLtStatusString?
+    let getVersion: (@convention(c) () -> Int)?
 
     init(library l: DynamicLibrary) throws {
         library = l
@@ -67,6 +68,7 @@ public final class CuBLASLt {
         algoGetHeuristic = try l.symbol("cublasLtMatmulAlgoGetHeuristic")
         matmul = try l.symbol("cublasLtMatmul")
         statusString = try? l.symbol("cublasLtGetStatusString")
+        getVersion = try? l.symbol("cublasLtGetVersion")
     }
 
     public static let shared: Result<CuBLASLt, LLMError> = {
@@ -135,6 +137,13 @@ extension MatmulShape {
 }
 
 /// A cuBLASLt handle with its workspace and the descriptors and algorithm chosen for each shape.
+///
+/// The algorithm: cuBLASLt's heuristic proposes up to 8; the first time a shape runs, each is timed
+/// on the real operands and the fastest kept (2-10 % faster than the heuristic's first choice for
+/// most of GPT-2's products on an H100). The choice (its place in the heuristic's list) is written
+/// to the kernel cache, `matmul-<GPU>.txt`, and later runs on the machine take it from there: the
+/// same algorithms, so the same bits run to run and across a resume. $LLM_MATMUL_TUNE=0 keeps the
+/// heuristic's first choice.
 public final class MatmulEngine {
     let lt: CuBLASLt
     let device: CUDADevice
@@ -144,9 +153,12 @@ public final class MatmulEngine {
     let workspaceBytes = 32 << 20
     struct Plan { let desc: OpaquePointer; let a: OpaquePointer; let b: OpaquePointer; let d: OpaquePointer; var algo: [UInt8] }
     var plans: [MatmulShape: Plan] = [:]
-    /// $LLM_MATMUL_TUNE=1: time up to 8 of the heuristic's algorithms for each new shape and keep
-    /// the fastest (an experiment: the choice can differ from run to run, and with it the bits).
-    let tune = getenv("LLM_MATMUL_TUNE").map { String(cString: $0) } == "1"
+    let tune = getenv("LLM_MATMUL_TUNE").map { String(cString: $0) } != "0"
+    /// Chosen places in the heuristic's list, by `choiceKey`, from and to `choicesPath`.
+    var choices: [String: Int] = [:]
+    let choicesPath: String
+    /// Heuristic candidates of the shape `plan` just made, for `run` to time once it has operands.
+    var candidates: [[UInt8]] = []
 
     /// `bf16`: bf16 in/out; else fp32 in/out. Both accumulate in fp32 (CUBLAS_COMPUTE_32F, no TF32).
     public init(device: CUDADevice, bf16: Bool) throws {
@@ -157,6 +169,19 @@ public final class MatmulEngine {
         try lt.check(lt.create(&h), "cublasLtCreate")
         handle = h!
         workspace = try device.allocate(bytes: workspaceBytes, what: "cublasLt workspace")
+        let gpu = String(device.name.map { $0.isLetter || $0.isNumber ? $0 : "-" })
+        choicesPath = KernelCache.directory() + "/matmul-\(gpu)-cublasLt\(lt.getVersion?() ?? 0).txt"
+        if tune, let bytes = try? readFileBytes(choicesPath) {
+            for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
+                guard let space = line.lastIndex(of: " "), let i = Int(line[line.index(after: space)...]) else { continue }
+                choices[String(line[..<space])] = i
+            }
+        }
+    }
+
+    /// Everything that decides the heuristic's list for a shape.
+    func choiceKey(_ s: MatmulShape) -> String {
+        "\(dataType.rawValue) \(s.profileName) align \(s.alignA) \(s.alignB) \(s.alignD) \(s.alignBias) \(s.alignAux)"
     }
 
     deinit {
@@ -218,17 +243,17 @@ public final class MatmulEngine {
         try lt.check(lt.algoGetHeuristic(handle, desc, a, b, d, d, pref, wanted, &result, &found),
                      "cublasLtMatmulAlgoGetHeuristic(\(s))")
         if found == 0 { throw LLMError("cublasLt: no algorithm for matmul \(s)") }
-        let p = Plan(desc: desc!, a: a, b: b, d: d, algo: Array(result[0 ..< 64]))
-        if tune && found > 1 {
-            candidates = (0 ..< Int(found)).map { Array(result[$0 * heuristicResultBytes ..< $0 * heuristicResultBytes + 64]) }
-        } else {
-            candidates = []
+        let list = (0 ..< Int(found)).map { Array(result[$0 * heuristicResultBytes ..< $0 * heuristicResultBytes + 64]) }
+        var p = Plan(desc: desc!, a: a, b: b, d: d, algo: list[0])
+        candidates = []
+        if let i = choices[choiceKey(s)], i < list.count {
+            p.algo = list[i]
+        } else if list.count > 1 {
+            candidates = list  // `run` times them once it has the operands
         }
-        plans[s] = p  // `run` tunes the algorithm, if asked, once it has the operands
+        plans[s] = p
         return p
     }
-
-    var candidates: [[UInt8]] = []
 
     /// Times each candidate algorithm of a new shape on its real operands (D is written: the
     /// products that accumulate get a scratch D) and keeps the fastest in the plan.
@@ -263,8 +288,14 @@ public final class MatmulEngine {
         let best = times.indices.min { times[$0] < times[$1] }!
         plan.algo = list[best]
         plans[s] = plan
-        fputs("matmul tune " + s.profileName + format(": heuristic's first %.4f ms, best (#%ld of %ld) %.4f ms\n",
-                                                      Double(times[0]), best, list.count, Double(times[best])), stderr)
+        choices[choiceKey(s)] = best
+        let text = choices.keys.sorted().map { "\($0) \(choices[$0]!)\n" }.joined()
+        KernelCache.makeDirectories(KernelCache.directory())
+        try? writeFileAtomically(choicesPath, Array(text.utf8))  // a read-only cache only costs a retune
+        if getenv("LLM_MATMUL_TUNE").map({ String(cString: $0) }) == "verbose" {
+            fputs("matmul tune " + s.profileName + format(": heuristic's first %.4f ms, best (#%ld of %ld) %.4f ms\n",
+                                                          Double(times[0]), best, list.count, Double(times[best])), stderr)
+        }
     }
 
     /// D = op(A) op(B) (+ bias) (+ D if accumulate), then the shape's epilogue, on the device's
