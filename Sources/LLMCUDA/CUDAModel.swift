@@ -122,7 +122,7 @@ public final class CUDAModel: GPT2Backend {
 
     static let lnBackwardBlocks = 256
     static let normBlocks = 512
-    static let maxBiasRowBlocks = 64
+    static let maxBiasRowBlocks = 256
 
     /// `parameters`: N fp32 values in checkpoint order (these become the master weights).
     /// `classifierRows`: nil takes $LLM_CLASSIFIER_ROWS, else 8192.
@@ -408,9 +408,11 @@ public final class CUDAModel: GPT2Backend {
             try launch1D("gelu_backward", count: N * K / pack, [.ptr(dinp), .ptr(g), .ptr(dinp), .i64(Int64(N * K))])
         }
         if let dbias = dbias {
-            let rowBlocks = min(CUDAModel.maxBiasRowBlocks, (N + 255) / 256)
+            // Enough blocks to keep every SM streaming (each reads 32 packs of ~N/256 rows).
+            let rowBlocks = min(CUDAModel.maxBiasRowBlocks, (N + 63) / 64)
             let rowsPerBlock = (N + rowBlocks - 1) / rowBlocks
-            try launch("bias_backward_partial", grid: ((OC + 31) / 32, rowBlocks, 1), block: (32, 8, 1),
+            let columnBlocks = (OC + 32 * pack - 1) / (32 * pack)
+            try launch("bias_backward_partial", grid: (columnBlocks, rowBlocks, 1), block: (32, 8, 1),
                        [.ptr(partials), .ptr(dout), .i32(Int32(N)), .i32(Int32(OC)), .i32(Int32(rowsPerBlock))])
             try launch1D("bias_backward_reduce", count: OC,
                          [.ptr(dbias), .ptr(partials), .i32(Int32(rowBlocks)), .i32(Int32(OC))])

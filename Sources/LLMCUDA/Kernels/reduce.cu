@@ -2,23 +2,36 @@
 // per-block fp32 partials followed by one fixed-order sum.
 #include "common.cuh"
 
-// partial (gridDim.y, OC): block (x, y) sums rows [y*rowsPerBlock, ...) of 32 columns of dout (N, OC).
-// Block shape (32, 8).
+// partial (gridDim.y, OC): block (x, y) sums rows [y*rowsPerBlock, ...) of 32 * PACK columns of
+// dout (N, OC). Block shape (32, 8): a lane reads one 16-byte pack of a row (a warp: 512 bytes
+// of it), the 8 warps every 8th row; then the warps' sums meet in shared memory in a fixed order.
 extern "C" __global__ void bias_backward_partial(float* partial, const floatX* dout, int N, int OC,
                                                  int rowsPerBlock) {
-    __shared__ float sums[8][33];
-    int col = blockIdx.x * 32 + threadIdx.x;
-    int rowStart = blockIdx.y * rowsPerBlock;
-    int rowEnd = min(N, rowStart + rowsPerBlock);
-    float sum = 0.0f;
-    if (col < OC) {
-        for (int r = rowStart + threadIdx.y; r < rowEnd; r += 8) sum += toFloat(dout[(long long)r * OC + col]);
+    __shared__ float sums[8][32 * PACK + 1];
+    const int col0 = (blockIdx.x * 32 + threadIdx.x) * PACK;
+    const int rowStart = blockIdx.y * rowsPerBlock;
+    const int rowEnd = min(N, rowStart + rowsPerBlock);
+    float acc[PACK];
+#pragma unroll
+    for (int i = 0; i < PACK; i++) acc[i] = 0.0f;
+    if (col0 + PACK <= OC) {
+        for (int r = rowStart + threadIdx.y; r < rowEnd; r += 8) {
+            Pack p = loadPack(dout + (long long)r * OC + col0);
+#pragma unroll
+            for (int i = 0; i < PACK; i++) acc[i] += toFloat(p.v[i]);
+        }
+    } else if (col0 < OC) {  // a row length that is not a multiple of PACK: the last columns one by one
+        for (int r = rowStart + threadIdx.y; r < rowEnd; r += 8)
+            for (int i = 0; col0 + i < OC; i++) acc[i] += toFloat(dout[(long long)r * OC + col0 + i]);
     }
-    sums[threadIdx.y][threadIdx.x] = sum;
+#pragma unroll
+    for (int i = 0; i < PACK; i++) sums[threadIdx.y][threadIdx.x * PACK + i] = acc[i];
     __syncthreads();
-    if (threadIdx.y == 0 && col < OC) {
+    for (int c = threadIdx.y * 32 + threadIdx.x; c < 32 * PACK; c += 256) {
+        int col = blockIdx.x * 32 * PACK + c;
+        if (col >= OC) continue;
         float total = 0.0f;
-        for (int y = 0; y < 8; y++) total += sums[y][threadIdx.x];
+        for (int y = 0; y < 8; y++) total += sums[y][c];
         partial[(long long)blockIdx.y * OC + col] = total;
     }
 }
