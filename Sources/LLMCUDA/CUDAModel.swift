@@ -120,7 +120,7 @@ public final class CUDAModel: GPT2Backend {
     /// Key/value cache of cached generation (CUDAGeneration.swift), made by beginGeneration.
     var generationState: CUDAGenerationState?
 
-    static let lnBackwardBlocks = 256
+    static let lnBackwardBlocks = 512
     static let normBlocks = 512
     static let maxBiasRowBlocks = 256
 
@@ -450,7 +450,7 @@ public final class CUDAModel: GPT2Backend {
     func layerNormBackward(dinp: CUdeviceptr, dweight: CUdeviceptr, dbias: CUdeviceptr, dout: CUdeviceptr,
                            inp: CUdeviceptr, weight: CUdeviceptr, mean: CUdeviceptr, rstd: CUdeviceptr,
                            N: Int, C: Int) throws {
-        let warps = 8  // 256 blocks x 8 warps: every SM gets about 16 rows in flight
+        let warps = 8  // 512 blocks x 8 warps: up to 4 blocks (32 rows in flight) per SM, as its shared memory allows at C=768
         let blocks = min(CUDAModel.lnBackwardBlocks, (N + warps - 1) / warps)
         try launch("layernorm_backward", grid: (blocks, 1, 1), block: (32 * warps, 1, 1), shared: warps * 2 * C * 4,
                    [.ptr(dinp), .ptr(partials), .ptr(dout), .ptr(inp), .ptr(weight), .ptr(mean), .ptr(rstd),
