@@ -413,4 +413,482 @@ flash_attention_backward_key_value(bf16* dqkv, const bf16* qkv, const bf16* dout
     storeRows(dst + 2 * C, C3, dv, 1.0f, kt * FA_ROWS + warp * 16, T, lane);
 }
 
+// MARK: - Variants (v2, v3): selected at run time by $LLM_FLASH_FORWARD / $LLM_FLASH_BACKWARD
+//
+// Same contract and tiling as the kernels above, which stay the baseline (v1). What changes:
+// - the 1/8 * log2(e) score scale folds into the exponent's FFMA (max taken on raw scores);
+// - the diagonal tile is a separate instantiation (the causal compare only there), and on it the
+//   work that is masked for a whole warp is skipped (keys past the warp's last row);
+// - the backward kernels walk a 64-row streamed tile as two 32-row halves, which halves the score
+//   accumulators and their bf16 fragments (fewer registers: more blocks per SM), and lets a warp
+//   skip a half that is fully masked on the diagonal tile.
+
+// The v2 helpers take 32-bit shared addresses that already include the lane's own offset (from
+// the lane offsets below), so every (k, n) step is an immediate offset of the ldmatrix: no address
+// registers per step for the compiler to keep live (v1 keeps them, and the v2 kernels spilled).
+__device__ __forceinline__ void loadMatricesAt(unsigned (&r)[4], unsigned address) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(address));
+}
+__device__ __forceinline__ void loadMatricesTransposedAt(unsigned (&r)[4], unsigned address) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(address));
+}
+// Byte offsets of a lane's ldmatrix row: A fragments of 16 rows (add the warp's first row),
+// B fragments of two n-tiles (rows of the tile are the n dimension), and transposed B fragments
+// (rows of the tile are the k dimension).
+__device__ __forceinline__ unsigned laneRowsA(int lane) { return ((lane % 16) * FA_PAD + (lane / 16) * 8) * 2; }
+__device__ __forceinline__ unsigned laneRowsB(int lane) { return ((lane % 8 + (lane / 16) * 8) * FA_PAD + ((lane / 8) % 2) * 8) * 2; }
+__device__ __forceinline__ unsigned laneRowsBT(int lane) { return ((lane % 8 + ((lane / 8) % 2) * 8) * FA_PAD + (lane / 16) * 8) * 2; }
+
+// loadTile with less address math (v2 kernels): dst = the tile's shared address + tileChunk(), src =
+// the head's slice at the tile's first row + streamChunk(stride); rows = T - the tile's first row.
+// Rows at or past T are zero-filled (their source address stays at the chunk's first row).
+__device__ __forceinline__ unsigned tileChunk() { return ((threadIdx.x / 8) * FA_PAD + (threadIdx.x % 8) * 8) * 2; }
+__device__ __forceinline__ long long streamChunk(int stride) { return (long long)(threadIdx.x / 8) * stride + (threadIdx.x % 8) * 8; }
+__device__ __forceinline__ void loadTileAt(unsigned dst, const bf16* src, int stride, int rows) {
+#pragma unroll
+    for (int i = 0; i < FA_ROWS * FA_HS / 8 / FA_THREADS; i++) {  // 16 rows per step
+        bool ok = (int)(threadIdx.x / 8) + i * 16 < rows;
+        copyAsync16(dst + i * 16 * FA_PAD * 2, ok ? src + (long long)i * 16 * stride : src, ok);
+    }
+}
+
+// frag = 16 rows x 64 channels at `rows` (shared address + laneRowsA + first row * FA_PAD * 2).
+__device__ __forceinline__ void loadRowsAt(unsigned (&frag)[4][4], unsigned rows) {
+#pragma unroll
+    for (int k = 0; k < 4; k++) loadMatricesAt(frag[k], rows + k * 32);
+}
+
+// acc (16, 8 * NT) = a (16 rows, 64 channels) . tile^T over 8 * NT tile rows; b = tile address + laneRowsB.
+template <int NT>
+__device__ __forceinline__ void multiplyTransposedAt(float (&acc)[NT][4], const unsigned (&a)[4][4], unsigned b) {
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[n][e] = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+#pragma unroll
+        for (int n = 0; n < NT; n += 2) {
+            unsigned m[4];
+            loadMatricesAt(m, b + (n * 8 * FA_PAD + k * 16) * 2);
+            mma(acc[n], a[k], m[0], m[1]);
+            mma(acc[n + 1], a[k], m[2], m[3]);
+        }
+}
+
+// acc (16, 64) += a (16 rows, 16 * KS tile rows) . tile over 16 * KS tile rows; b = tile address + laneRowsBT.
+template <int KS>
+__device__ __forceinline__ void multiplyAccumulateAt(float (&acc)[8][4], const unsigned (&a)[KS][4], unsigned b) {
+#pragma unroll
+    for (int k = 0; k < KS; k++)
+#pragma unroll
+        for (int n = 0; n < 8; n += 2) {
+            unsigned m[4];
+            loadMatricesTransposedAt(m, b + (k * 16 * FA_PAD + n * 8) * 2);
+            mma(acc[n], a[k], m[0], m[1]);
+            mma(acc[n + 1], a[k], m[2], m[3]);
+        }
+}
+
+// An accumulator (16, 16 * KS) rounded to bf16 as an A operand of KS k-steps.
+template <int KS>
+__device__ __forceinline__ void toFragmentsRows(unsigned (&frag)[KS][4], const float (&acc)[2 * KS][4]) {
+#pragma unroll
+    for (int k = 0; k < KS; k++) {
+        frag[k][0] = packPair(acc[2 * k][0], acc[2 * k][1]);
+        frag[k][1] = packPair(acc[2 * k][2], acc[2 * k][3]);
+        frag[k][2] = packPair(acc[2 * k + 1][0], acc[2 * k + 1][1]);
+        frag[k][3] = packPair(acc[2 * k + 1][2], acc[2 * k + 1][3]);
+    }
+}
+
+// One key tile of the forward for a warp: scores, online softmax, o += P v; kB = k tile + laneRowsB,
+// vBT = v tile + laneRowsBT. DIAGONAL: the tile holding the warp's own rows, where keys past a row
+// are masked, and the n-tiles (8 keys) past the warp's last row (2 * warp + 1) and the k-steps
+// (16 keys) past `warp` are skipped outright.
+template <bool DIAGONAL>
+__device__ __forceinline__ void forwardTile(float (&o)[8][4], float (&rowMax)[2], float (&rowSum)[2], const unsigned (&q)[4][4],
+                                            unsigned kB, unsigned vBT, int warp, int lane) {
+    const float scale = 0.125f * FA_LOG2E;
+    float s[8][4];
+    if (DIAGONAL) {
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[n][e] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+#pragma unroll
+            for (int n = 0; n < 8; n += 2) {
+                if (n > 2 * warp) continue;  // n-tiles n, n + 1 hold keys past all the warp's rows
+                unsigned m[4];
+                loadMatricesAt(m, kB + (n * 8 * FA_PAD + k * 16) * 2);
+                mma(s[n], q[k], m[0], m[1]);
+                mma(s[n + 1], q[k], m[2], m[3]);
+            }
+    } else {
+        multiplyTransposedAt<8>(s, q, kB);
+    }
+    float tileMax[2] = {NEG_INFINITY, NEG_INFINITY};
+    const int last = warp * 16 + lane / 4 - 2 * (lane % 4);  // key n * 8 + (e & 1) of the tile is masked past last + (e / 2) * 8
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            if (DIAGONAL && n * 8 + (e & 1) > last + (e / 2) * 8) s[n][e] = NEG_INFINITY;
+            tileMax[e / 2] = fmaxf(tileMax[e / 2], s[n][e]);
+        }
+    float rescale[2], shift[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        tileMax[r] = fmaxf(tileMax[r], __shfl_xor_sync(0xffffffffU, tileMax[r], 1));
+        tileMax[r] = fmaxf(tileMax[r], __shfl_xor_sync(0xffffffffU, tileMax[r], 2));
+        float newMax = fmaxf(rowMax[r], tileMax[r]);  // raw scores; finite: key 0 is in every row's first tile
+        rescale[r] = exp2f((rowMax[r] - newMax) * scale);
+        rowMax[r] = newMax;
+        shift[r] = newMax * scale;
+        rowSum[r] *= rescale[r];
+    }
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            o[n][e] *= rescale[e / 2];
+            s[n][e] = exp2f(fmaf(s[n][e], scale, -shift[e / 2]));
+            rowSum[e / 2] += s[n][e];
+        }
+    unsigned p[4][4];
+    toFragments(p, s);
+    if (DIAGONAL) {
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+#pragma unroll
+            for (int n = 0; n < 8; n += 2) {
+                if (k > warp) continue;  // keys 16k.. are past all the warp's rows: P is zero there
+                unsigned m[4];
+                loadMatricesTransposedAt(m, vBT + (k * 16 * FA_PAD + n * 8) * 2);
+                mma(o[n], p[k], m[0], m[1]);
+                mma(o[n + 1], p[k], m[2], m[3]);
+            }
+    } else {
+        multiplyAccumulateAt<4>(o, p, vBT);
+    }
+}
+
+// v2: folded scale, split diagonal tile, masked n-tiles and k-steps skipped, immediate ldmatrix
+// offsets; 128 registers (4 blocks per SM) as v1. Shared as v1: q, 2 x k, 2 x v tiles.
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 4)
+flash_attention_forward_v2(bf16* out, float* lse, const bf16* qkv, int T, int NH) {
+    extern __shared__ __align__(16) bf16 flashShared[];
+    bf16* qTile = flashShared;
+    bf16* kTiles = qTile + FA_TILE;
+    bf16* vTiles = kTiles + 2 * FA_TILE;
+    const int C = NH * FA_HS, C3 = 3 * C;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int qt = gridDim.x - 1 - blockIdx.x;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int rowBase = qt * FA_ROWS + warp * 16 + lane / 4;
+    const bf16* qBase = qkv + (long long)b * T * C3 + h * FA_HS;
+    const bf16* kBase = qBase + C;
+    const bf16* vBase = qBase + 2 * C;
+    const unsigned kB = sharedAddress(kTiles) + laneRowsB(lane), vBT = sharedAddress(vTiles) + laneRowsBT(lane);
+
+    loadTile(qTile, qBase, C3, qt * FA_ROWS, T);
+    loadTile(kTiles, kBase, C3, 0, T);
+    loadTile(vTiles, vBase, C3, 0, T);
+    commitCopies();
+    unsigned q[4][4];
+    float o[8][4];
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[n][e] = 0.0f;
+    float rowMax[2] = {NEG_INFINITY, NEG_INFINITY}, rowSum[2] = {0.0f, 0.0f};
+
+    for (int kt = 0; kt <= qt; kt++) {
+        const unsigned buffer = (kt % 2) * FA_TILE * 2;
+        if (kt < qt) {
+            const unsigned next = ((kt + 1) % 2) * FA_TILE * 2 + tileChunk();
+            const long long at = (long long)(kt + 1) * FA_ROWS * C3 + streamChunk(C3);
+            loadTileAt(sharedAddress(kTiles) + next, kBase + at, C3, T - (kt + 1) * FA_ROWS);
+            loadTileAt(sharedAddress(vTiles) + next, vBase + at, C3, T - (kt + 1) * FA_ROWS);
+        }
+        commitCopies();
+        waitAllButLatest();
+        __syncthreads();
+        if (kt == 0) loadRowsAt(q, sharedAddress(qTile) + laneRowsA(lane) + warp * 16 * FA_PAD * 2);
+        if (kt < qt) forwardTile<false>(o, rowMax, rowSum, q, kB + buffer, vBT + buffer, warp, lane);
+        else forwardTile<true>(o, rowMax, rowSum, q, kB + buffer, vBT + buffer, warp, lane);
+        __syncthreads();
+    }
+
+    const float scale = 0.125f * FA_LOG2E;
+    float inverse[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        rowSum[r] += __shfl_xor_sync(0xffffffffU, rowSum[r], 1);
+        rowSum[r] += __shfl_xor_sync(0xffffffffU, rowSum[r], 2);
+        inverse[r] = 1.0f / rowSum[r];
+        int row = rowBase + r * 8;
+        if (lane % 4 == 0 && row < T) lse[((long long)b * NH + h) * T + row] = (rowMax[r] * scale + log2f(rowSum[r])) / FA_LOG2E;
+    }
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[n][e] *= inverse[e / 2];
+    storeRows(out + (long long)b * T * C + h * FA_HS, C, o, 1.0f, qt * FA_ROWS + warp * 16, T, lane);
+}
+
+// One key tile (two 32-key halves) of the query kernel for a warp: dq += dS k. kB, vB: the k and v
+// tiles + laneRowsB; kBT: the k tile + laneRowsBT. DIAGONAL: keys past a row are masked; warps 0
+// and 1 (rows 0..31 of the tile) skip the upper half (keys 32..63).
+template <bool DIAGONAL>
+__device__ __forceinline__ void queryTile(float (&dq)[8][4], const unsigned (&q)[4][4], const unsigned (&g)[4][4],
+                                          const float (&rowLse)[2], const float (&rowD)[2],
+                                          unsigned kB, unsigned vB, unsigned kBT, int warp, int lane) {
+    const float scale = 0.125f * FA_LOG2E;
+    const int last = warp * 16 + lane / 4 - 2 * (lane % 4);
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        if (DIAGONAL && half == 1 && warp < 2) continue;
+        const unsigned rows = half * 32 * FA_PAD * 2;
+        float s[4][4], dp[4][4];
+        multiplyTransposedAt<4>(s, q, kB + rows);
+        multiplyTransposedAt<4>(dp, g, vB + rows);
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float p = exp2f(fmaf(s[n][e], scale, -rowLse[e / 2]));
+                if (DIAGONAL && half * 32 + n * 8 + (e & 1) > last + (e / 2) * 8) p = 0.0f;
+                s[n][e] = p * (dp[n][e] - rowD[e / 2]);  // dS
+            }
+        unsigned ds[2][4];
+        toFragmentsRows<2>(ds, s);
+        multiplyAccumulateAt<2>(dq, ds, kBT + rows);
+    }
+}
+
+// v2 of the query kernel: 32-key halves, split diagonal tile, immediate ldmatrix offsets. Same
+// shared layout as v1 (q, dout, out, 2 x k, 2 x v tiles and 64 floats).
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 3)
+flash_attention_backward_query_v2(bf16* dqkv, float* dsum, const bf16* qkv, const bf16* out, const bf16* dout,
+                                  const float* lse, int T, int NH) {
+    extern __shared__ __align__(16) bf16 flashShared[];
+    bf16* qTile = flashShared;
+    bf16* gTile = qTile + FA_TILE;
+    bf16* oTile = gTile + FA_TILE;
+    bf16* kTiles = oTile + FA_TILE;
+    bf16* vTiles = kTiles + 2 * FA_TILE;
+    float* tileD = (float*)(vTiles + 2 * FA_TILE);
+    const int C = NH * FA_HS, C3 = 3 * C;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int qt = gridDim.x - 1 - blockIdx.x;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int rowBase = qt * FA_ROWS + warp * 16 + lane / 4;
+    const bf16* qBase = qkv + (long long)b * T * C3 + h * FA_HS;
+    const bf16* kBase = qBase + C;
+    const bf16* vBase = qBase + 2 * C;
+    const unsigned kB = sharedAddress(kTiles) + laneRowsB(lane), vB = sharedAddress(vTiles) + laneRowsB(lane);
+    const unsigned kBT = sharedAddress(kTiles) + laneRowsBT(lane);
+
+    loadTile(qTile, qBase, C3, qt * FA_ROWS, T);
+    loadTile(gTile, dout + (long long)b * T * C + h * FA_HS, C, qt * FA_ROWS, T);
+    loadTile(oTile, out + (long long)b * T * C + h * FA_HS, C, qt * FA_ROWS, T);
+    loadTile(kTiles, kBase, C3, 0, T);
+    loadTile(vTiles, vBase, C3, 0, T);
+    commitCopies();
+    const long long stats = ((long long)b * NH + h) * T;
+    float rowLse[2], rowD[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int row = rowBase + r * 8;
+        rowLse[r] = row < T ? lse[stats + row] * FA_LOG2E : 0.0f;
+    }
+    unsigned q[4][4], g[4][4];
+    float dq[8][4];
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dq[n][e] = 0.0f;
+
+    for (int kt = 0; kt <= qt; kt++) {
+        const unsigned buffer = (kt % 2) * FA_TILE * 2;
+        if (kt < qt) {
+            const unsigned next = ((kt + 1) % 2) * FA_TILE * 2 + tileChunk();
+            const long long at = (long long)(kt + 1) * FA_ROWS * C3 + streamChunk(C3);
+            loadTileAt(sharedAddress(kTiles) + next, kBase + at, C3, T - (kt + 1) * FA_ROWS);
+            loadTileAt(sharedAddress(vTiles) + next, vBase + at, C3, T - (kt + 1) * FA_ROWS);
+        }
+        commitCopies();
+        waitAllButLatest();
+        __syncthreads();
+        if (kt == 0) {
+            const unsigned rows = laneRowsA(lane) + warp * 16 * FA_PAD * 2;
+            loadRowsAt(q, sharedAddress(qTile) + rows);
+            loadRowsAt(g, sharedAddress(gTile) + rows);
+            int row = threadIdx.x / 2, c0 = (threadIdx.x % 2) * 32;
+            float d = 0.0f;
+            for (int c = c0; c < c0 + 32; c++) d += toFloat(gTile[row * FA_PAD + c]) * toFloat(oTile[row * FA_PAD + c]);
+            d += __shfl_xor_sync(0xffffffffU, d, 1);
+            if (threadIdx.x % 2 == 0) {
+                tileD[row] = d;
+                if (qt * FA_ROWS + row < T) dsum[stats + qt * FA_ROWS + row] = d;
+            }
+            __syncthreads();
+            rowD[0] = tileD[warp * 16 + lane / 4];
+            rowD[1] = tileD[warp * 16 + lane / 4 + 8];
+        }
+        if (kt < qt) queryTile<false>(dq, q, g, rowLse, rowD, kB + buffer, vB + buffer, kBT + buffer, warp, lane);
+        else queryTile<true>(dq, q, g, rowLse, rowD, kB + buffer, vB + buffer, kBT + buffer, warp, lane);
+        __syncthreads();
+    }
+    storeRows(dqkv + (long long)b * T * C3 + h * FA_HS, C3, dq, 0.125f, qt * FA_ROWS + warp * 16, T, lane);
+}
+
+// One query tile (two 32-query halves) of the key/value kernel for a warp: dv += P^T dout,
+// dk += dS^T q. qB, gB: the q and dout tiles + laneRowsB; qBT, gBT: + laneRowsBT. MASKED: the
+// diagonal tile (queries before a key are masked; warps 2 and 3, keys 32..63, skip the lower
+// half) or a tile that reaches past T (those rows have zero q and dout, masked anyway). RELOAD: k
+// and v fragments come from the shared k and v tiles (kA, vA: + laneRowsA + the warp's rows) for
+// each half instead of staying in registers (32 fewer live registers, 8 more ldmatrix per half).
+template <bool MASKED, bool RELOAD>
+__device__ __forceinline__ void keyValueTile(float (&dk)[8][4], float (&dv)[8][4], const unsigned (&k)[4][4], const unsigned (&v)[4][4],
+                                             unsigned kA, unsigned vA, unsigned qB, unsigned gB, unsigned qBT, unsigned gBT,
+                                             const float* rowLse, const float* rowD,
+                                             bool diagonal, int queryBase, int keyBase, int T, int warp, int lane) {
+    const float scale = 0.125f * FA_LOG2E;
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        if (MASKED && diagonal && half == 0 && warp >= 2) continue;
+        const unsigned rows = half * 32 * FA_PAD * 2;
+        float sT[4][4], dpT[4][4];
+        if constexpr (RELOAD) {
+            unsigned a[4][4];
+            loadRowsAt(a, kA);
+            multiplyTransposedAt<4>(sT, a, qB + rows);
+            loadRowsAt(a, vA);
+            multiplyTransposedAt<4>(dpT, a, gB + rows);
+        } else {
+            multiplyTransposedAt<4>(sT, k, qB + rows);
+            multiplyTransposedAt<4>(dpT, v, gB + rows);
+        }
+#pragma unroll
+        for (int n = 0; n < 4; n++) {
+            const int i = half * 32 + n * 8 + 2 * (lane % 4);  // queries i, i + 1 of the tile
+            const float2 l = *(const float2*)(rowLse + i), d = *(const float2*)(rowD + i);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float p = exp2f(fmaf(sT[n][e], scale, -((e & 1) ? l.y : l.x)));
+                if (MASKED) {
+                    int query = queryBase + i + (e & 1);
+                    if (query < keyBase + (e / 2) * 8 || query >= T) p = 0.0f;
+                }
+                sT[n][e] = p;
+                dpT[n][e] = p * (dpT[n][e] - ((e & 1) ? d.y : d.x));  // dS^T
+            }
+        }
+        unsigned pT[2][4], dsT[2][4];
+        toFragmentsRows<2>(pT, sT);
+        toFragmentsRows<2>(dsT, dpT);
+        multiplyAccumulateAt<2>(dv, pT, gBT + rows);
+        multiplyAccumulateAt<2>(dk, dsT, qBT + rows);
+    }
+}
+
+// The key/value kernel on 32-query halves (flashShared: the kernel's dynamic shared memory; same
+// layout as v1: k, v, 2 x q, 2 x dout tiles, 2 x 2 x 64 floats).
+template <bool RELOAD>
+__device__ __forceinline__ void flashBackwardKeyValue2(bf16* flashShared, bf16* dqkv, const bf16* qkv, const bf16* dout,
+                                                      const float* lse, const float* dsum, int T, int NH) {
+    bf16* kTile = flashShared;
+    bf16* vTile = kTile + FA_TILE;
+    bf16* qTiles = vTile + FA_TILE;
+    bf16* gTiles = qTiles + 2 * FA_TILE;
+    float* lseTiles = (float*)(gTiles + 2 * FA_TILE);
+    float* dTiles = lseTiles + 2 * FA_ROWS;
+    const int C = NH * FA_HS, C3 = 3 * C;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int kt = blockIdx.x;
+    const int tiles = gridDim.x;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int keyBase = kt * FA_ROWS + warp * 16 + lane / 4;
+    const bf16* qBase = qkv + (long long)b * T * C3 + h * FA_HS;
+    const bf16* gBase = dout + (long long)b * T * C + h * FA_HS;
+    const float* lseBase = lse + ((long long)b * NH + h) * T;
+    const float* dBase = dsum + ((long long)b * NH + h) * T;
+    const unsigned kA = sharedAddress(kTile) + laneRowsA(lane) + warp * 16 * FA_PAD * 2;
+    const unsigned vA = kA + FA_TILE * 2;
+    const unsigned qB = sharedAddress(qTiles) + laneRowsB(lane), gB = sharedAddress(gTiles) + laneRowsB(lane);
+    const unsigned qBT = sharedAddress(qTiles) + laneRowsBT(lane), gBT = sharedAddress(gTiles) + laneRowsBT(lane);
+
+    auto loadStatistics = [&](int qt, int buf) {
+        int i = threadIdx.x % FA_ROWS, row = qt * FA_ROWS + i;
+        if (threadIdx.x < FA_ROWS) lseTiles[buf * FA_ROWS + i] = row < T ? lseBase[row] * FA_LOG2E : 0.0f;
+        else dTiles[buf * FA_ROWS + i] = row < T ? dBase[row] : 0.0f;
+    };
+    loadTile(kTile, qBase + C, C3, kt * FA_ROWS, T);
+    loadTile(vTile, qBase + 2 * C, C3, kt * FA_ROWS, T);
+    loadTile(qTiles, qBase, C3, kt * FA_ROWS, T);
+    loadTile(gTiles, gBase, C, kt * FA_ROWS, T);
+    commitCopies();
+    loadStatistics(kt, 0);
+    unsigned k[4][4] = {}, v[4][4] = {};  // unused with RELOAD
+    float dk[8][4], dv[8][4];
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) { dk[n][e] = 0.0f; dv[n][e] = 0.0f; }
+
+    for (int qt = kt; qt < tiles; qt++) {
+        const int buf = (qt - kt) % 2;
+        const unsigned buffer = buf * FA_TILE * 2;
+        if (qt + 1 < tiles) {
+            const unsigned next = (1 - buf) * FA_TILE * 2 + tileChunk();
+            const int row = (qt + 1) * FA_ROWS;
+            loadTileAt(sharedAddress(qTiles) + next, qBase + (long long)row * C3 + streamChunk(C3), C3, T - row);
+            loadTileAt(sharedAddress(gTiles) + next, gBase + (long long)row * C + streamChunk(C), C, T - row);
+            loadStatistics(qt + 1, 1 - buf);
+        }
+        commitCopies();
+        waitAllButLatest();
+        __syncthreads();
+        if (!RELOAD && qt == kt) {
+            loadRowsAt(k, kA);
+            loadRowsAt(v, vA);
+        }
+        const float* rowLse = lseTiles + buf * FA_ROWS;
+        const float* rowD = dTiles + buf * FA_ROWS;
+        if (qt == kt || (qt + 1) * FA_ROWS > T)
+            keyValueTile<true, RELOAD>(dk, dv, k, v, kA, vA, qB + buffer, gB + buffer, qBT + buffer, gBT + buffer, rowLse, rowD,
+                                       qt == kt, qt * FA_ROWS, keyBase, T, warp, lane);
+        else
+            keyValueTile<false, RELOAD>(dk, dv, k, v, kA, vA, qB + buffer, gB + buffer, qBT + buffer, gBT + buffer, rowLse, rowD,
+                                        false, qt * FA_ROWS, keyBase, T, warp, lane);
+        __syncthreads();
+    }
+    bf16* dst = dqkv + (long long)b * T * C3 + h * FA_HS;
+    storeRows(dst + C, C3, dk, 0.125f, kt * FA_ROWS + warp * 16, T, lane);
+    storeRows(dst + 2 * C, C3, dv, 1.0f, kt * FA_ROWS + warp * 16, T, lane);
+}
+
+// v2: 32-query halves, k and v fragments in registers, at most 168 registers (3 blocks per SM; v1 has 2).
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 3)
+flash_attention_backward_key_value_v2(bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse, const float* dsum,
+                                      int T, int NH) {
+    extern __shared__ __align__(16) bf16 flashShared[];
+    flashBackwardKeyValue2<false>(flashShared, dqkv, qkv, dout, lse, dsum, T, NH);
+}
+
+// v3: k and v fragments reloaded from shared per half, at 128 registers (4 blocks per SM: 4 x 57 KB
+// of shared fits the H100's 228 KB; an A100 (164 KB) runs 2).
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 4)
+flash_attention_backward_key_value_v3(bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse, const float* dsum,
+                                      int T, int NH) {
+    extern __shared__ __align__(16) bf16 flashShared[];
+    flashBackwardKeyValue2<true>(flashShared, dqkv, qkv, dout, lse, dsum, T, NH);
+}
+
 #endif
