@@ -443,14 +443,14 @@ __device__ __forceinline__ unsigned laneRowsBT(int lane) { return ((lane % 8 + (
 
 // loadTile with less address math (v2 kernels): dst = the tile's shared address + tileChunk(), src =
 // the head's slice at the tile's first row + streamChunk(stride); rows = T - the tile's first row.
-// Rows at or past T are zero-filled (their source address stays at the chunk's first row).
+// Rows at or past T are zero-filled (their source address is `head`, the slice's row 0, as loadTile).
 __device__ __forceinline__ unsigned tileChunk() { return ((threadIdx.x / 8) * FA_PAD + (threadIdx.x % 8) * 8) * 2; }
 __device__ __forceinline__ long long streamChunk(int stride) { return (long long)(threadIdx.x / 8) * stride + (threadIdx.x % 8) * 8; }
-__device__ __forceinline__ void loadTileAt(unsigned dst, const bf16* src, int stride, int rows) {
+__device__ __forceinline__ void loadTileAt(unsigned dst, const bf16* src, const bf16* head, int stride, int rows) {
 #pragma unroll
     for (int i = 0; i < FA_ROWS * FA_HS / 8 / FA_THREADS; i++) {  // 16 rows per step
         bool ok = (int)(threadIdx.x / 8) + i * 16 < rows;
-        copyAsync16(dst + i * 16 * FA_PAD * 2, ok ? src + (long long)i * 16 * stride : src, ok);
+        copyAsync16(dst + i * 16 * FA_PAD * 2, ok ? src + (long long)i * 16 * stride : head, ok);
     }
 }
 
@@ -476,6 +476,28 @@ __device__ __forceinline__ void multiplyTransposedAt(float (&acc)[NT][4], const 
             mma(acc[n], a[k], m[0], m[1]);
             mma(acc[n + 1], a[k], m[2], m[3]);
         }
+}
+
+// multiplyTransposedAt with the A operand read from shared one k-step at a time (a = the A rows'
+// address, as loadRowsAt): 4 live registers for A instead of 16.
+template <int NT>
+__device__ __forceinline__ void multiplyTransposedLoadA(float (&acc)[NT][4], unsigned a, unsigned b) {
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[n][e] = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        unsigned f[4];
+        loadMatricesAt(f, a + k * 32);
+#pragma unroll
+        for (int n = 0; n < NT; n += 2) {
+            unsigned m[4];
+            loadMatricesAt(m, b + (n * 8 * FA_PAD + k * 16) * 2);
+            mma(acc[n], f, m[0], m[1]);
+            mma(acc[n + 1], f, m[2], m[3]);
+        }
+    }
 }
 
 // acc (16, 64) += a (16 rows, 16 * KS tile rows) . tile over 16 * KS tile rows; b = tile address + laneRowsBT.
@@ -612,8 +634,8 @@ flash_attention_forward_v2(bf16* out, float* lse, const bf16* qkv, int T, int NH
         if (kt < qt) {
             const unsigned next = ((kt + 1) % 2) * FA_TILE * 2 + tileChunk();
             const long long at = (long long)(kt + 1) * FA_ROWS * C3 + streamChunk(C3);
-            loadTileAt(sharedAddress(kTiles) + next, kBase + at, C3, T - (kt + 1) * FA_ROWS);
-            loadTileAt(sharedAddress(vTiles) + next, vBase + at, C3, T - (kt + 1) * FA_ROWS);
+            loadTileAt(sharedAddress(kTiles) + next, kBase + at, kBase, C3, T - (kt + 1) * FA_ROWS);
+            loadTileAt(sharedAddress(vTiles) + next, vBase + at, vBase, C3, T - (kt + 1) * FA_ROWS);
         }
         commitCopies();
         waitAllButLatest();
@@ -719,8 +741,8 @@ flash_attention_backward_query_v2(bf16* dqkv, float* dsum, const bf16* qkv, cons
         if (kt < qt) {
             const unsigned next = ((kt + 1) % 2) * FA_TILE * 2 + tileChunk();
             const long long at = (long long)(kt + 1) * FA_ROWS * C3 + streamChunk(C3);
-            loadTileAt(sharedAddress(kTiles) + next, kBase + at, C3, T - (kt + 1) * FA_ROWS);
-            loadTileAt(sharedAddress(vTiles) + next, vBase + at, C3, T - (kt + 1) * FA_ROWS);
+            loadTileAt(sharedAddress(kTiles) + next, kBase + at, kBase, C3, T - (kt + 1) * FA_ROWS);
+            loadTileAt(sharedAddress(vTiles) + next, vBase + at, vBase, C3, T - (kt + 1) * FA_ROWS);
         }
         commitCopies();
         waitAllButLatest();
@@ -748,36 +770,35 @@ flash_attention_backward_query_v2(bf16* dqkv, float* dsum, const bf16* qkv, cons
     storeRows(dqkv + (long long)b * T * C3 + h * FA_HS, C3, dq, 0.125f, qt * FA_ROWS + warp * 16, T, lane);
 }
 
-// One query tile (two 32-query halves) of the key/value kernel for a warp: dv += P^T dout,
-// dk += dS^T q. qB, gB: the q and dout tiles + laneRowsB; qBT, gBT: + laneRowsBT. MASKED: the
-// diagonal tile (queries before a key are masked; warps 2 and 3, keys 32..63, skip the lower
-// half) or a tile that reaches past T (those rows have zero q and dout, masked anyway). RELOAD: k
-// and v fragments come from the shared k and v tiles (kA, vA: + laneRowsA + the warp's rows) for
-// each half instead of staying in registers (32 fewer live registers, 8 more ldmatrix per half).
-template <bool MASKED, bool RELOAD>
+// One query tile of the key/value kernel for a warp, in parts of ROWS queries (32: halves, 16:
+// quarters): dv += P^T dout, dk += dS^T q. qB, gB: the q and dout tiles + laneRowsB; qBT, gBT: +
+// laneRowsBT. MASKED: the diagonal tile (queries before a key are masked; a part whose queries all
+// precede the warp's keys is skipped) or a tile that reaches past T (those rows have zero q and
+// dout, masked anyway). RELOAD: k and v fragments come from the shared k and v tiles (kA, vA: +
+// laneRowsA + the warp's rows), one k-step at a time, instead of staying in registers (32 fewer
+// live registers, 8 more ldmatrix per part).
+template <bool MASKED, bool RELOAD, int ROWS>
 __device__ __forceinline__ void keyValueTile(float (&dk)[8][4], float (&dv)[8][4], const unsigned (&k)[4][4], const unsigned (&v)[4][4],
                                              unsigned kA, unsigned vA, unsigned qB, unsigned gB, unsigned qBT, unsigned gBT,
                                              const float* rowLse, const float* rowD,
                                              bool diagonal, int queryBase, int keyBase, int T, int warp, int lane) {
+    constexpr int NT = ROWS / 8, KS = ROWS / 16;
     const float scale = 0.125f * FA_LOG2E;
 #pragma unroll
-    for (int half = 0; half < 2; half++) {
-        if (MASKED && diagonal && half == 0 && warp >= 2) continue;
-        const unsigned rows = half * 32 * FA_PAD * 2;
-        float sT[4][4], dpT[4][4];
+    for (int part = 0; part < FA_ROWS / ROWS; part++) {
+        if (MASKED && diagonal && (part + 1) * ROWS <= warp * 16) continue;
+        const unsigned rows = part * ROWS * FA_PAD * 2;
+        float sT[NT][4], dpT[NT][4];
         if constexpr (RELOAD) {
-            unsigned a[4][4];
-            loadRowsAt(a, kA);
-            multiplyTransposedAt<4>(sT, a, qB + rows);
-            loadRowsAt(a, vA);
-            multiplyTransposedAt<4>(dpT, a, gB + rows);
+            multiplyTransposedLoadA<NT>(sT, kA, qB + rows);
+            multiplyTransposedLoadA<NT>(dpT, vA, gB + rows);
         } else {
-            multiplyTransposedAt<4>(sT, k, qB + rows);
-            multiplyTransposedAt<4>(dpT, v, gB + rows);
+            multiplyTransposedAt<NT>(sT, k, qB + rows);
+            multiplyTransposedAt<NT>(dpT, v, gB + rows);
         }
 #pragma unroll
-        for (int n = 0; n < 4; n++) {
-            const int i = half * 32 + n * 8 + 2 * (lane % 4);  // queries i, i + 1 of the tile
+        for (int n = 0; n < NT; n++) {
+            const int i = part * ROWS + n * 8 + 2 * (lane % 4);  // queries i, i + 1 of the tile
             const float2 l = *(const float2*)(rowLse + i), d = *(const float2*)(rowD + i);
 #pragma unroll
             for (int e = 0; e < 4; e++) {
@@ -790,17 +811,17 @@ __device__ __forceinline__ void keyValueTile(float (&dk)[8][4], float (&dv)[8][4
                 dpT[n][e] = p * (dpT[n][e] - ((e & 1) ? d.y : d.x));  // dS^T
             }
         }
-        unsigned pT[2][4], dsT[2][4];
-        toFragmentsRows<2>(pT, sT);
-        toFragmentsRows<2>(dsT, dpT);
-        multiplyAccumulateAt<2>(dv, pT, gBT + rows);
-        multiplyAccumulateAt<2>(dk, dsT, qBT + rows);
+        unsigned pT[KS][4], dsT[KS][4];
+        toFragmentsRows<KS>(pT, sT);
+        toFragmentsRows<KS>(dsT, dpT);
+        multiplyAccumulateAt<KS>(dv, pT, gBT + rows);
+        multiplyAccumulateAt<KS>(dk, dsT, qBT + rows);
     }
 }
 
-// The key/value kernel on 32-query halves (flashShared: the kernel's dynamic shared memory; same
-// layout as v1: k, v, 2 x q, 2 x dout tiles, 2 x 2 x 64 floats).
-template <bool RELOAD>
+// The key/value kernel on parts of ROWS queries (flashShared: the kernel's dynamic shared memory;
+// same layout as v1: k, v, 2 x q, 2 x dout tiles, 2 x 2 x 64 floats).
+template <bool RELOAD, int ROWS>
 __device__ __forceinline__ void flashBackwardKeyValue2(bf16* flashShared, bf16* dqkv, const bf16* qkv, const bf16* dout,
                                                       const float* lse, const float* dsum, int T, int NH) {
     bf16* kTile = flashShared;
@@ -848,8 +869,8 @@ __device__ __forceinline__ void flashBackwardKeyValue2(bf16* flashShared, bf16* 
         if (qt + 1 < tiles) {
             const unsigned next = (1 - buf) * FA_TILE * 2 + tileChunk();
             const int row = (qt + 1) * FA_ROWS;
-            loadTileAt(sharedAddress(qTiles) + next, qBase + (long long)row * C3 + streamChunk(C3), C3, T - row);
-            loadTileAt(sharedAddress(gTiles) + next, gBase + (long long)row * C + streamChunk(C), C, T - row);
+            loadTileAt(sharedAddress(qTiles) + next, qBase + (long long)row * C3 + streamChunk(C3), qBase, C3, T - row);
+            loadTileAt(sharedAddress(gTiles) + next, gBase + (long long)row * C + streamChunk(C), gBase, C, T - row);
             loadStatistics(qt + 1, 1 - buf);
         }
         commitCopies();
@@ -862,10 +883,10 @@ __device__ __forceinline__ void flashBackwardKeyValue2(bf16* flashShared, bf16* 
         const float* rowLse = lseTiles + buf * FA_ROWS;
         const float* rowD = dTiles + buf * FA_ROWS;
         if (qt == kt || (qt + 1) * FA_ROWS > T)
-            keyValueTile<true, RELOAD>(dk, dv, k, v, kA, vA, qB + buffer, gB + buffer, qBT + buffer, gBT + buffer, rowLse, rowD,
+            keyValueTile<true, RELOAD, ROWS>(dk, dv, k, v, kA, vA, qB + buffer, gB + buffer, qBT + buffer, gBT + buffer, rowLse, rowD,
                                        qt == kt, qt * FA_ROWS, keyBase, T, warp, lane);
         else
-            keyValueTile<false, RELOAD>(dk, dv, k, v, kA, vA, qB + buffer, gB + buffer, qBT + buffer, gBT + buffer, rowLse, rowD,
+            keyValueTile<false, RELOAD, ROWS>(dk, dv, k, v, kA, vA, qB + buffer, gB + buffer, qBT + buffer, gBT + buffer, rowLse, rowD,
                                         false, qt * FA_ROWS, keyBase, T, warp, lane);
         __syncthreads();
     }
@@ -879,16 +900,17 @@ extern "C" __global__ void __launch_bounds__(FA_THREADS, 3)
 flash_attention_backward_key_value_v2(bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse, const float* dsum,
                                       int T, int NH) {
     extern __shared__ __align__(16) bf16 flashShared[];
-    flashBackwardKeyValue2<false>(flashShared, dqkv, qkv, dout, lse, dsum, T, NH);
+    flashBackwardKeyValue2<false, 32>(flashShared, dqkv, qkv, dout, lse, dsum, T, NH);
 }
 
-// v3: k and v fragments reloaded from shared per half, at 128 registers (4 blocks per SM: 4 x 57 KB
-// of shared fits the H100's 228 KB; an A100 (164 KB) runs 2).
+// v3: 16-query quarters, k and v fragments reloaded from shared one k-step at a time, at 128
+// registers (4 blocks per SM: 4 x 57 KB of shared fits the H100's 228 KB; an A100 (164 KB) runs 2).
+// (32-query halves with reloads spilled ~170 bytes at 128 registers; these quarters spill 32.)
 extern "C" __global__ void __launch_bounds__(FA_THREADS, 4)
 flash_attention_backward_key_value_v3(bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse, const float* dsum,
                                       int T, int NH) {
     extern __shared__ __align__(16) bf16 flashShared[];
-    flashBackwardKeyValue2<true>(flashShared, dqkv, qkv, dout, lse, dsum, T, NH);
+    flashBackwardKeyValue2<true, 16>(flashShared, dqkv, qkv, dout, lse, dsum, T, NH);
 }
 
 #endif
