@@ -295,7 +295,7 @@ public final class CUDAModel: GPT2Backend {
     /// The flash kernels' variants (flash_attention.cu), to time them against each other; all share
     /// v1's grid, block and shared layout. Forward: name -> kernel.
     public static let flashForwardVariants: [(name: String, kernel: String)] = [
-        ("v1", "flash_attention_forward"), ("v2", "flash_attention_forward_v2"),
+        ("v1", "flash_attention_forward"), ("v2", "flash_attention_forward_v2"), ("v3", "flash_attention_forward_v3"),
     ]
     /// Backward: name -> (query kernel, key/value kernel); v4 and v5 change one kernel of v1 each.
     public static let flashBackwardVariants: [(name: String, query: String, keyValue: String)] = [

@@ -526,33 +526,12 @@ __device__ __forceinline__ void toFragmentsRows(unsigned (&frag)[KS][4], const f
     }
 }
 
-// One key tile of the forward for a warp: scores, online softmax, o += P v; kB = k tile + laneRowsB,
-// vBT = v tile + laneRowsBT. DIAGONAL: the tile holding the warp's own rows, where keys past a row
-// are masked, and the n-tiles (8 keys) past the warp's last row (2 * warp + 1) and the k-steps
-// (16 keys) past `warp` are skipped outright.
+// The online softmax of a warp's scores s (raw, 16 rows x 64 keys) and o += P v; vBT = v tile +
+// laneRowsBT. DIAGONAL: keys past a row are masked, and the k-steps (16 keys) past `warp` skipped.
 template <bool DIAGONAL>
-__device__ __forceinline__ void forwardTile(float (&o)[8][4], float (&rowMax)[2], float (&rowSum)[2], const unsigned (&q)[4][4],
-                                            unsigned kB, unsigned vBT, int warp, int lane) {
+__device__ __forceinline__ void forwardSoftmax(float (&o)[8][4], float (&rowMax)[2], float (&rowSum)[2], float (&s)[8][4],
+                                               unsigned vBT, int warp, int lane) {
     const float scale = 0.125f * FA_LOG2E;
-    float s[8][4];
-    if (DIAGONAL) {
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) s[n][e] = 0.0f;
-#pragma unroll
-        for (int k = 0; k < 4; k++)
-#pragma unroll
-            for (int n = 0; n < 8; n += 2) {
-                if (n > 2 * warp) continue;  // n-tiles n, n + 1 hold keys past all the warp's rows
-                unsigned m[4];
-                loadMatricesAt(m, kB + (n * 8 * FA_PAD + k * 16) * 2);
-                mma(s[n], q[k], m[0], m[1]);
-                mma(s[n + 1], q[k], m[2], m[3]);
-            }
-    } else {
-        multiplyTransposedAt<8>(s, q, kB);
-    }
     float tileMax[2] = {NEG_INFINITY, NEG_INFINITY};
     const int last = warp * 16 + lane / 4 - 2 * (lane % 4);  // key n * 8 + (e & 1) of the tile is masked past last + (e / 2) * 8
 #pragma unroll
@@ -597,6 +576,35 @@ __device__ __forceinline__ void forwardTile(float (&o)[8][4], float (&rowMax)[2]
     } else {
         multiplyAccumulateAt<4>(o, p, vBT);
     }
+}
+
+// One key tile of the forward for a warp: scores, online softmax, o += P v; kB = k tile + laneRowsB,
+// vBT = v tile + laneRowsBT. DIAGONAL: the tile holding the warp's own rows, where keys past a row
+// are masked, and the n-tiles (8 keys) past the warp's last row (2 * warp + 1) and the k-steps
+// (16 keys) past `warp` are skipped outright.
+template <bool DIAGONAL>
+__device__ __forceinline__ void forwardTile(float (&o)[8][4], float (&rowMax)[2], float (&rowSum)[2], const unsigned (&q)[4][4],
+                                            unsigned kB, unsigned vBT, int warp, int lane) {
+    float s[8][4];
+    if (DIAGONAL) {
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[n][e] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+#pragma unroll
+            for (int n = 0; n < 8; n += 2) {
+                if (n > 2 * warp) continue;  // n-tiles n, n + 1 hold keys past all the warp's rows
+                unsigned m[4];
+                loadMatricesAt(m, kB + (n * 8 * FA_PAD + k * 16) * 2);
+                mma(s[n], q[k], m[0], m[1]);
+                mma(s[n + 1], q[k], m[2], m[3]);
+            }
+    } else {
+        multiplyTransposedAt<8>(s, q, kB);
+    }
+    forwardSoftmax<DIAGONAL>(o, rowMax, rowSum, s, vBT, warp, lane);
 }
 
 // v2: folded scale, split diagonal tile, masked n-tiles and k-steps skipped, immediate ldmatrix
@@ -644,6 +652,93 @@ flash_attention_forward_v2(bf16* out, float* lse, const bf16* qkv, int T, int NH
         if (kt < qt) forwardTile<false>(o, rowMax, rowSum, q, kB + buffer, vBT + buffer, warp, lane);
         else forwardTile<true>(o, rowMax, rowSum, q, kB + buffer, vBT + buffer, warp, lane);
         __syncthreads();
+    }
+
+    const float scale = 0.125f * FA_LOG2E;
+    float inverse[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        rowSum[r] += __shfl_xor_sync(0xffffffffU, rowSum[r], 1);
+        rowSum[r] += __shfl_xor_sync(0xffffffffU, rowSum[r], 2);
+        inverse[r] = 1.0f / rowSum[r];
+        int row = rowBase + r * 8;
+        if (lane % 4 == 0 && row < T) lse[((long long)b * NH + h) * T + row] = (rowMax[r] * scale + log2f(rowSum[r])) / FA_LOG2E;
+    }
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[n][e] *= inverse[e / 2];
+    storeRows(out + (long long)b * T * C + h * FA_HS, C, o, 1.0f, qt * FA_ROWS + warp * 16, T, lane);
+}
+
+// v3: v2 software-pipelined inside each warp: the scores of key tile kt + 1 are issued before the
+// softmax and P v of tile kt, in one basic block, so the tensor cores work while MUFU and FFMA do
+// the softmax. The k tiles run one ahead of the v tiles: iteration kt reads k tile kt + 1 and v
+// tile kt, and prefetches k tile kt + 2 and v tile kt + 1 into the buffers iteration kt - 1 read
+// (one barrier per tile). Two score accumulators live at once: 168 registers (3 blocks per SM).
+// Shared as v1.
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 3)
+flash_attention_forward_v3(bf16* out, float* lse, const bf16* qkv, int T, int NH) {
+    extern __shared__ __align__(16) bf16 flashShared[];
+    bf16* qTile = flashShared;
+    bf16* kTiles = qTile + FA_TILE;
+    bf16* vTiles = kTiles + 2 * FA_TILE;
+    const int C = NH * FA_HS, C3 = 3 * C;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int qt = gridDim.x - 1 - blockIdx.x;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int rowBase = qt * FA_ROWS + warp * 16 + lane / 4;
+    const bf16* qBase = qkv + (long long)b * T * C3 + h * FA_HS;
+    const bf16* kBase = qBase + C;
+    const bf16* vBase = qBase + 2 * C;
+    const unsigned kB = sharedAddress(kTiles) + laneRowsB(lane), vBT = sharedAddress(vTiles) + laneRowsBT(lane);
+    const unsigned chunk = tileChunk();
+
+    loadTile(qTile, qBase, C3, qt * FA_ROWS, T);
+    loadTile(kTiles, kBase, C3, 0, T);
+    commitCopies();  // group: q, k 0
+    loadTile(vTiles, vBase, C3, 0, T);
+    if (qt >= 1) loadTile(kTiles + FA_TILE, kBase, C3, FA_ROWS, T);
+    commitCopies();  // group: v 0, k 1
+    waitAllButLatest();
+    __syncthreads();
+    unsigned q[4][4];
+    loadRowsAt(q, sharedAddress(qTile) + laneRowsA(lane) + warp * 16 * FA_PAD * 2);
+    float s[8][4];
+    multiplyTransposedAt<8>(s, q, kB);  // tile 0 (masked below if it is the diagonal)
+    float o[8][4];
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[n][e] = 0.0f;
+    float rowMax[2] = {NEG_INFINITY, NEG_INFINITY}, rowSum[2] = {0.0f, 0.0f};
+
+    for (int kt = 0; kt <= qt; kt++) {
+        asm volatile("cp.async.wait_group 0;" ::: "memory");  // v tile kt and k tile kt + 1
+        __syncthreads();  // ... for all threads; and every warp is done with iteration kt - 1's buffers
+        if (kt + 2 <= qt) {
+            const int row = (kt + 2) * FA_ROWS;
+            loadTileAt(sharedAddress(kTiles) + (kt % 2) * FA_TILE * 2 + chunk, kBase + (long long)row * C3 + streamChunk(C3),
+                       kBase, C3, T - row);
+        }
+        if (kt + 1 <= qt) {
+            const int row = (kt + 1) * FA_ROWS;
+            loadTileAt(sharedAddress(vTiles) + ((kt + 1) % 2) * FA_TILE * 2 + chunk, vBase + (long long)row * C3 + streamChunk(C3),
+                       vBase, C3, T - row);
+        }
+        commitCopies();
+        const unsigned vTile = vBT + (kt % 2) * FA_TILE * 2;
+        if (kt < qt) {
+            float next[8][4];
+            multiplyTransposedAt<8>(next, q, kB + ((kt + 1) % 2) * FA_TILE * 2);
+            forwardSoftmax<false>(o, rowMax, rowSum, s, vTile, warp, lane);
+#pragma unroll
+            for (int n = 0; n < 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[n][e] = next[n][e];
+        } else {
+            forwardSoftmax<true>(o, rowMax, rowSum, s, vTile, warp, lane);
+        }
     }
 
     const float scale = 0.125f * FA_LOG2E;
