@@ -22,11 +22,19 @@ public struct AttentionParity {
 }
 
 extension CUDAModel {
+    /// The variant pairs the attention check runs by default: every forward with backward v1, then
+    /// forward v1 with every other backward (so each row changes one side).
+    public static var flashVariantPairs: [(forward: String, backward: String)] {
+        flashForwardVariants.map { ($0.name, "v1") } + flashBackwardVariants.filter { $0.name != "v1" }.map { ("v1", $0.name) }
+    }
+
     /// Runs the scalar path and then the flash variants on the same random qkv (B, T, 3C) and dout
-    /// (B, T, C); the model's own weights and activations are untouched. Variant pairs: every forward
-    /// with backward v1, then forward v1 with every other backward (so each row changes one side).
+    /// (B, T, C); the model's own weights and activations are untouched (pairs: `flashVariantPairs`).
     /// Times are medians over `repeats` launches (backward includes the dout . out row sums).
-    public func attentionParity(B: Int, T: Int, repeats: Int = 7, seed: UInt64 = 1) throws -> AttentionParity {
+    /// `only`: just these (forward, backward) pairs, e.g. one per process so a faulting kernel
+    /// cannot take the other variants' results with it.
+    public func attentionParity(B: Int, T: Int, repeats: Int = 7, seed: UInt64 = 1,
+                                only: [(forward: String, backward: String)]? = nil) throws -> AttentionParity {
         if precision != .bf16 || config.headSize != 64 {
             throw LLMError("attention parity: needs bf16 and head size 64 (have \(precision.rawValue), \(config.headSize))")
         }
@@ -127,8 +135,7 @@ extension CUDAModel {
             return (r(0), r(1), r(2))
         }
         var parity = AttentionParity(scalarForwardMs: reference.forwardMs, scalarBackwardMs: reference.backwardMs)
-        let pairs = CUDAModel.flashForwardVariants.map { ($0.name, "v1") }
-            + CUDAModel.flashBackwardVariants.filter { $0.name != "v1" }.map { ("v1", $0.name) }
+        let pairs = only ?? CUDAModel.flashVariantPairs
         for (f, b) in pairs {
             let run = try runPath((f, b))
             var r = AttentionVariantResult(forward: f, backward: b)

@@ -23,6 +23,9 @@ struct CUDASelfTestCommand: ParsableCommand {
     @Option(name: .long, help: "Batch of the flash-attention check against the scalar kernels (d12 heads, bf16); 0 skips it.")
     var attentionBatch = 4
 
+    @Option(name: .long, help: "Flash variant pairs of the attention check: all, or FORWARD/BACKWARD,... (e.g. v2/v1,v1/v3).")
+    var attentionVariants = "all"
+
     @Option(name: .long, help: "Steps of the determinism run (two runs, d12 shape, bf16); 0 skips it.")
     var determinismSteps = 20
 
@@ -192,10 +195,21 @@ struct CUDASelfTestCommand: ParsableCommand {
     /// every variant of flash_attention.cu (errors, median times, run-to-run bit identity). Also one
     /// `[attention-variant]` line per variant for Scripts/gpu-attention-variants.sh.
     func attentionCheck() throws -> (rows: [String], failures: [String]) {
+        var only: [(forward: String, backward: String)]?
+        if attentionVariants != "all" {
+            only = try attentionVariants.split(separator: ",").map { pair in
+                let sides = pair.split(separator: "/").map(String.init)
+                guard sides.count == 2, CUDAModel.flashForwardVariants.contains(where: { $0.name == sides[0] }),
+                      CUDAModel.flashBackwardVariants.contains(where: { $0.name == sides[1] }) else {
+                    throw LLMError("--attention-variants \(attentionVariants): \(pair) is not FORWARD/BACKWARD of known variants")
+                }
+                return (sides[0], sides[1])
+            }
+        }
         let model = try d12Model(B: attentionBatch, T: 1024, precision: .bf16)
         var rows: [String] = [], failures: [String] = []
         for T in [1024, 200] {
-            let p = try model.attentionParity(B: attentionBatch, T: T)
+            let p = try model.attentionParity(B: attentionBatch, T: T, only: only)
             for r in p.variants {
                 let ok = max(r.out, r.dq, r.dk, r.dv) < 2e-2 && r.lseMaxDiff < 1e-2 && r.deterministic
                 let name = "forward \(r.forward) backward \(r.backward)"
