@@ -297,13 +297,16 @@ public final class CUDAModel: GPT2Backend {
     public static let flashForwardVariants: [(name: String, kernel: String)] = [
         ("v1", "flash_attention_forward"), ("v2", "flash_attention_forward_v2"), ("v3", "flash_attention_forward_v3"),
     ]
-    /// Backward: name -> (query kernel, key/value kernel); v4 and v5 change one kernel of v1 each.
-    public static let flashBackwardVariants: [(name: String, query: String, keyValue: String)] = [
-        ("v1", "flash_attention_backward_query", "flash_attention_backward_key_value"),
-        ("v2", "flash_attention_backward_query_v2", "flash_attention_backward_key_value_v2"),
-        ("v3", "flash_attention_backward_query_v2", "flash_attention_backward_key_value_v3"),
-        ("v4", "flash_attention_backward_query_v2", "flash_attention_backward_key_value"),
-        ("v5", "flash_attention_backward_query", "flash_attention_backward_key_value_v2"),
+    /// Backward: name -> (query kernel and its shared tiles, key/value kernel); v4 and v5 change one
+    /// kernel of v1 each. Query v3 reads `out` from global memory for D (6 tiles instead of 7).
+    public static let flashBackwardVariants: [(name: String, query: String, queryTiles: Int, keyValue: String)] = [
+        ("v1", "flash_attention_backward_query", 7, "flash_attention_backward_key_value"),
+        ("v2", "flash_attention_backward_query_v2", 7, "flash_attention_backward_key_value_v2"),
+        ("v3", "flash_attention_backward_query_v2", 7, "flash_attention_backward_key_value_v3"),
+        ("v4", "flash_attention_backward_query_v2", 7, "flash_attention_backward_key_value"),
+        ("v5", "flash_attention_backward_query", 7, "flash_attention_backward_key_value_v2"),
+        ("v6", "flash_attention_backward_query_v3", 6, "flash_attention_backward_key_value_v2"),
+        ("v7", "flash_attention_backward_query_v3", 6, "flash_attention_backward_key_value_v3"),
     ]
     /// $LLM_FLASH_FORWARD and $LLM_FLASH_BACKWARD, read once (default v1); checked at the first launch.
     static let flashVariantsFromEnvironment: (forward: String, backward: String) = {
@@ -343,7 +346,7 @@ public final class CUDAModel: GPT2Backend {
                                + CUDAModel.flashBackwardVariants.map(\.name).joined(separator: ", "))
             }
             try launch(v.query, grid: grid, block: (128, 1, 1),
-                       shared: 7 * CUDAModel.flashTileBytes + 64 * 4,
+                       shared: v.queryTiles * CUDAModel.flashTileBytes + 64 * 4,
                        [.ptr(dqkv), .ptr(dsum), .ptr(qkv), .ptr(out), .ptr(dout), .ptr(lse), .i32(Int32(T)), .i32(Int32(NH))])
             try launch(v.keyValue, grid: grid, block: (128, 1, 1),
                        shared: 6 * CUDAModel.flashTileBytes + 4 * 64 * 4,

@@ -788,16 +788,16 @@ __device__ __forceinline__ void queryTile(float (&dq)[8][4], const unsigned (&q)
     }
 }
 
-// v2 of the query kernel: 32-key halves, split diagonal tile, immediate ldmatrix offsets. Same
-// shared layout as v1 (q, dout, out, 2 x k, 2 x v tiles and 64 floats).
-extern "C" __global__ void __launch_bounds__(FA_THREADS, 3)
-flash_attention_backward_query_v2(bf16* dqkv, float* dsum, const bf16* qkv, const bf16* out, const bf16* dout,
-                                  const float* lse, int T, int NH) {
-    extern __shared__ __align__(16) bf16 flashShared[];
+// The query kernel on 32-key halves (flashShared: the kernel's dynamic shared memory). OUT_TILE: as
+// v1, `out` comes in as a shared tile for D (7 tiles + 64 floats); without it each thread reads its
+// 32 channels of `out` straight from global memory (6 tiles + 64 floats: 4 blocks fit an H100 SM).
+template <bool OUT_TILE>
+__device__ __forceinline__ void flashBackwardQuery2(bf16* flashShared, bf16* dqkv, float* dsum, const bf16* qkv, const bf16* out,
+                                                   const bf16* dout, const float* lse, int T, int NH) {
     bf16* qTile = flashShared;
     bf16* gTile = qTile + FA_TILE;
-    bf16* oTile = gTile + FA_TILE;
-    bf16* kTiles = oTile + FA_TILE;
+    bf16* oTile = gTile + FA_TILE;  // OUT_TILE only
+    bf16* kTiles = gTile + (OUT_TILE ? 2 : 1) * FA_TILE;
     bf16* vTiles = kTiles + 2 * FA_TILE;
     float* tileD = (float*)(vTiles + 2 * FA_TILE);
     const int C = NH * FA_HS, C3 = 3 * C;
@@ -813,7 +813,7 @@ flash_attention_backward_query_v2(bf16* dqkv, float* dsum, const bf16* qkv, cons
 
     loadTile(qTile, qBase, C3, qt * FA_ROWS, T);
     loadTile(gTile, dout + (long long)b * T * C + h * FA_HS, C, qt * FA_ROWS, T);
-    loadTile(oTile, out + (long long)b * T * C + h * FA_HS, C, qt * FA_ROWS, T);
+    if (OUT_TILE) loadTile(oTile, out + (long long)b * T * C + h * FA_HS, C, qt * FA_ROWS, T);
     loadTile(kTiles, kBase, C3, 0, T);
     loadTile(vTiles, vBase, C3, 0, T);
     commitCopies();
@@ -848,7 +848,22 @@ flash_attention_backward_query_v2(bf16* dqkv, float* dsum, const bf16* qkv, cons
             loadRowsAt(g, sharedAddress(gTile) + rows);
             int row = threadIdx.x / 2, c0 = (threadIdx.x % 2) * 32;
             float d = 0.0f;
-            for (int c = c0; c < c0 + 32; c++) d += toFloat(gTile[row * FA_PAD + c]) * toFloat(oTile[row * FA_PAD + c]);
+            if (OUT_TILE) {
+                for (int c = c0; c < c0 + 32; c++) d += toFloat(gTile[row * FA_PAD + c]) * toFloat(oTile[row * FA_PAD + c]);
+            } else if (qt * FA_ROWS + row < T) {  // same order of sums as the shared tile
+                const uint4* o16 = (const uint4*)(out + ((long long)b * T + qt * FA_ROWS + row) * C + h * FA_HS + c0);
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const uint4 u = o16[j];
+                    const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+                    for (int t = 0; t < 4; t++) {
+                        const int c = c0 + j * 8 + 2 * t;
+                        d += toFloat(gTile[row * FA_PAD + c]) * __uint_as_float(w[t] << 16);
+                        d += toFloat(gTile[row * FA_PAD + c + 1]) * __uint_as_float(w[t] & 0xffff0000U);
+                    }
+                }
+            }
             d += __shfl_xor_sync(0xffffffffU, d, 1);
             if (threadIdx.x % 2 == 0) {
                 tileD[row] = d;
@@ -863,6 +878,24 @@ flash_attention_backward_query_v2(bf16* dqkv, float* dsum, const bf16* qkv, cons
         __syncthreads();
     }
     storeRows(dqkv + (long long)b * T * C3 + h * FA_HS, C3, dq, 0.125f, qt * FA_ROWS + warp * 16, T, lane);
+}
+
+// v2 of the query kernel: 32-key halves, split diagonal tile, immediate ldmatrix offsets. Same
+// shared layout as v1 (q, dout, out, 2 x k, 2 x v tiles and 64 floats); 168 registers, 3 blocks per SM.
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 3)
+flash_attention_backward_query_v2(bf16* dqkv, float* dsum, const bf16* qkv, const bf16* out, const bf16* dout,
+                                  const float* lse, int T, int NH) {
+    extern __shared__ __align__(16) bf16 flashShared[];
+    flashBackwardQuery2<true>(flashShared, dqkv, dsum, qkv, out, dout, lse, T, NH);
+}
+
+// v3: as v2 without the out tile (D from global `out`), at 128 registers: 4 blocks per SM (4 x 55.5
+// KB of shared; an A100 runs 2).
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 4)
+flash_attention_backward_query_v3(bf16* dqkv, float* dsum, const bf16* qkv, const bf16* out, const bf16* dout,
+                                  const float* lse, int T, int NH) {
+    extern __shared__ __align__(16) bf16 flashShared[];
+    flashBackwardQuery2<false>(flashShared, dqkv, dsum, qkv, out, dout, lse, T, NH);
 }
 
 // One query tile of the key/value kernel for a warp, in parts of ROWS queries (32: halves, 16:
