@@ -298,7 +298,7 @@ public final class CUDAModel: GPT2Backend {
         ("v1", "flash_attention_forward"), ("v2", "flash_attention_forward_v2"), ("v3", "flash_attention_forward_v3"),
     ]
     /// Backward: name -> (query kernel and its shared tiles, key/value kernel); v4 and v5 change one
-    /// kernel of v1 each. Query v3 reads `out` from global memory for D (6 tiles instead of 7).
+    /// kernel of v1 each. Query v3 and v4 read `out` from global memory for D (6 tiles instead of 7).
     public static let flashBackwardVariants: [(name: String, query: String, queryTiles: Int, keyValue: String)] = [
         ("v1", "flash_attention_backward_query", 7, "flash_attention_backward_key_value"),
         ("v2", "flash_attention_backward_query_v2", 7, "flash_attention_backward_key_value_v2"),
@@ -307,6 +307,8 @@ public final class CUDAModel: GPT2Backend {
         ("v5", "flash_attention_backward_query", 7, "flash_attention_backward_key_value_v2"),
         ("v6", "flash_attention_backward_query_v3", 6, "flash_attention_backward_key_value_v2"),
         ("v7", "flash_attention_backward_query_v3", 6, "flash_attention_backward_key_value_v3"),
+        ("v8", "flash_attention_backward_query_v4", 6, "flash_attention_backward_key_value_v2"),
+        ("v9", "flash_attention_backward_query_v4", 6, "flash_attention_backward_key_value_v3"),
     ]
     /// $LLM_FLASH_FORWARD and $LLM_FLASH_BACKWARD, read once (default v1); checked at the first launch.
     static let flashVariantsFromEnvironment: (forward: String, backward: String) = {

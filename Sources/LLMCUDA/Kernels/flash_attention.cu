@@ -898,6 +898,146 @@ flash_attention_backward_query_v3(bf16* dqkv, float* dsum, const bf16* qkv, cons
     flashBackwardQuery2<false>(flashShared, dqkv, dsum, qkv, out, dout, lse, T, NH);
 }
 
+// MARK: - Query kernel v4: software-pipelined 32-key parts
+
+// s = q k^T and dp = dout v^T of one 32-key part (kB, vB: the part's k and v rows + laneRowsB).
+__device__ __forceinline__ void queryScores(float (&s)[4][4], float (&dp)[4][4], const unsigned (&q)[4][4], const unsigned (&g)[4][4],
+                                            unsigned kB, unsigned vB) {
+    multiplyTransposedAt<4>(s, q, kB);
+    multiplyTransposedAt<4>(dp, g, vB);
+}
+
+// dS of one 32-key part (`half` of its tile) from its s and dp, then dq += dS k (kBT: the part's k
+// rows + laneRowsBT). DIAGONAL: keys past a row are masked.
+template <bool DIAGONAL>
+__device__ __forceinline__ void queryUpdate(float (&dq)[8][4], float (&s)[4][4], const float (&dp)[4][4], const float (&rowLse)[2],
+                                            const float (&rowD)[2], int half, unsigned kBT, int warp, int lane) {
+    const float scale = 0.125f * FA_LOG2E;
+    const int last = warp * 16 + lane / 4 - 2 * (lane % 4);
+#pragma unroll
+    for (int n = 0; n < 4; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float p = exp2f(fmaf(s[n][e], scale, -rowLse[e / 2]));
+            if (DIAGONAL && half * 32 + n * 8 + (e & 1) > last + (e / 2) * 8) p = 0.0f;
+            s[n][e] = p * (dp[n][e] - rowD[e / 2]);  // dS
+        }
+    unsigned ds[2][4];
+    toFragmentsRows<2>(ds, s);
+    multiplyAccumulateAt<2>(dq, ds, kBT);
+}
+
+// v4: the query kernel as a stream of 32-key parts in which the products of the next part are
+// issued before the dS and dq update of the current one (software pipelining in a warp; the
+// parts' scores ping-pong between two register sets, 168 registers, 3 blocks per SM). The next
+// tile's first part is needed while the current tile is still read, so k and v are triple-
+// buffered: 6 tiles, the third buffers holding q and dout until their fragments are loaded; D
+// comes from global `out` (as query v3). Shared 6 tiles + 64 floats = 55552 bytes.
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 3)
+flash_attention_backward_query_v4(bf16* dqkv, float* dsum, const bf16* qkv, const bf16* out, const bf16* dout,
+                                  const float* lse, int T, int NH) {
+    extern __shared__ __align__(16) bf16 flashShared[];
+    bf16* kTiles = flashShared;           // 3 x (64, PAD): key tile j in buffer j % 3
+    bf16* vTiles = kTiles + 3 * FA_TILE;  // 3 x (64, PAD)
+    bf16* qTile = kTiles + 2 * FA_TILE;   // until the fragments are loaded
+    bf16* gTile = vTiles + 2 * FA_TILE;
+    float* tileD = (float*)(vTiles + 3 * FA_TILE);  // (64)
+    const int C = NH * FA_HS, C3 = 3 * C;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int qt = gridDim.x - 1 - blockIdx.x;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int rowBase = qt * FA_ROWS + warp * 16 + lane / 4;
+    const bf16* qBase = qkv + (long long)b * T * C3 + h * FA_HS;
+    const bf16* kBase = qBase + C;
+    const bf16* vBase = qBase + 2 * C;
+    const unsigned kB = sharedAddress(kTiles) + laneRowsB(lane), vB = sharedAddress(vTiles) + laneRowsB(lane);
+    const unsigned kBT = sharedAddress(kTiles) + laneRowsBT(lane);
+    const unsigned upper = 32 * FA_PAD * 2;  // the second 32-key part of a tile
+    const unsigned chunk = tileChunk();
+
+    loadTile(qTile, qBase, C3, qt * FA_ROWS, T);
+    loadTile(gTile, dout + (long long)b * T * C + h * FA_HS, C, qt * FA_ROWS, T);
+    loadTile(kTiles, kBase, C3, 0, T);
+    loadTile(vTiles, vBase, C3, 0, T);
+    commitCopies();  // group: q, dout, k 0, v 0
+    if (qt >= 1) {
+        loadTile(kTiles + FA_TILE, kBase, C3, FA_ROWS, T);
+        loadTile(vTiles + FA_TILE, vBase, C3, FA_ROWS, T);
+    }
+    commitCopies();  // group: k 1, v 1
+    const long long stats = ((long long)b * NH + h) * T;
+    float rowLse[2], rowD[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int row = rowBase + r * 8;
+        rowLse[r] = row < T ? lse[stats + row] * FA_LOG2E : 0.0f;
+    }
+    waitAllButLatest();
+    __syncthreads();
+    unsigned q[4][4], g[4][4];
+    {
+        const unsigned rows = laneRowsA(lane) + warp * 16 * FA_PAD * 2;
+        loadRowsAt(q, sharedAddress(qTile) + rows);
+        loadRowsAt(g, sharedAddress(gTile) + rows);
+        int row = threadIdx.x / 2, c0 = (threadIdx.x % 2) * 32;
+        float d = 0.0f;
+        if (qt * FA_ROWS + row < T) {  // D of the tile's rows: a pair of threads per row, 32 channels each
+            const uint4* o16 = (const uint4*)(out + ((long long)b * T + qt * FA_ROWS + row) * C + h * FA_HS + c0);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const uint4 u = o16[j];
+                const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+                for (int t = 0; t < 4; t++) {
+                    const int c = c0 + j * 8 + 2 * t;
+                    d += toFloat(gTile[row * FA_PAD + c]) * __uint_as_float(w[t] << 16);
+                    d += toFloat(gTile[row * FA_PAD + c + 1]) * __uint_as_float(w[t] & 0xffff0000U);
+                }
+            }
+        }
+        d += __shfl_xor_sync(0xffffffffU, d, 1);
+        if (threadIdx.x % 2 == 0) {
+            tileD[row] = d;
+            if (qt * FA_ROWS + row < T) dsum[stats + qt * FA_ROWS + row] = d;
+        }
+        __syncthreads();
+        rowD[0] = tileD[warp * 16 + lane / 4];
+        rowD[1] = tileD[warp * 16 + lane / 4 + 8];
+    }
+    float dq[8][4];
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dq[n][e] = 0.0f;
+    float sA[4][4], dpA[4][4], sB[4][4], dpB[4][4];  // parts (tile, 0) and (tile, 1)
+    queryScores(sA, dpA, q, g, kB, vB);
+
+    for (int kt = 0; kt < qt; kt++) {
+        asm volatile("cp.async.wait_group 0;" ::: "memory");  // k and v tile kt + 1
+        __syncthreads();  // ... for all threads; every warp is done with buffer (kt + 2) % 3 (tile kt - 1, or q and dout)
+        if (kt + 2 <= qt) {
+            const unsigned next = ((kt + 2) % 3) * FA_TILE * 2 + chunk;
+            const int row = (kt + 2) * FA_ROWS;
+            const long long at = (long long)row * C3 + streamChunk(C3);
+            loadTileAt(sharedAddress(kTiles) + next, kBase + at, kBase, C3, T - row);
+            loadTileAt(sharedAddress(vTiles) + next, vBase + at, vBase, C3, T - row);
+        }
+        commitCopies();
+        const unsigned cur = (kt % 3) * FA_TILE * 2, nxt = ((kt + 1) % 3) * FA_TILE * 2;
+        queryScores(sB, dpB, q, g, kB + cur + upper, vB + cur + upper);
+        queryUpdate<false>(dq, sA, dpA, rowLse, rowD, 0, kBT + cur, warp, lane);
+        queryScores(sA, dpA, q, g, kB + nxt, vB + nxt);
+        queryUpdate<false>(dq, sB, dpB, rowLse, rowD, 1, kBT + cur + upper, warp, lane);
+    }
+    // The diagonal tile qt (already waited for; sA, dpA hold its first part). Warps 0 and 1 (rows
+    // 0..31 of the tile) skip the second part: all its keys are past their rows.
+    const unsigned cur = (qt % 3) * FA_TILE * 2;
+    if (warp >= 2) queryScores(sB, dpB, q, g, kB + cur + upper, vB + cur + upper);
+    queryUpdate<true>(dq, sA, dpA, rowLse, rowD, 0, kBT + cur, warp, lane);
+    if (warp >= 2) queryUpdate<true>(dq, sB, dpB, rowLse, rowD, 1, kBT + cur + upper, warp, lane);
+    storeRows(dqkv + (long long)b * T * C3 + h * FA_HS, C3, dq, 0.125f, qt * FA_ROWS + warp * 16, T, lane);
+}
+
 // One query tile of the key/value kernel for a warp, in parts of ROWS queries (32: halves, 16:
 // quarters): dv += P^T dout, dk += dS^T q. qB, gB: the q and dout tiles + laneRowsB; qBT, gBT: +
 // laneRowsBT. MASKED: the diagonal tile (queries before a key are masked; a part whose queries all
