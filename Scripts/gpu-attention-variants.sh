@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 
 # FORWARD/BACKWARD pairs (CUDAModel.flashVariantPairs); one process each, so a kernel that faults
 # cannot take the other variants' results with it.
-pairs="${PAIRS:-v1/v1 v2/v1 v3/v1 v1/v2 v1/v3 v1/v4 v1/v5 v1/v6 v1/v7 v1/v8 v1/v9}"
+pairs="${PAIRS:-v1/v1 v2/v1 v3/v1 v1/v2 v1/v3 v1/v4 v1/v5 v1/v6 v1/v7 v1/v8 v1/v9 v1/v10 v1/v11}"
 status=0
 for B in 16 64; do
     for pair in $pairs; do

@@ -297,18 +297,21 @@ public final class CUDAModel: GPT2Backend {
     public static let flashForwardVariants: [(name: String, kernel: String)] = [
         ("v1", "flash_attention_forward"), ("v2", "flash_attention_forward_v2"), ("v3", "flash_attention_forward_v3"),
     ]
-    /// Backward: name -> (query kernel and its shared tiles, key/value kernel); v4 and v5 change one
-    /// kernel of v1 each. Query v3 and v4 read `out` from global memory for D (6 tiles instead of 7).
-    public static let flashBackwardVariants: [(name: String, query: String, queryTiles: Int, keyValue: String)] = [
-        ("v1", "flash_attention_backward_query", 7, "flash_attention_backward_key_value"),
-        ("v2", "flash_attention_backward_query_v2", 7, "flash_attention_backward_key_value_v2"),
-        ("v3", "flash_attention_backward_query_v2", 7, "flash_attention_backward_key_value_v3"),
-        ("v4", "flash_attention_backward_query_v2", 7, "flash_attention_backward_key_value"),
-        ("v5", "flash_attention_backward_query", 7, "flash_attention_backward_key_value_v2"),
-        ("v6", "flash_attention_backward_query_v3", 6, "flash_attention_backward_key_value_v2"),
-        ("v7", "flash_attention_backward_query_v3", 6, "flash_attention_backward_key_value_v3"),
-        ("v8", "flash_attention_backward_query_v4", 6, "flash_attention_backward_key_value_v2"),
-        ("v9", "flash_attention_backward_query_v4", 6, "flash_attention_backward_key_value_v3"),
+    /// Backward: name -> (query kernel and its shared tiles, key/value kernel and its shared tiles);
+    /// v4 and v5 change one kernel of v1 each. Query v3 and v4 read `out` from global memory for D
+    /// (6 tiles instead of 7); key/value v4 triple-buffers q and dout (8 tiles instead of 6).
+    public static let flashBackwardVariants: [(name: String, query: String, queryTiles: Int, keyValue: String, keyValueTiles: Int)] = [
+        ("v1", "flash_attention_backward_query", 7, "flash_attention_backward_key_value", 6),
+        ("v2", "flash_attention_backward_query_v2", 7, "flash_attention_backward_key_value_v2", 6),
+        ("v3", "flash_attention_backward_query_v2", 7, "flash_attention_backward_key_value_v3", 6),
+        ("v4", "flash_attention_backward_query_v2", 7, "flash_attention_backward_key_value", 6),
+        ("v5", "flash_attention_backward_query", 7, "flash_attention_backward_key_value_v2", 6),
+        ("v6", "flash_attention_backward_query_v3", 6, "flash_attention_backward_key_value_v2", 6),
+        ("v7", "flash_attention_backward_query_v3", 6, "flash_attention_backward_key_value_v3", 6),
+        ("v8", "flash_attention_backward_query_v4", 6, "flash_attention_backward_key_value_v2", 6),
+        ("v9", "flash_attention_backward_query_v4", 6, "flash_attention_backward_key_value_v3", 6),
+        ("v10", "flash_attention_backward_query_v4", 6, "flash_attention_backward_key_value_v4", 8),
+        ("v11", "flash_attention_backward_query", 7, "flash_attention_backward_key_value_v4", 8),
     ]
     /// $LLM_FLASH_FORWARD and $LLM_FLASH_BACKWARD, read once (default v1); checked at the first launch.
     static let flashVariantsFromEnvironment: (forward: String, backward: String) = {
@@ -350,8 +353,8 @@ public final class CUDAModel: GPT2Backend {
             try launch(v.query, grid: grid, block: (128, 1, 1),
                        shared: v.queryTiles * CUDAModel.flashTileBytes + 64 * 4,
                        [.ptr(dqkv), .ptr(dsum), .ptr(qkv), .ptr(out), .ptr(dout), .ptr(lse), .i32(Int32(T)), .i32(Int32(NH))])
-            try launch(v.keyValue, grid: grid, block: (128, 1, 1),
-                       shared: 6 * CUDAModel.flashTileBytes + 4 * 64 * 4,
+            try launch(v.keyValue, grid: grid, block: (128, 1, 1),  // + lse and D of each q and dout buffer
+                       shared: v.keyValueTiles * CUDAModel.flashTileBytes + (v.keyValueTiles - 2) * 64 * 4,
                        [.ptr(dqkv), .ptr(qkv), .ptr(dout), .ptr(lse), .ptr(dsum), .i32(Int32(T)), .i32(Int32(NH))])
         } else {
             try launch1D("attention_backward_rowsum", count: B * NH * T,

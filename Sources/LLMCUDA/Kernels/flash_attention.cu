@@ -1181,4 +1181,146 @@ flash_attention_backward_key_value_v3(bf16* dqkv, const bf16* qkv, const bf16* d
     flashBackwardKeyValue2<true, 16>(flashShared, dqkv, qkv, dout, lse, dsum, T, NH);
 }
 
+// MARK: - Key/value kernel v4: software-pipelined 32-query parts
+
+// sT = k q^T and dpT = v dout^T of one 32-query part for a warp's 16 keys (kA, vA: the warp's k and
+// v rows + laneRowsA, read per k-step; qB, gB: the part's q and dout rows + laneRowsB).
+__device__ __forceinline__ void keyValueScores(float (&sT)[4][4], float (&dpT)[4][4], unsigned kA, unsigned vA, unsigned qB, unsigned gB) {
+    multiplyTransposedLoadA<4>(sT, kA, qB);
+    multiplyTransposedLoadA<4>(dpT, vA, gB);
+}
+
+// P^T and dS^T of one 32-query part (queries i0.. of the tile, whose statistics are rowLse and rowD)
+// from its sT and dpT, then dv += P^T dout, dk += dS^T q (qBT, gBT: the part's rows + laneRowsBT).
+// MASKED: queries before a key, and at or past T, are masked.
+template <bool MASKED>
+__device__ __forceinline__ void keyValueUpdate(float (&dk)[8][4], float (&dv)[8][4], float (&sT)[4][4], float (&dpT)[4][4],
+                                               const float* rowLse, const float* rowD, int i0, unsigned qBT, unsigned gBT,
+                                               int queryBase, int keyBase, int T, int lane) {
+    const float scale = 0.125f * FA_LOG2E;
+#pragma unroll
+    for (int n = 0; n < 4; n++) {
+        const int i = i0 + n * 8 + 2 * (lane % 4);  // queries i, i + 1 of the tile
+        const float2 l = *(const float2*)(rowLse + i), d = *(const float2*)(rowD + i);
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float p = exp2f(fmaf(sT[n][e], scale, -((e & 1) ? l.y : l.x)));
+            if (MASKED) {
+                int query = queryBase + i + (e & 1);
+                if (query < keyBase + (e / 2) * 8 || query >= T) p = 0.0f;
+            }
+            sT[n][e] = p;
+            dpT[n][e] = p * (dpT[n][e] - ((e & 1) ? d.y : d.x));  // dS^T
+        }
+    }
+    unsigned pT[2][4], dsT[2][4];
+    toFragmentsRows<2>(pT, sT);
+    toFragmentsRows<2>(dsT, dpT);
+    multiplyAccumulateAt<2>(dv, pT, gBT);
+    multiplyAccumulateAt<2>(dk, dsT, qBT);
+}
+
+// v4: the key/value kernel as a stream of 32-query parts in which the products of the next part
+// are issued before the P, dS and dk, dv update of the current one (software pipelining in a
+// warp; two register sets of scores; k and v fragments read from shared per k-step). The next
+// tile's first part is needed while the current tile is still read, so q, dout and their row
+// statistics are triple-buffered: 8 tiles + 3 x 2 x 64 floats = 75264 bytes; 168 registers, 3
+// blocks per SM on an H100 (2 on an A100).
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 3)
+flash_attention_backward_key_value_v4(bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse, const float* dsum,
+                                      int T, int NH) {
+    extern __shared__ __align__(16) bf16 flashShared[];
+    bf16* kTile = flashShared;
+    bf16* vTile = kTile + FA_TILE;
+    bf16* qTiles = vTile + FA_TILE;       // 3 x (64, PAD): query tile kt + j in buffer j % 3
+    bf16* gTiles = qTiles + 3 * FA_TILE;  // 3 x (64, PAD)
+    float* lseTiles = (float*)(gTiles + 3 * FA_TILE);  // 3 x 64, base-2 units
+    float* dTiles = lseTiles + 3 * FA_ROWS;            // 3 x 64
+    const int C = NH * FA_HS, C3 = 3 * C;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int kt = blockIdx.x;
+    const int tiles = gridDim.x;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int keyBase = kt * FA_ROWS + warp * 16 + lane / 4;
+    const bf16* qBase = qkv + (long long)b * T * C3 + h * FA_HS;
+    const bf16* gBase = dout + (long long)b * T * C + h * FA_HS;
+    const float* lseBase = lse + ((long long)b * NH + h) * T;
+    const float* dBase = dsum + ((long long)b * NH + h) * T;
+    const unsigned kA = sharedAddress(kTile) + laneRowsA(lane) + warp * 16 * FA_PAD * 2;
+    const unsigned vA = kA + FA_TILE * 2;
+    const unsigned qB = sharedAddress(qTiles) + laneRowsB(lane), gB = sharedAddress(gTiles) + laneRowsB(lane);
+    const unsigned qBT = sharedAddress(qTiles) + laneRowsBT(lane), gBT = sharedAddress(gTiles) + laneRowsBT(lane);
+    const unsigned upper = 32 * FA_PAD * 2;  // the second 32-query part of a tile
+    const unsigned chunk = tileChunk();
+
+    auto loadStatistics = [&](int qt, int buf) {
+        int i = threadIdx.x % FA_ROWS, row = qt * FA_ROWS + i;
+        if (threadIdx.x < FA_ROWS) lseTiles[buf * FA_ROWS + i] = row < T ? lseBase[row] * FA_LOG2E : 0.0f;
+        else dTiles[buf * FA_ROWS + i] = row < T ? dBase[row] : 0.0f;
+    };
+    loadTile(kTile, qBase + C, C3, kt * FA_ROWS, T);
+    loadTile(vTile, qBase + 2 * C, C3, kt * FA_ROWS, T);
+    loadTile(qTiles, qBase, C3, kt * FA_ROWS, T);
+    loadTile(gTiles, gBase, C, kt * FA_ROWS, T);
+    commitCopies();  // group: k, v, query tile kt
+    if (kt + 1 < tiles) {
+        loadTile(qTiles + FA_TILE, qBase, C3, (kt + 1) * FA_ROWS, T);
+        loadTile(gTiles + FA_TILE, gBase, C, (kt + 1) * FA_ROWS, T);
+    }
+    commitCopies();  // group: query tile kt + 1
+    loadStatistics(kt, 0);
+    if (kt + 1 < tiles) loadStatistics(kt + 1, 1);
+    float dk[8][4], dv[8][4];
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) { dk[n][e] = 0.0f; dv[n][e] = 0.0f; }
+    waitAllButLatest();
+    __syncthreads();
+    float sA[4][4], dpA[4][4], sB[4][4], dpB[4][4];  // parts (tile, 0) and (tile, 1)
+    keyValueScores(sA, dpA, kA, vA, qB, gB);
+
+    const int steps = tiles - kt;  // query tiles kt .. tiles - 1; step j is tile kt + j, buffer j % 3
+    for (int j = 0; j + 1 < steps; j++) {
+        const int qt = kt + j;
+        asm volatile("cp.async.wait_group 0;" ::: "memory");  // query tile qt + 1
+        __syncthreads();  // ... and its statistics, for all threads; buffer (j + 2) % 3 (tile qt - 1) is free
+        if (j + 2 < steps) {
+            const int buf = (j + 2) % 3, row = (qt + 2) * FA_ROWS;
+            const unsigned next = buf * FA_TILE * 2 + chunk;
+            loadTileAt(sharedAddress(qTiles) + next, qBase + (long long)row * C3 + streamChunk(C3), qBase, C3, T - row);
+            loadTileAt(sharedAddress(gTiles) + next, gBase + (long long)row * C + streamChunk(C), gBase, C, T - row);
+            loadStatistics(qt + 2, buf);
+        }
+        commitCopies();
+        const unsigned cur = (j % 3) * FA_TILE * 2, nxt = ((j + 1) % 3) * FA_TILE * 2;
+        const float* rowLse = lseTiles + (j % 3) * FA_ROWS;
+        const float* rowD = dTiles + (j % 3) * FA_ROWS;
+        keyValueScores(sB, dpB, kA, vA, qB + cur + upper, gB + cur + upper);
+        if (j == 0) {  // the diagonal tile: warps 2 and 3 (keys 32..63) have no query of the first part
+            if (warp < 2) keyValueUpdate<true>(dk, dv, sA, dpA, rowLse, rowD, 0, qBT + cur, gBT + cur, qt * FA_ROWS, keyBase, T, lane);
+            keyValueScores(sA, dpA, kA, vA, qB + nxt, gB + nxt);
+            keyValueUpdate<true>(dk, dv, sB, dpB, rowLse, rowD, 32, qBT + cur + upper, gBT + cur + upper, qt * FA_ROWS, keyBase, T, lane);
+        } else {
+            keyValueUpdate<false>(dk, dv, sA, dpA, rowLse, rowD, 0, qBT + cur, gBT + cur, qt * FA_ROWS, keyBase, T, lane);
+            keyValueScores(sA, dpA, kA, vA, qB + nxt, gB + nxt);
+            keyValueUpdate<false>(dk, dv, sB, dpB, rowLse, rowD, 32, qBT + cur + upper, gBT + cur + upper, qt * FA_ROWS, keyBase, T, lane);
+        }
+    }
+    {   // the last query tile (already waited for; sA, dpA hold its first part); masked: it may be
+        // the diagonal tile and may reach past T
+        const int j = steps - 1, qt = kt + j;
+        const unsigned cur = (j % 3) * FA_TILE * 2;
+        const float* rowLse = lseTiles + (j % 3) * FA_ROWS;
+        const float* rowD = dTiles + (j % 3) * FA_ROWS;
+        keyValueScores(sB, dpB, kA, vA, qB + cur + upper, gB + cur + upper);
+        if (j > 0 || warp < 2)
+            keyValueUpdate<true>(dk, dv, sA, dpA, rowLse, rowD, 0, qBT + cur, gBT + cur, qt * FA_ROWS, keyBase, T, lane);
+        keyValueUpdate<true>(dk, dv, sB, dpB, rowLse, rowD, 32, qBT + cur + upper, gBT + cur + upper, qt * FA_ROWS, keyBase, T, lane);
+    }
+    bf16* dst = dqkv + (long long)b * T * C3 + h * FA_HS;
+    storeRows(dst + C, C3, dk, 0.125f, kt * FA_ROWS + warp * 16, T, lane);
+    storeRows(dst + 2 * C, C3, dv, 1.0f, kt * FA_ROWS + warp * 16, T, lane);
+}
+
 #endif
