@@ -19,6 +19,12 @@ public struct AttentionVariantResult {
 public struct AttentionParity {
     public var scalarForwardMs: Float = 0, scalarBackwardMs: Float = 0
     public var variants: [AttentionVariantResult] = []
+    /// The worst error over the variants (what a pass/fail check needs).
+    public var out: Float { variants.map(\.out).max() ?? 0 }
+    public var lseMaxDiff: Float { variants.map(\.lseMaxDiff).max() ?? 0 }
+    public var dq: Float { variants.map(\.dq).max() ?? 0 }
+    public var dk: Float { variants.map(\.dk).max() ?? 0 }
+    public var dv: Float { variants.map(\.dv).max() ?? 0 }
 }
 
 extension CUDAModel {
