@@ -1,5 +1,5 @@
 // Runs every flash-attention kernel on the CPU through emu.h and compares out, lse, dq, dk and dv
-// with a float64 reference (Scripts/flash-emu/run.sh builds it). Usage: emu T
+// with a float64 reference (Scripts/flash-emu/run.sh builds it). Usage: emu T [B]
 #include "fa_emu.cpp"
 #include <cstdio>
 #include <functional>
@@ -33,7 +33,7 @@ static bf16 B16(float f) { bf16 b; b.bits = roundBF16(f); return b; }
 static float F(bf16 b) { return toFloat(b); }
 
 int main(int argc, char** argv) {
-    int B = 1, NH = 2, T = argc > 1 ? atoi(argv[1]) : 200, C = NH * 64, C3 = 3 * C;
+    int T = argc > 1 ? atoi(argv[1]) : 200, B = argc > 2 ? atoi(argv[2]) : 1, NH = 2, C = NH * 64, C3 = 3 * C;
     std::mt19937 rng(7); std::normal_distribution<float> nd;
     std::vector<bf16> qkv(B * T * C3), dout(B * T * C);
     for (auto& x : qkv) x = B16(1.4f * nd(rng));
