@@ -413,7 +413,7 @@ flash_attention_backward_key_value(bf16* dqkv, const bf16* qkv, const bf16* dout
     storeRows(dst + 2 * C, C3, dv, 1.0f, kt * FA_ROWS + warp * 16, T, lane);
 }
 
-// MARK: - Variants (v2, v3): selected at run time by $LLM_FLASH_FORWARD / $LLM_FLASH_BACKWARD
+// MARK: - Variants (v2 to v4): selected at run time by $LLM_FLASH_FORWARD / $LLM_FLASH_BACKWARD
 //
 // Same contract and tiling as the kernels above, which stay the baseline (v1). What changes:
 // - the 1/8 * log2(e) score scale folds into the exponent's FFMA (max taken on raw scores);
@@ -421,7 +421,10 @@ flash_attention_backward_key_value(bf16* dqkv, const bf16* qkv, const bf16* dout
 //   work that is masked for a whole warp is skipped (keys past the warp's last row);
 // - the backward kernels walk a 64-row streamed tile as two 32-row halves, which halves the score
 //   accumulators and their bf16 fragments (fewer registers: more blocks per SM), and lets a warp
-//   skip a half that is fully masked on the diagonal tile.
+//   skip a half that is fully masked on the diagonal tile;
+// - forward v3, query v4 and key/value v4 issue the next tile's (or part's) score products before
+//   the current softmax / dS (software pipelining inside a warp), with deeper buffering.
+// Scripts/flash-emu checks every kernel on the CPU against a float64 reference.
 
 // The v2 helpers take 32-bit shared addresses that already include the lane's own offset (from
 // the lane offsets below), so every (k, n) step is an immediate offset of the ldmatrix: no address
