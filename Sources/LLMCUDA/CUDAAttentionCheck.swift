@@ -4,18 +4,43 @@
 
 import LLM
 
-/// Relative L2 errors of the flash path against the scalar one, and both paths' times.
-public struct AttentionParity {
+/// Relative L2 errors of one flash variant pair against the scalar path, its times, and whether two
+/// runs gave the same bytes.
+public struct AttentionVariantResult {
+    public var forward = "v1", backward = "v1"
     public var out: Float = 0, lseMaxDiff: Float = 0, dq: Float = 0, dk: Float = 0, dv: Float = 0
-    public var flashForwardMs: Float = 0, flashBackwardMs: Float = 0
+    public var forwardMs: Float = 0, backwardMs: Float = 0
+    /// out, lse and dqkv bit-identical between the first and the last of the timed runs (each run's
+    /// outputs zeroed first).
+    public var deterministic = false
+}
+
+/// The scalar path's times and every flash variant pair checked against it.
+public struct AttentionParity {
     public var scalarForwardMs: Float = 0, scalarBackwardMs: Float = 0
+    public var variants: [AttentionVariantResult] = []
+    /// The worst error over the variants (what a pass/fail check needs).
+    public var out: Float { variants.map(\.out).max() ?? 0 }
+    public var lseMaxDiff: Float { variants.map(\.lseMaxDiff).max() ?? 0 }
+    public var dq: Float { variants.map(\.dq).max() ?? 0 }
+    public var dk: Float { variants.map(\.dk).max() ?? 0 }
+    public var dv: Float { variants.map(\.dv).max() ?? 0 }
 }
 
 extension CUDAModel {
-    /// Runs both attention paths on the same random qkv (B, T, 3C) and dout (B, T, C); the model's
-    /// own weights and activations are untouched. Times are medians over `repeats` launches
-    /// (backward includes the dout . out row sums).
-    public func attentionParity(B: Int, T: Int, repeats: Int = 5, seed: UInt64 = 1) throws -> AttentionParity {
+    /// The variant pairs the attention check runs by default: every forward with backward v1, then
+    /// forward v1 with every other backward (so each row changes one side).
+    public static var flashVariantPairs: [(forward: String, backward: String)] {
+        flashForwardVariants.map { ($0.name, "v1") } + flashBackwardVariants.filter { $0.name != "v1" }.map { ("v1", $0.name) }
+    }
+
+    /// Runs the scalar path and then the flash variants on the same random qkv (B, T, 3C) and dout
+    /// (B, T, C); the model's own weights and activations are untouched (pairs: `flashVariantPairs`).
+    /// Times are medians over `repeats` launches (backward includes the dout . out row sums).
+    /// `only`: just these (forward, backward) pairs, e.g. one per process so a faulting kernel
+    /// cannot take the other variants' results with it.
+    public func attentionParity(B: Int, T: Int, repeats: Int = 7, seed: UInt64 = 1,
+                                only: [(forward: String, backward: String)]? = nil) throws -> AttentionParity {
         if precision != .bf16 || config.headSize != 64 {
             throw LLMError("attention parity: needs bf16 and head size 64 (have \(precision.rawValue), \(config.headSize))")
         }
@@ -30,8 +55,8 @@ extension CUDAModel {
             return s * Float(3).squareRoot()
         }
         // Scores of std ~2 make the softmax peaked enough to test the running maximum.
-        let qkvHost = (0 ..< B * T * 3 * C).map { _ in 1.4 * normal() }
-        let doutHost = (0 ..< B * T * C).map { _ in normal() }
+        let qkvHost = (0 ..< B * T * 3 * C).map { _ in bf16FromFloat(1.4 * normal()) }
+        let doutHost = (0 ..< B * T * C).map { _ in bf16FromFloat(normal()) }
         var buffers: [CUdeviceptr] = []
         defer { buffers.forEach { device.free($0) } }
         func allocate(_ bytes: Int) throws -> CUdeviceptr {
@@ -41,18 +66,27 @@ extension CUDAModel {
         }
         let qkvIn = try allocate(B * T * 3 * C * 2), dout = try allocate(B * T * C * 2)  // (B, T, 3C), (B, T, C)
         let dsum = try allocate(B * NH * T * 4)                                           // (B, NH, T)
-        try device.upload(qkvIn, qkvHost.map(bf16FromFloat))
-        try device.upload(dout, doutHost.map(bf16FromFloat))
+        let out = try allocate(B * T * C * 2), lse = try allocate(B * NH * T * 4)         // (B, T, C), (B, NH, T)
+        let dqkv = try allocate(B * T * 3 * C * 2)                                        // (B, T, 3C)
+        try device.upload(qkvIn, qkvHost)
+        try device.upload(dout, doutHost)
         let start = try device.makeEvent(), end = try device.makeEvent()
 
-        struct Result { var out: [Float], lse: [Float], dqkv: [Float], forwardMs: Float, backwardMs: Float }
-        func runPath(flash: Bool) throws -> Result {
-            let saved = useFlashAttention
-            defer { useFlashAttention = saved }
-            useFlashAttention = flash
-            let out = try allocate(B * T * C * 2), lse = try allocate(B * NH * T * 4), dqkv = try allocate(B * T * 3 * C * 2)
+        struct Run { var out: [UInt16], lse: [Float], dqkv: [UInt16], forwardMs: Float, backwardMs: Float, same: Bool }
+        /// One path (nil: scalar), `repeats` times; outputs zeroed before each run, so the first and last
+        /// runs' bytes agree only if the kernels write the same every time.
+        func runPath(_ variants: (forward: String, backward: String)?) throws -> Run {
+            let saved = (useFlashAttention, flashForwardVariant, flashBackwardVariant)
+            defer { (useFlashAttention, flashForwardVariant, flashBackwardVariant) = saved }
+            useFlashAttention = variants != nil
+            if let v = variants { flashForwardVariant = v.forward; flashBackwardVariant = v.backward }
             var forward: [Float] = [], backward: [Float] = []
-            for _ in 0 ..< repeats {
+            var first: (out: [UInt16], lse: [Float], dqkv: [UInt16])?
+            var same = true
+            for i in 0 ..< repeats {
+                try device.zero(out, bytes: B * T * C * 2)
+                try device.zero(lse, bytes: B * NH * T * 4)
+                try device.zero(dqkv, bytes: B * T * 3 * C * 2)
                 try device.record(start)
                 try attentionForward(out: out, lse: lse, qkv: qkvIn, B: B, T: T)
                 try device.record(end)
@@ -61,32 +95,63 @@ extension CUDAModel {
                 try attentionBackward(dqkv: dqkv, dout: dout, qkv: qkvIn, out: out, lse: lse, dsum: dsum, B: B, T: T)
                 try device.record(end)
                 backward.append(try device.elapsedMilliseconds(start, end))
+                if i == 0 || i == repeats - 1 {
+                    let now = (out: try device.download(out, count: B * T * C, as: UInt16.self, fill: 0),
+                               lse: try device.download(lse, count: B * NH * T, as: Float.self, fill: 0),
+                               dqkv: try device.download(dqkv, count: B * T * 3 * C, as: UInt16.self, fill: 0))
+                    if let f = first {
+                        same = f.out == now.out && f.dqkv == now.dqkv && f.lse.map(\.bitPattern) == now.lse.map(\.bitPattern)
+                    } else {
+                        first = now
+                    }
+                }
             }
-            return Result(out: try downloadFloatX(out, count: B * T * C),
-                          lse: try device.download(lse, count: B * NH * T, as: Float.self, fill: 0),
-                          dqkv: try downloadFloatX(dqkv, count: B * T * 3 * C),
-                          forwardMs: forward.sorted()[repeats / 2], backwardMs: backward.sorted()[repeats / 2])
+            let f = first!
+            return Run(out: f.out, lse: f.lse, dqkv: f.dqkv,
+                       forwardMs: forward.sorted()[repeats / 2], backwardMs: backward.sorted()[repeats / 2], same: same)
         }
-        let reference = try runPath(flash: false)
-        let flash = try runPath(flash: true)
+        let reference = try runPath(nil)
+        let referenceOut = reference.out.map(floatFromBF16), referenceDqkv = reference.dqkv.map(floatFromBF16)
 
-        /// ||a - b|| / ||b|| over the elements where `part` holds (index in the flat array).
-        func relative(_ a: [Float], _ b: [Float], _ part: (Int) -> Bool = { _ in true }) -> Float {
+        /// ||a - b|| / ||b|| of out, and of the q, k and v parts of dqkv (column c of the 3C row).
+        func relative(_ a: [UInt16], _ b: [Float]) -> Float {
             var d2 = 0.0, r2 = 0.0
-            for i in b.indices where part(i) {
-                d2 += Double(a[i] - b[i]) * Double(a[i] - b[i])
+            for i in b.indices {
+                let d = Double(floatFromBF16(a[i]) - b[i])
+                d2 += d * d
                 r2 += Double(b[i]) * Double(b[i])
             }
             return Float((d2 / max(r2, 1e-30)).squareRoot())
         }
-        var r = AttentionParity()
-        r.out = relative(flash.out, reference.out)
-        r.lseMaxDiff = zip(flash.lse, reference.lse).map { abs($0 - $1) }.max() ?? 0
-        r.dq = relative(flash.dqkv, reference.dqkv) { $0 % (3 * C) < C }
-        r.dk = relative(flash.dqkv, reference.dqkv) { let c = $0 % (3 * C); return c >= C && c < 2 * C }
-        r.dv = relative(flash.dqkv, reference.dqkv) { $0 % (3 * C) >= 2 * C }
-        r.flashForwardMs = flash.forwardMs; r.flashBackwardMs = flash.backwardMs
-        r.scalarForwardMs = reference.forwardMs; r.scalarBackwardMs = reference.backwardMs
-        return r
+        func relativeParts(_ a: [UInt16], _ b: [Float]) -> (q: Float, k: Float, v: Float) {
+            var d2 = [0.0, 0.0, 0.0], r2 = [0.0, 0.0, 0.0]
+            for row in 0 ..< b.count / (3 * C) {
+                for part in 0 ..< 3 {
+                    var dd = 0.0, rr = 0.0
+                    for i in row * 3 * C + part * C ..< row * 3 * C + (part + 1) * C {
+                        let d = Double(floatFromBF16(a[i]) - b[i])
+                        dd += d * d
+                        rr += Double(b[i]) * Double(b[i])
+                    }
+                    d2[part] += dd
+                    r2[part] += rr
+                }
+            }
+            func r(_ p: Int) -> Float { Float((d2[p] / max(r2[p], 1e-30)).squareRoot()) }
+            return (r(0), r(1), r(2))
+        }
+        var parity = AttentionParity(scalarForwardMs: reference.forwardMs, scalarBackwardMs: reference.backwardMs)
+        let pairs = only ?? CUDAModel.flashVariantPairs
+        for (f, b) in pairs {
+            let run = try runPath((f, b))
+            var r = AttentionVariantResult(forward: f, backward: b)
+            r.out = relative(run.out, referenceOut)
+            r.lseMaxDiff = zip(run.lse, reference.lse).map { abs($0 - $1) }.max() ?? 0
+            (r.dq, r.dk, r.dv) = relativeParts(run.dqkv, referenceDqkv)
+            r.forwardMs = run.forwardMs; r.backwardMs = run.backwardMs
+            r.deterministic = run.same
+            parity.variants.append(r)
+        }
+        return parity
     }
 }

@@ -1,8 +1,12 @@
 // `llm kernels`: lists the embedded CUDA kernel files, or compiles all of them with NVRTC for the
-// given architectures and both precisions (CI runs this without a GPU), failing on any warning.
+// given architectures and both precisions (CI runs this without a GPU), failing on any warning;
+// --dump keeps the cubins so registers, spills and SASS can be read with cuobjdump.
 
 import ArgumentParser
 import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
 import LLM
 import LLMCUDA
 
@@ -20,6 +24,9 @@ struct KernelsCommand: ParsableCommand {
     @Flag(name: .long, help: "Accept NVRTC warnings instead of failing on them.")
     var allowWarnings = false
 
+    @Option(name: .long, help: "With --compile: write each cubin as DIR/<module>-<arch>-<precision>.cubin (for cuobjdump).")
+    var dump: String?
+
     func run() throws {
         let modules = KernelSources.modules
         if !compile {
@@ -31,6 +38,9 @@ struct KernelsCommand: ParsableCommand {
         let archs = arch.split(separator: ",").map { String($0).trimmingCharacters(" ") }
         if archs.isEmpty || archs.contains(where: { !$0.hasPrefix("sm_") && !$0.hasPrefix("compute_") }) {
             throw LLMError("--arch \(arch): expected a list like sm_80,sm_90")
+        }
+        if let dir = dump {
+            mkdir(dir, 0o755)  // an existing directory is fine; a missing parent fails at the first write
         }
         var failures = 0
         for a in archs {
@@ -46,6 +56,10 @@ struct KernelsCommand: ParsableCommand {
                         if warned {
                             print(out.log)
                             if !allowWarnings { failures += 1 }
+                        }
+                        if let dir = dump {
+                            let base = m.name.split(separator: ".").first.map(String.init) ?? m.name
+                            try writeFileAtomically("\(dir)/\(base)-\(a)-\(precision.rawValue).cubin", out.cubin)
                         }
                     } catch {
                         print("FAIL \(a) \(precision.rawValue) \(m.name): \(error)")

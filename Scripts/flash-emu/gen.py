@@ -1,0 +1,22 @@
+"""Writes the CPU-emulation copy of flash_attention.cu: the PTX helpers (ldmatrix, mma.sync,
+cp.async, cvt) are dropped so emu.h's warp-collective emulations take their place.
+Usage: gen.py KERNEL_FILE OUT_FILE"""
+import re, sys
+s = open(sys.argv[1]).read()
+s = s.replace('#include "common.cuh"', '#include "emu.h"')
+names = ['sharedAddress', 'copyAsync16', 'commitCopies', 'waitAllButLatest', 'loadMatrices', 'loadMatricesTransposed',
+         'mma', 'packPair', 'loadMatricesAt', 'loadMatricesTransposedAt']
+for n in names:
+    m = re.search(r'__device__ __forceinline__ \w+ ' + n + r'\(', s)
+    assert m, n
+    start = m.start()
+    line_end = s.index('\n', start)
+    if s[start:line_end].rstrip().endswith('}'):  # one-line helper
+        s = s[:start] + s[line_end + 1:]
+    else:
+        s = s[:start] + s[s.index('\n}\n', start) + 3:]
+s = s.replace('asm volatile("cp.async.wait_group 0;" ::: "memory");', 'emuWaitAll();')
+s = s.replace('extern __shared__ __align__(16) bf16 flashShared[];', 'bf16* flashShared = emuSharedBase();')
+if re.search(r'\basm\b', s):
+    sys.exit('gen.py: inline asm left that emu.h does not emulate')
+open(sys.argv[2], 'w').write(s)

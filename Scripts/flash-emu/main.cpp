@@ -1,0 +1,104 @@
+// Runs every flash-attention kernel on the CPU through emu.h and compares out, lse, dq, dk and dv
+// with a float64 reference (Scripts/flash-emu/run.sh builds it). Usage: emu T [B]
+#include "fa_emu.cpp"
+#include <cstdio>
+#include <functional>
+#include <thread>
+#include <random>
+#include <memory>
+thread_local dim3e threadIdx, blockIdx;
+bool emuLate = getenv("EMU_LATE") != nullptr;
+thread_local std::vector<std::vector<Copy>> copyGroups;
+thread_local std::vector<Copy> openGroup;
+dim3e gridDim;
+Block* currentBlock;
+
+void launch(int gx, int gy, int gz, std::function<void()> k) {
+    gridDim.x = gx; gridDim.y = gy; gridDim.z = gz;
+    for (int z = 0; z < gz; z++) for (int y = 0; y < gy; y++) for (int x = 0; x < gx; x++) {
+        auto blk = std::make_unique<Block>();
+        memset(blk->shared, 0xcd, sizeof(blk->shared));  // garbage, so unwritten reads show
+        currentBlock = blk.get();
+        std::vector<std::thread> th;
+        for (int t = 0; t < 128; t++)
+            th.emplace_back([&, t] {
+                threadIdx.x = t; blockIdx.x = x; blockIdx.y = y; blockIdx.z = z;
+                copyGroups.clear(); openGroup.clear();
+                k();
+            });
+        for (auto& t : th) t.join();
+    }
+}
+static bf16 B16(float f) { bf16 b; b.bits = roundBF16(f); return b; }
+static float F(bf16 b) { return toFloat(b); }
+
+int main(int argc, char** argv) {
+    int T = argc > 1 ? atoi(argv[1]) : 200, B = argc > 2 ? atoi(argv[2]) : 1, NH = 2, C = NH * 64, C3 = 3 * C;
+    std::mt19937 rng(7); std::normal_distribution<float> nd;
+    std::vector<bf16> qkv(B * T * C3), dout(B * T * C);
+    for (auto& x : qkv) x = B16(1.4f * nd(rng));
+    for (auto& x : dout) x = B16(nd(rng));
+    // reference (double)
+    std::vector<double> rout(B * T * C), rlse(B * NH * T), rdq(B * T * C3, 0.0);
+    for (int b = 0; b < B; b++) for (int h = 0; h < NH; h++) {
+        auto q = [&](int t, int c) { return (double)F(qkv[(b * T + t) * C3 + h * 64 + c]); };
+        auto k = [&](int t, int c) { return (double)F(qkv[(b * T + t) * C3 + C + h * 64 + c]); };
+        auto v = [&](int t, int c) { return (double)F(qkv[(b * T + t) * C3 + 2 * C + h * 64 + c]); };
+        auto g = [&](int t, int c) { return (double)F(dout[(b * T + t) * C + h * 64 + c]); };
+        std::vector<double> P(T * T, 0.0), dP(T * T, 0.0);
+        for (int i = 0; i < T; i++) {
+            double mx = -1e300;
+            for (int j = 0; j <= i; j++) { double s = 0; for (int c = 0; c < 64; c++) s += q(i, c) * k(j, c); s /= 8; P[i * T + j] = s; mx = std::max(mx, s); }
+            double sum = 0; for (int j = 0; j <= i; j++) { P[i * T + j] = exp(P[i * T + j] - mx); sum += P[i * T + j]; }
+            for (int j = 0; j <= i; j++) P[i * T + j] /= sum;
+            rlse[(b * NH + h) * T + i] = mx + log(sum);
+            for (int c = 0; c < 64; c++) { double o = 0; for (int j = 0; j <= i; j++) o += P[i * T + j] * v(j, c); rout[(b * T + i) * C + h * 64 + c] = o; }
+        }
+        for (int i = 0; i < T; i++) {
+            double D = 0; for (int c = 0; c < 64; c++) D += g(i, c) * rout[(b * T + i) * C + h * 64 + c];
+            for (int j = 0; j <= i; j++) { double dp = 0; for (int c = 0; c < 64; c++) dp += g(i, c) * v(j, c); dP[i * T + j] = P[i * T + j] * (dp - D); }
+        }
+        for (int i = 0; i < T; i++) for (int c = 0; c < 64; c++) {
+            double dq = 0; for (int j = 0; j <= i; j++) dq += dP[i * T + j] * k(j, c); rdq[(b * T + i) * C3 + h * 64 + c] = dq / 8;
+        }
+        for (int j = 0; j < T; j++) for (int c = 0; c < 64; c++) {
+            double dk = 0, dv = 0; for (int i = j; i < T; i++) { dk += dP[i * T + j] * q(i, c); dv += P[i * T + j] * g(i, c); }
+            rdq[(b * T + j) * C3 + C + h * 64 + c] = dk / 8; rdq[(b * T + j) * C3 + 2 * C + h * 64 + c] = dv;
+        }
+    }
+    auto rel = [&](const std::vector<bf16>& a, const std::vector<double>& r, int stride, int lo, int hi) {
+        double d2 = 0, r2 = 0;
+        for (size_t i = 0; i < r.size(); i++) { int c = i % stride; if (c < lo || c >= hi) continue; double d = F(a[i]) - r[i]; d2 += d * d; r2 += r[i] * r[i]; }
+        return sqrt(d2 / r2);
+    };
+    int gx = (T + 63) / 64;
+    std::vector<bf16> out1(B * T * C); std::vector<float> lse1(B * NH * T);
+    typedef void (*Fwd)(bf16*, float*, const bf16*, int, int);
+    std::pair<const char*, Fwd> fwds[] = {{"forward v1", flash_attention_forward}, {"forward v2", flash_attention_forward_v2}, {"forward v3", flash_attention_forward_v3}};
+    for (auto& [name, f] : fwds) {
+        std::vector<bf16> out(B * T * C, B16(99)); std::vector<float> lse(B * NH * T, 99);
+        launch(gx, NH, B, [&] { f(out.data(), lse.data(), qkv.data(), T, NH); });
+        double lmax = 0; for (size_t i = 0; i < lse.size(); i++) lmax = std::max(lmax, fabs(lse[i] - rlse[i]));
+        printf("%-12s out %.3e lse max %.3e\n", name, rel(out, rout, C, 0, C), lmax);
+        if (name[9] == '1') { out1 = out; lse1 = lse; }
+    }
+    typedef void (*Qk)(bf16*, float*, const bf16*, const bf16*, const bf16*, const float*, int, int);
+    typedef void (*KVk)(bf16*, const bf16*, const bf16*, const float*, const float*, int, int);
+    std::pair<const char*, Qk> qs[] = {{"query v1", flash_attention_backward_query}, {"query v2", flash_attention_backward_query_v2},
+                                        {"query v3", flash_attention_backward_query_v3}, {"query v4", flash_attention_backward_query_v4}};
+    std::pair<const char*, KVk> kvs[] = {{"kv v1", flash_attention_backward_key_value}, {"kv v2", flash_attention_backward_key_value_v2},
+                                         {"kv v3", flash_attention_backward_key_value_v3}, {"kv v4", flash_attention_backward_key_value_v4}};
+    std::vector<float> dsum1;
+    for (auto& [name, f] : qs) {
+        std::vector<bf16> dqkv(B * T * C3, B16(99)); std::vector<float> dsum(B * NH * T, 99);
+        launch(gx, NH, B, [&] { f(dqkv.data(), dsum.data(), qkv.data(), out1.data(), dout.data(), lse1.data(), T, NH); });
+        printf("%-12s dq %.3e", name, rel(dqkv, rdq, C3, 0, C));
+        if (dsum1.empty()) dsum1 = dsum; else { double m = 0; for (size_t i = 0; i < dsum.size(); i++) m = std::max(m, (double)fabs(dsum[i] - dsum1[i])); printf("  dsum vs v1 max %.3e", m); }
+        printf("\n");
+    }
+    for (auto& [name, f] : kvs) {
+        std::vector<bf16> dqkv(B * T * C3, B16(99));
+        launch(gx, NH, B, [&] { f(dqkv.data(), qkv.data(), dout.data(), lse1.data(), dsum1.data(), T, NH); });
+        printf("%-12s dk %.3e dv %.3e\n", name, rel(dqkv, rdq, C3, C, 2 * C), rel(dqkv, rdq, C3, 2 * C, 3 * C));
+    }
+}
