@@ -257,9 +257,9 @@ __device__ __forceinline__ void forwardTile(float (&o)[8][4], float (&rowMax)[2]
 // out = softmax(q k^T / 8, causal) v and lse per row. Grid (ceil(T / 64), NH, B), block 128; the
 // last query tiles (the most key tiles) start first. Shared 5 tiles = 46080 bytes: q, and k and v
 // double-buffered (tile kt + 1 streams in while tile kt is used). Each warp keeps its 16 query rows
-// as fragments, a running maximum and sum (of raw scores; base 2 after the scale) and the (16, 64)
+// as fragments, a running maximum (of raw scores) and sum (of base-2 exponentials) and the (16, 64)
 // output in registers.
-extern "C" __global__ void __launch_bounds__(FA_THREADS, 4)  // 128 registers: 4 blocks (16 warps) per SM
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 4)  // 128 registers (16 bytes of stack on sm_90): 4 blocks per SM
 flash_attention_forward(bf16* out, float* lse, const bf16* qkv, int T, int NH) {
     extern __shared__ __align__(16) bf16 flashShared[];
     bf16* qTile = flashShared;
@@ -514,7 +514,7 @@ __device__ __forceinline__ void keyValueTile(float (&dk)[8][4], float (&dv)[8][4
 // rows (k and v fragments) and their (16, 64) dk and dv in registers and walks the query tiles at
 // or after its own. Shared 6 tiles and 2 x 2 x 64 floats = 56320 bytes: k, v, and q, dout and their
 // row statistics (lse in base 2, D) double-buffered.
-extern "C" __global__ void __launch_bounds__(FA_THREADS, 3)  // 168 registers: 3 blocks per SM
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 3)  // 168 registers (8 bytes of stack on sm_90): 3 blocks per SM
 flash_attention_backward_key_value(bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse, const float* dsum,
                                    int T, int NH) {
     extern __shared__ __align__(16) bf16 flashShared[];
