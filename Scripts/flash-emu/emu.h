@@ -67,7 +67,7 @@ inline void waitGroups(size_t pending) {
     }
 }
 inline void waitAllButLatest() { waitGroups(1); }
-inline void emuWaitAll() { waitGroups(0); }
+inline void waitAll() { waitGroups(0); }
 
 inline float __shfl_xor_sync(unsigned, float v, int mask) {
     Warp& w = myWarp(); int lane = threadIdx.x % 32;
@@ -96,10 +96,8 @@ inline void ldmatrixEmu(unsigned (&r)[4], const unsigned char* row, bool trans) 
     }
     w.bar.arrive_and_wait();
 }
-inline void loadMatrices(unsigned (&r)[4], const bf16* row) { ldmatrixEmu(r, (const unsigned char*)row, false); }
-inline void loadMatricesTransposed(unsigned (&r)[4], const bf16* row) { ldmatrixEmu(r, (const unsigned char*)row, true); }
-inline void loadMatricesAt(unsigned (&r)[4], unsigned a) { ldmatrixEmu(r, sharedBase() + a, false); }
-inline void loadMatricesTransposedAt(unsigned (&r)[4], unsigned a) { ldmatrixEmu(r, sharedBase() + a, true); }
+inline void loadMatrices(unsigned (&r)[4], unsigned a) { ldmatrixEmu(r, sharedBase() + a, false); }
+inline void loadMatricesTransposed(unsigned (&r)[4], unsigned a) { ldmatrixEmu(r, sharedBase() + a, true); }
 
 inline float lo16(unsigned u) { return __uint_as_float(u << 16); }
 inline float hi16(unsigned u) { return __uint_as_float(u & 0xffff0000U); }

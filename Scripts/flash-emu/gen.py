@@ -4,8 +4,8 @@ Usage: gen.py KERNEL_FILE OUT_FILE"""
 import re, sys
 s = open(sys.argv[1]).read()
 s = s.replace('#include "common.cuh"', '#include "emu.h"')
-names = ['sharedAddress', 'copyAsync16', 'commitCopies', 'waitAllButLatest', 'loadMatrices', 'loadMatricesTransposed',
-         'mma', 'packPair', 'loadMatricesAt', 'loadMatricesTransposedAt']
+names = ['sharedAddress', 'copyAsync16', 'commitCopies', 'waitAllButLatest', 'waitAll', 'loadMatrices', 'loadMatricesTransposed',
+         'mma', 'packPair']
 for n in names:
     m = re.search(r'__device__ __forceinline__ \w+ ' + n + r'\(', s)
     assert m, n
@@ -15,7 +15,6 @@ for n in names:
         s = s[:start] + s[line_end + 1:]
     else:
         s = s[:start] + s[s.index('\n}\n', start) + 3:]
-s = s.replace('asm volatile("cp.async.wait_group 0;" ::: "memory");', 'emuWaitAll();')
 s = s.replace('extern __shared__ __align__(16) bf16 flashShared[];', 'bf16* flashShared = emuSharedBase();')
 if re.search(r'\basm\b', s):
     sys.exit('gen.py: inline asm left that emu.h does not emulate')

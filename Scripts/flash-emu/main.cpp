@@ -1,4 +1,4 @@
-// Runs every flash-attention kernel on the CPU through emu.h and compares out, lse, dq, dk and dv
+// Runs the three flash-attention kernels on the CPU through emu.h and compares out, lse, dq, dk and dv
 // with a float64 reference (Scripts/flash-emu/run.sh builds it). Usage: emu T [B]
 #include "fa_emu.cpp"
 #include <cstdio>
@@ -72,33 +72,14 @@ int main(int argc, char** argv) {
         return sqrt(d2 / r2);
     };
     int gx = (T + 63) / 64;
-    std::vector<bf16> out1(B * T * C); std::vector<float> lse1(B * NH * T);
-    typedef void (*Fwd)(bf16*, float*, const bf16*, int, int);
-    std::pair<const char*, Fwd> fwds[] = {{"forward v1", flash_attention_forward}, {"forward v2", flash_attention_forward_v2}, {"forward v3", flash_attention_forward_v3}};
-    for (auto& [name, f] : fwds) {
-        std::vector<bf16> out(B * T * C, B16(99)); std::vector<float> lse(B * NH * T, 99);
-        launch(gx, NH, B, [&] { f(out.data(), lse.data(), qkv.data(), T, NH); });
-        double lmax = 0; for (size_t i = 0; i < lse.size(); i++) lmax = std::max(lmax, fabs(lse[i] - rlse[i]));
-        printf("%-12s out %.3e lse max %.3e\n", name, rel(out, rout, C, 0, C), lmax);
-        if (name[9] == '1') { out1 = out; lse1 = lse; }
-    }
-    typedef void (*Qk)(bf16*, float*, const bf16*, const bf16*, const bf16*, const float*, int, int);
-    typedef void (*KVk)(bf16*, const bf16*, const bf16*, const float*, const float*, int, int);
-    std::pair<const char*, Qk> qs[] = {{"query v1", flash_attention_backward_query}, {"query v2", flash_attention_backward_query_v2},
-                                        {"query v3", flash_attention_backward_query_v3}, {"query v4", flash_attention_backward_query_v4}};
-    std::pair<const char*, KVk> kvs[] = {{"kv v1", flash_attention_backward_key_value}, {"kv v2", flash_attention_backward_key_value_v2},
-                                         {"kv v3", flash_attention_backward_key_value_v3}, {"kv v4", flash_attention_backward_key_value_v4}};
-    std::vector<float> dsum1;
-    for (auto& [name, f] : qs) {
-        std::vector<bf16> dqkv(B * T * C3, B16(99)); std::vector<float> dsum(B * NH * T, 99);
-        launch(gx, NH, B, [&] { f(dqkv.data(), dsum.data(), qkv.data(), out1.data(), dout.data(), lse1.data(), T, NH); });
-        printf("%-12s dq %.3e", name, rel(dqkv, rdq, C3, 0, C));
-        if (dsum1.empty()) dsum1 = dsum; else { double m = 0; for (size_t i = 0; i < dsum.size(); i++) m = std::max(m, (double)fabs(dsum[i] - dsum1[i])); printf("  dsum vs v1 max %.3e", m); }
-        printf("\n");
-    }
-    for (auto& [name, f] : kvs) {
-        std::vector<bf16> dqkv(B * T * C3, B16(99));
-        launch(gx, NH, B, [&] { f(dqkv.data(), qkv.data(), dout.data(), lse1.data(), dsum1.data(), T, NH); });
-        printf("%-12s dk %.3e dv %.3e\n", name, rel(dqkv, rdq, C3, C, 2 * C), rel(dqkv, rdq, C3, 2 * C, 3 * C));
-    }
+    // The backward reads the forward's out and lse, and the key/value kernel the query kernel's dsum.
+    std::vector<bf16> out(B * T * C, B16(99)); std::vector<float> lse(B * NH * T, 99);
+    launch(gx, NH, B, [&] { flash_attention_forward(out.data(), lse.data(), qkv.data(), T, NH); });
+    double lmax = 0; for (size_t i = 0; i < lse.size(); i++) lmax = std::max(lmax, fabs(lse[i] - rlse[i]));
+    printf("%-12s out %.3e lse max %.3e\n", "forward", rel(out, rout, C, 0, C), lmax);
+    std::vector<bf16> dqkv(B * T * C3, B16(99)); std::vector<float> dsum(B * NH * T, 99);
+    launch(gx, NH, B, [&] { flash_attention_backward_query(dqkv.data(), dsum.data(), qkv.data(), out.data(), dout.data(), lse.data(), T, NH); });
+    printf("%-12s dq %.3e\n", "query", rel(dqkv, rdq, C3, 0, C));
+    launch(gx, NH, B, [&] { flash_attention_backward_key_value(dqkv.data(), qkv.data(), dout.data(), lse.data(), dsum.data(), T, NH); });
+    printf("%-12s dk %.3e dv %.3e\n", "key/value", rel(dqkv, rdq, C3, C, 2 * C), rel(dqkv, rdq, C3, 2 * C, 3 * C));
 }

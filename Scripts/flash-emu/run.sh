@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Checks every flash-attention kernel (Sources/LLMCUDA/Kernels/flash_attention.cu, v1 and the
-# variants) on the CPU, no GPU needed: each CUDA thread is an OS thread, and ldmatrix, mma.sync,
-# shfl and cp.async are emulated per warp (emu.h). Prints relative L2 errors against a float64
-# reference for T in the arguments (default 200 64 65); the variants should match v1's errors.
-# Run twice per T: cp.async copies landing at issue and at their wait. One head pair (B=1,
-# NH=2); about 30 s per T on 2 cores. Usage: Scripts/flash-emu/run.sh [T...]
+# CPU emulator of the flash-attention kernels (Sources/LLMCUDA/Kernels/flash_attention.cu): checks
+# the forward, query and key/value kernels without a GPU. gen.py turns the .cu file into C++ with
+# the PTX helpers removed; emu.h runs each CUDA thread as an OS thread and emulates ldmatrix,
+# mma.sync, shfl and cp.async per warp; main.cpp prints relative L2 errors of out, dq, dk, dv (and
+# lse's max difference) against a float64 reference for each T in the arguments (default 200 64
+# 65). Run twice per T: cp.async copies landing at issue and at their wait. One head pair (B=1,
+# NH=2); seconds per T at T <= 200 on 2 cores. Usage: Scripts/flash-emu/run.sh [T...]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 work="$(mktemp -d)"

@@ -4,43 +4,22 @@
 
 import LLM
 
-/// Relative L2 errors of one flash variant pair against the scalar path, its times, and whether two
-/// runs gave the same bytes.
-public struct AttentionVariantResult {
-    public var forward = "v1", backward = "v1"
+/// Relative L2 errors of the flash path against the scalar one, both paths' times, and whether
+/// two flash runs gave the same bytes.
+public struct AttentionParity {
     public var out: Float = 0, lseMaxDiff: Float = 0, dq: Float = 0, dk: Float = 0, dv: Float = 0
-    public var forwardMs: Float = 0, backwardMs: Float = 0
-    /// out, lse and dqkv bit-identical between the first and the last of the timed runs (each run's
-    /// outputs zeroed first).
+    public var flashForwardMs: Float = 0, flashBackwardMs: Float = 0
+    public var scalarForwardMs: Float = 0, scalarBackwardMs: Float = 0
+    /// out, lse and dqkv of the flash path bit-identical between the first and the last of the timed
+    /// runs (each run's outputs zeroed first).
     public var deterministic = false
 }
 
-/// The scalar path's times and every flash variant pair checked against it.
-public struct AttentionParity {
-    public var scalarForwardMs: Float = 0, scalarBackwardMs: Float = 0
-    public var variants: [AttentionVariantResult] = []
-    /// The worst error over the variants (what a pass/fail check needs).
-    public var out: Float { variants.map(\.out).max() ?? 0 }
-    public var lseMaxDiff: Float { variants.map(\.lseMaxDiff).max() ?? 0 }
-    public var dq: Float { variants.map(\.dq).max() ?? 0 }
-    public var dk: Float { variants.map(\.dk).max() ?? 0 }
-    public var dv: Float { variants.map(\.dv).max() ?? 0 }
-}
-
 extension CUDAModel {
-    /// The variant pairs the attention check runs by default: every forward with backward v1, then
-    /// forward v1 with every other backward (so each row changes one side).
-    public static var flashVariantPairs: [(forward: String, backward: String)] {
-        flashForwardVariants.map { ($0.name, "v1") } + flashBackwardVariants.filter { $0.name != "v1" }.map { ("v1", $0.name) }
-    }
-
-    /// Runs the scalar path and then the flash variants on the same random qkv (B, T, 3C) and dout
-    /// (B, T, C); the model's own weights and activations are untouched (pairs: `flashVariantPairs`).
-    /// Times are medians over `repeats` launches (backward includes the dout . out row sums).
-    /// `only`: just these (forward, backward) pairs, e.g. one per process so a faulting kernel
-    /// cannot take the other variants' results with it.
-    public func attentionParity(B: Int, T: Int, repeats: Int = 7, seed: UInt64 = 1,
-                                only: [(forward: String, backward: String)]? = nil) throws -> AttentionParity {
+    /// Runs the scalar path and then the flash path on the same random qkv (B, T, 3C) and dout
+    /// (B, T, C); the model's own weights and activations are untouched. Times are medians over
+    /// `repeats` launches (backward includes the dout . out row sums).
+    public func attentionParity(B: Int, T: Int, repeats: Int = 7, seed: UInt64 = 1) throws -> AttentionParity {
         if precision != .bf16 || config.headSize != 64 {
             throw LLMError("attention parity: needs bf16 and head size 64 (have \(precision.rawValue), \(config.headSize))")
         }
@@ -73,13 +52,12 @@ extension CUDAModel {
         let start = try device.makeEvent(), end = try device.makeEvent()
 
         struct Run { var out: [UInt16], lse: [Float], dqkv: [UInt16], forwardMs: Float, backwardMs: Float, same: Bool }
-        /// One path (nil: scalar), `repeats` times; outputs zeroed before each run, so the first and last
-        /// runs' bytes agree only if the kernels write the same every time.
-        func runPath(_ variants: (forward: String, backward: String)?) throws -> Run {
-            let saved = (useFlashAttention, flashForwardVariant, flashBackwardVariant)
-            defer { (useFlashAttention, flashForwardVariant, flashBackwardVariant) = saved }
-            useFlashAttention = variants != nil
-            if let v = variants { flashForwardVariant = v.forward; flashBackwardVariant = v.backward }
+        /// One path, `repeats` times; outputs zeroed before each run, so the first and last runs'
+        /// bytes agree only if the kernels write the same every time.
+        func runPath(flash: Bool) throws -> Run {
+            let saved = useFlashAttention
+            defer { useFlashAttention = saved }
+            useFlashAttention = flash
             var forward: [Float] = [], backward: [Float] = []
             var first: (out: [UInt16], lse: [Float], dqkv: [UInt16])?
             var same = true
@@ -110,7 +88,7 @@ extension CUDAModel {
             return Run(out: f.out, lse: f.lse, dqkv: f.dqkv,
                        forwardMs: forward.sorted()[repeats / 2], backwardMs: backward.sorted()[repeats / 2], same: same)
         }
-        let reference = try runPath(nil)
+        let reference = try runPath(flash: false), flash = try runPath(flash: true)
         let referenceOut = reference.out.map(floatFromBF16), referenceDqkv = reference.dqkv.map(floatFromBF16)
 
         /// ||a - b|| / ||b|| of out, and of the q, k and v parts of dqkv (column c of the 3C row).
@@ -140,18 +118,13 @@ extension CUDAModel {
             func r(_ p: Int) -> Float { Float((d2[p] / max(r2[p], 1e-30)).squareRoot()) }
             return (r(0), r(1), r(2))
         }
-        var parity = AttentionParity(scalarForwardMs: reference.forwardMs, scalarBackwardMs: reference.backwardMs)
-        let pairs = only ?? CUDAModel.flashVariantPairs
-        for (f, b) in pairs {
-            let run = try runPath((f, b))
-            var r = AttentionVariantResult(forward: f, backward: b)
-            r.out = relative(run.out, referenceOut)
-            r.lseMaxDiff = zip(run.lse, reference.lse).map { abs($0 - $1) }.max() ?? 0
-            (r.dq, r.dk, r.dv) = relativeParts(run.dqkv, referenceDqkv)
-            r.forwardMs = run.forwardMs; r.backwardMs = run.backwardMs
-            r.deterministic = run.same
-            parity.variants.append(r)
-        }
-        return parity
+        var r = AttentionParity()
+        r.out = relative(flash.out, referenceOut)
+        r.lseMaxDiff = zip(flash.lse, reference.lse).map { abs($0 - $1) }.max() ?? 0
+        (r.dq, r.dk, r.dv) = relativeParts(flash.dqkv, referenceDqkv)
+        r.flashForwardMs = flash.forwardMs; r.flashBackwardMs = flash.backwardMs
+        r.scalarForwardMs = reference.forwardMs; r.scalarBackwardMs = reference.backwardMs
+        r.deterministic = flash.same
+        return r
     }
 }

@@ -318,47 +318,13 @@ public final class CUDAModel: GPT2Backend {
 
     // MARK: Attention
 
-    /// The flash kernels' variants (flash_attention.cu), to time them against each other; all share
-    /// v1's grid, block and shared layout. Forward: name -> kernel.
-    public static let flashForwardVariants: [(name: String, kernel: String)] = [
-        ("v1", "flash_attention_forward"), ("v2", "flash_attention_forward_v2"), ("v3", "flash_attention_forward_v3"),
-    ]
-    /// Backward: name -> (query kernel and its shared tiles, key/value kernel and its shared tiles);
-    /// v4 and v5 change one kernel of v1 each. Query v3 and v4 read `out` from global memory for D
-    /// (6 tiles instead of 7); key/value v4 triple-buffers q and dout (8 tiles instead of 6).
-    public static let flashBackwardVariants: [(name: String, query: String, queryTiles: Int, keyValue: String, keyValueTiles: Int)] = [
-        ("v1", "flash_attention_backward_query", 7, "flash_attention_backward_key_value", 6),
-        ("v2", "flash_attention_backward_query_v2", 7, "flash_attention_backward_key_value_v2", 6),
-        ("v3", "flash_attention_backward_query_v2", 7, "flash_attention_backward_key_value_v3", 6),
-        ("v4", "flash_attention_backward_query_v2", 7, "flash_attention_backward_key_value", 6),
-        ("v5", "flash_attention_backward_query", 7, "flash_attention_backward_key_value_v2", 6),
-        ("v6", "flash_attention_backward_query_v3", 6, "flash_attention_backward_key_value_v2", 6),
-        ("v7", "flash_attention_backward_query_v3", 6, "flash_attention_backward_key_value_v3", 6),
-        ("v8", "flash_attention_backward_query_v4", 6, "flash_attention_backward_key_value_v2", 6),
-        ("v9", "flash_attention_backward_query_v4", 6, "flash_attention_backward_key_value_v3", 6),
-        ("v10", "flash_attention_backward_query_v4", 6, "flash_attention_backward_key_value_v4", 8),
-        ("v11", "flash_attention_backward_query", 7, "flash_attention_backward_key_value_v4", 8),
-    ]
-    /// $LLM_FLASH_FORWARD and $LLM_FLASH_BACKWARD, read once (default v1); checked at the first launch.
-    static let flashVariantsFromEnvironment: (forward: String, backward: String) = {
-        func env(_ n: String) -> String { getenv(n).map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 } ?? "v1" }
-        return (env("LLM_FLASH_FORWARD"), env("LLM_FLASH_BACKWARD"))
-    }()
-    /// The flash variants this model launches (names from the tables above).
-    public var flashForwardVariant = CUDAModel.flashVariantsFromEnvironment.forward
-    public var flashBackwardVariant = CUDAModel.flashVariantsFromEnvironment.backward
-
     /// out (B, T, C) = causal softmax(q k^T / sqrt(HS)) v per head; lse (B, NH, T) fp32 row statistics.
     /// Flash kernels on tensor cores when `useFlashAttention`, else the scalar kernels (exact fp32 path).
     func attentionForward(out: CUdeviceptr, lse: CUdeviceptr, qkv: CUdeviceptr, B: Int, T: Int) throws {
         let NH = config.numHeads, hs = config.headSize
         let args: [KernelArgument] = [.ptr(out), .ptr(lse), .ptr(qkv), .i32(Int32(T)), .i32(Int32(NH))]
         if useFlashAttention {  // 64 queries per block: 4 warps of 16; shared q + 2 x (k, v) tiles
-            guard let v = CUDAModel.flashForwardVariants.first(where: { $0.name == flashForwardVariant }) else {
-                throw LLMError("LLM_FLASH_FORWARD=\(flashForwardVariant): expected one of "
-                               + CUDAModel.flashForwardVariants.map(\.name).joined(separator: ", "))
-            }
-            try launch(v.kernel, grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
+            try launch("flash_attention_forward", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
                        shared: 5 * CUDAModel.flashTileBytes, args)
         } else {  // 64 rows per block, two threads per row
             try launch("attention_forward_hs\(hs)", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
@@ -372,15 +338,13 @@ public final class CUDAModel: GPT2Backend {
         let NH = config.numHeads, hs = config.headSize
         let grid = ((T + 63) / 64, NH, B)
         if useFlashAttention {  // the query kernel also writes dsum, which the key/value kernel reads
-            guard let v = CUDAModel.flashBackwardVariants.first(where: { $0.name == flashBackwardVariant }) else {
-                throw LLMError("LLM_FLASH_BACKWARD=\(flashBackwardVariant): expected one of "
-                               + CUDAModel.flashBackwardVariants.map(\.name).joined(separator: ", "))
-            }
-            try launch(v.query, grid: grid, block: (128, 1, 1),
-                       shared: v.queryTiles * CUDAModel.flashTileBytes + 64 * 4,
+            // Query kernel: 3 x (k, v) tiles (q and dout in the third until loaded) + D of its 64 rows.
+            try launch("flash_attention_backward_query", grid: grid, block: (128, 1, 1),
+                       shared: 6 * CUDAModel.flashTileBytes + 64 * 4,
                        [.ptr(dqkv), .ptr(dsum), .ptr(qkv), .ptr(out), .ptr(dout), .ptr(lse), .i32(Int32(T)), .i32(Int32(NH))])
-            try launch(v.keyValue, grid: grid, block: (128, 1, 1),  // + lse and D of each q and dout buffer
-                       shared: v.keyValueTiles * CUDAModel.flashTileBytes + (v.keyValueTiles - 2) * 64 * 4,
+            // Key/value kernel: k, v and 2 x (q, dout) tiles + lse and D of each q and dout buffer.
+            try launch("flash_attention_backward_key_value", grid: grid, block: (128, 1, 1),
+                       shared: 6 * CUDAModel.flashTileBytes + 2 * 2 * 64 * 4,
                        [.ptr(dqkv), .ptr(qkv), .ptr(dout), .ptr(lse), .ptr(dsum), .i32(Int32(T)), .i32(Int32(NH))])
         } else {
             try launch1D("attention_backward_rowsum", count: B * NH * T,

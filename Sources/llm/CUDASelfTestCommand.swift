@@ -26,8 +26,6 @@ struct CUDASelfTestCommand: ParsableCommand {
 
     @Option(name: .long, help: "Batch of the d12 check of the classifier in chunks of 8192 rows against one chunk (bf16, T = 1024); 0 skips it.")
     var classifierBatch = 32
-    @Option(name: .long, help: "Flash variant pairs of the attention check: all, or FORWARD/BACKWARD,... (e.g. v2/v1,v1/v3).")
-    var attentionVariants = "all"
 
     @Option(name: .long, help: "Steps of the determinism run (two runs, d12 shape, bf16); 0 skips it.")
     var determinismSteps = 20
@@ -303,46 +301,27 @@ struct CUDASelfTestCommand: ParsableCommand {
     // MARK: Flash attention
 
     /// The tensor-core attention (head size 64) against the scalar kernels, at a full and a ragged T:
-    /// every variant of flash_attention.cu (errors, median times, run-to-run bit identity). Also one
-    /// `[attention-variant]` line per variant for Scripts/gpu-attention-variants.sh.
+    /// errors, median times, and run-to-run bit identity of out, lse and dqkv.
     func attentionCheck() throws -> (rows: [String], failures: [String]) {
-        var only: [(forward: String, backward: String)]?
-        if attentionVariants != "all" {
-            only = try attentionVariants.split(separator: ",").map { pair in
-                let sides = pair.split(separator: "/").map(String.init)
-                guard sides.count == 2, CUDAModel.flashForwardVariants.contains(where: { $0.name == sides[0] }),
-                      CUDAModel.flashBackwardVariants.contains(where: { $0.name == sides[1] }) else {
-                    throw LLMError("--attention-variants \(attentionVariants): \(pair) is not FORWARD/BACKWARD of known variants")
-                }
-                return (sides[0], sides[1])
-            }
-        }
         let model = try d12Model(B: attentionBatch, T: 1024, precision: .bf16)
         var rows: [String] = [], failures: [String] = []
         for T in [1024, 200] {
-            let p = try model.attentionParity(B: attentionBatch, T: T, only: only)
-            for r in p.variants {
-                let ok = max(r.out, r.dq, r.dk, r.dv) < 2e-2 && r.lseMaxDiff < 1e-2 && r.deterministic
-                let name = "forward \(r.forward) backward \(r.backward)"
-                let errors: String = "rel. error out \(sci(r.out)), dq \(sci(r.dq)), dk \(sci(r.dk)), dv \(sci(r.dv)), "
-                    + "lse max |diff| \(sci(r.lseMaxDiff))"
-                let forward: String = "forward \(fmt(Double(r.forwardMs))) ms (scalar \(fmt(Double(p.scalarForwardMs))))"
-                let backward: String = "backward \(fmt(Double(r.backwardMs))) ms (scalar \(fmt(Double(p.scalarBackwardMs))))"
-                let row = "flash attention \(name) B=\(attentionBatch) NH=12 T=\(T) vs scalar: \(errors); \(forward), \(backward); "
-                    + "runs \(r.deterministic ? "bit-identical" : "DIFFER")  " + (ok ? "PASS" : "FAIL")
-                print("[attention] " + row)
-                print("[attention-variant] B=\(attentionBatch) T=\(T) fwd=\(r.forward) bwd=\(r.backward) "
-                      + "fwd_ms=\(String(format4(r.forwardMs))) bwd_ms=\(String(format4(r.backwardMs))) "
-                      + "out=\(sci(r.out)) dq=\(sci(r.dq)) dk=\(sci(r.dk)) dv=\(sci(r.dv)) lse=\(sci(r.lseMaxDiff)) "
-                      + "identical=\(r.deterministic ? "yes" : "NO") \(ok ? "PASS" : "FAIL")")
-                rows.append(row)
-                if !ok { failures.append("flash attention \(name) T=\(T)") }
-            }
+            let r = try model.attentionParity(B: attentionBatch, T: T)
+            let ok = max(r.out, r.dq, r.dk, r.dv) < 2e-2 && r.lseMaxDiff < 1e-2 && r.deterministic
+            let errors: String = "rel. error out \(sci(r.out)), dq \(sci(r.dq)), dk \(sci(r.dk)), dv \(sci(r.dv)), "
+                + "lse max |diff| \(sci(r.lseMaxDiff))"
+            let forward: String = "forward \(format4(r.flashForwardMs)) ms (scalar \(format4(r.scalarForwardMs)))"
+            let backward: String = "backward \(format4(r.flashBackwardMs)) ms (scalar \(format4(r.scalarBackwardMs)))"
+            let row = "flash attention B=\(attentionBatch) NH=12 T=\(T) vs scalar: \(errors); \(forward), \(backward); "
+                + "runs \(r.deterministic ? "bit-identical" : "DIFFER")  " + (ok ? "PASS" : "FAIL")
+            print("[attention] " + row)
+            rows.append(row)
+            if !ok { failures.append("flash attention T=\(T)") }
         }
         return (rows, failures)
     }
 
-    /// Milliseconds with 4 decimals (the variants differ by a few microseconds at small B).
+    /// Milliseconds with 4 decimals (a few microseconds matter at small B).
     func format4(_ x: Float) -> String {
         let scaled = Int((Double(x) * 10000).rounded())
         let frac = String(scaled % 10000)
