@@ -4,49 +4,39 @@
 // The model runs them on row chunks of the logits (pointers offset by the chunk's first row).
 #include "common.cuh"
 
-// One pack of the online softmax: the running maximum m and the sum s scaled to it take in the
-// pack's columns below V.
-__device__ __forceinline__ void accumulatePack(float& m, float& s, const Pack& p, int c, int V) {
-    float packMax = NEG_INFINITY;
+// The row's log-sum-exp over its first V logits, for every thread of the block. Each thread keeps a
+// running maximum and the sum scaled to it (online softmax: one pass over the row), then the block
+// combines them.
+__device__ float rowLogSumExp(const floatX* x, int V, float* scratch) {
+    float m = NEG_INFINITY, s = 0.0f;
+    for (int c = threadIdx.x * PACK; c < V; c += blockDim.x * PACK) {
+        Pack p = loadPack(x + c);
+        float packMax = NEG_INFINITY;
 #pragma unroll
-    for (int i = 0; i < PACK; i++) if (c + i < V) packMax = fmaxf(packMax, toFloat(p.v[i]));
-    float newMax = fmaxf(m, packMax);
-    s *= expf(m - newMax);  // 0 on the first pack (m = -inf)
-    m = newMax;
+        for (int i = 0; i < PACK; i++) if (c + i < V) packMax = fmaxf(packMax, toFloat(p.v[i]));
+        float newMax = fmaxf(m, packMax);
+        s *= expf(m - newMax);  // 0 on the first pack (m = -inf)
+        m = newMax;
 #pragma unroll
-    for (int i = 0; i < PACK; i++) if (c + i < V) s += expf(toFloat(p.v[i]) - m);
-}
-
-// The block's log-sum-exp from every thread's (m, s), for every thread.
-__device__ __forceinline__ float combineLogSumExp(float m, float s, float* scratch) {
+        for (int i = 0; i < PACK; i++) if (c + i < V) s += expf(toFloat(p.v[i]) - m);
+    }
     float rowMax = blockMax(m, scratch);
     float rowSum = blockSum(m == NEG_INFINITY ? 0.0f : s * expf(m - rowMax), scratch);
     return rowMax + logf(rowSum);
 }
 
-// One pack of dlogits: (softmax - onehot) * dloss below V, 0 for the padding.
-__device__ __forceinline__ Pack gradientPack(const Pack& p, int c, float l, int target, float dloss, int V) {
-    Pack g;
-#pragma unroll
-    for (int i = 0; i < PACK; i++) {
-        float d = 0.0f;
-        if (c + i < V) d = (expf(toFloat(p.v[i]) - l) - (c + i == target ? 1.0f : 0.0f)) * dloss;
-        g.v[i] = fromFloat(d);
-    }
-    return g;
-}
-
-// The row's log-sum-exp over its first V logits, for every thread of the block: each thread walks
-// its packs (online softmax: one pass over the row), then the block combines them.
-__device__ float rowLogSumExp(const floatX* x, int V, float* scratch) {
-    float m = NEG_INFINITY, s = 0.0f;
-    for (int c = threadIdx.x * PACK; c < V; c += blockDim.x * PACK) accumulatePack(m, s, loadPack(x + c), c, V);
-    return combineLogSumExp(m, s, scratch);
-}
-
-// dlogits written over the row.
+// dlogits for the first V columns, 0 for the padding, written over the row: (softmax - onehot) * dloss.
 __device__ void rowGradient(floatX* x, float l, int target, float dloss, int V, int Vp) {
-    for (int c = threadIdx.x * PACK; c < Vp; c += blockDim.x * PACK) storePack(x + c, gradientPack(loadPack(x + c), c, l, target, dloss, V));
+    for (int c = threadIdx.x * PACK; c < Vp; c += blockDim.x * PACK) {
+        Pack p = loadPack(x + c);
+#pragma unroll
+        for (int i = 0; i < PACK; i++) {
+            float g = 0.0f;
+            if (c + i < V) g = (expf(toFloat(p.v[i]) - l) - (c + i == target ? 1.0f : 0.0f)) * dloss;
+            p.v[i] = fromFloat(g);
+        }
+        storePack(x + c, p);
+    }
 }
 
 // losses (N) = -log softmax(logits[row])[targets[row]]; lse (N) = log sum exp of the row's first V
@@ -71,15 +61,9 @@ extern "C" __global__ void classifier_backward(floatX* logits, const float* lse,
     rowGradient(logits + row * Vp, lse[row], targets[row], dloss, V, Vp);
 }
 
-// Packs of a row one thread of classifier_loss_backward keeps in registers: rows up to
-// 1024 threads x 8 packs (65536 bf16 logits, GPT-2's 50304 included) are read from memory once.
-#define ROW_PACKS 8
-
 // Both of the above in one launch for a training micro-step: the loss and log-sum-exp, then the
-// gradient, written over the row. A row that fits the block's registers (Vp <= blockDim.x * PACK *
-// ROW_PACKS) is read once; a longer one is read twice, the second time mostly from L2 (a row is
-// Vp * 2 bytes, ~100 KB at GPT-2's vocabulary). Each thread visits its packs in the same order as
-// the two kernels above, so the results are the same bits.
+// gradient over the same row while it is still in L2 (a row is Vp * 2 bytes, ~100 KB at GPT-2's
+// vocabulary), so the logits come from memory once instead of twice. Same arithmetic, same bits.
 extern "C" __global__ void classifier_loss_backward(floatX* logits, float* losses, float* lse, const int* targets,
                                                     float dloss, int V, int Vp) {
     __shared__ float scratch[32];
@@ -87,31 +71,11 @@ extern "C" __global__ void classifier_loss_backward(floatX* logits, float* losse
     floatX* x = logits + row * Vp;
     const int target = targets[row];
     const float targetLogit = toFloat(x[target]);  // read before any thread overwrites the row
-    const int stride = blockDim.x * PACK;
-    if (Vp <= stride * ROW_PACKS) {
-        Pack p[ROW_PACKS];
-#pragma unroll
-        for (int k = 0; k < ROW_PACKS; k++) {  // every load issued before the first use
-            int c = threadIdx.x * PACK + k * stride;
-            if (c < Vp) p[k] = loadPack(x + c);
-        }
-        float m = NEG_INFINITY, s = 0.0f;
-#pragma unroll
-        for (int k = 0; k < ROW_PACKS; k++) {
-            int c = threadIdx.x * PACK + k * stride;
-            if (c < V) accumulatePack(m, s, p[k], c, V);
-        }
-        float l = combineLogSumExp(m, s, scratch);
-        if (threadIdx.x == 0) { lse[row] = l; losses[row] = l - targetLogit; }
-#pragma unroll
-        for (int k = 0; k < ROW_PACKS; k++) {
-            int c = threadIdx.x * PACK + k * stride;
-            if (c < Vp) storePack(x + c, gradientPack(p[k], c, l, target, dloss, V));
-        }
-        return;
+    float l = rowLogSumExp(x, V, scratch);          // ends with a barrier: every read of pass one is done
+    if (threadIdx.x == 0) {
+        lse[row] = l;
+        losses[row] = l - targetLogit;
     }
-    float l = rowLogSumExp(x, V, scratch);  // ends with a barrier: every read of pass one is done
-    if (threadIdx.x == 0) { lse[row] = l; losses[row] = l - targetLogit; }
     rowGradient(x, l, target, dloss, V, Vp);
 }
 
