@@ -434,8 +434,9 @@ public final class CUDAModel: GPT2Backend {
                                   N: Int, C: Int) throws {
         let warpsPerBlock = 8
         let grid = ((N + warpsPerBlock - 1) / warpsPerBlock, 1, 1), block = (32 * warpsPerBlock, 1, 1)
-        if C <= 2048 && C % pack == 0 {  // LN_MAX_C in layernorm.cu
-            return try launch("residual_layernorm_forward", grid: grid, block: block,
+        if C <= 2048 && C % pack == 0 {  // the row in registers: the smaller instantiation where it fits
+            return try launch(C <= 1024 ? "residual_layernorm_forward_1024" : "residual_layernorm_forward_2048",
+                              grid: grid, block: block,
                               [.ptr(residual ?? 0), .ptr(out), .ptr(mean), .ptr(rstd), .ptr(a), .ptr(b ?? 0), .ptr(weight),
                                .ptr(bias), .i32(Int32(N)), .i32(Int32(C))])
         }

@@ -3,7 +3,7 @@
 #include "common.cuh"
 
 // One warp per row: out (N, C) = (inp - mean) * rstd * weight + bias; mean, rstd (N) in fp32.
-// Used only for rows wider than residual_layernorm_forward takes (C > LN_MAX_C or C % PACK != 0).
+// Used only for rows wider than residual_layernorm_forward_* take (C > 2048 or C % PACK != 0).
 extern "C" __global__ void layernorm_forward(floatX* out, float* mean, float* rstd, const floatX* inp,
                                              const floatX* weight, const floatX* bias, int N, int C) {
     int lane = threadIdx.x & 31;
@@ -23,27 +23,25 @@ extern "C" __global__ void layernorm_forward(floatX* out, float* mean, float* rs
     if (lane == 0) { mean[row] = m; rstd[row] = s; }
 }
 
-// The widest row residual_layernorm_forward keeps in registers: PACK-element packs per lane.
-#define LN_MAX_C 2048
-#define LN_PACKS (LN_MAX_C / (32 * PACK))
-
-// One warp per row, the row held in registers as 16-byte packs (C % PACK == 0, C <= LN_MAX_C):
-// with b, residual (N, C) = a + b (rounded to floatX) and out = layernorm(residual); with b null,
-// out = layernorm(a) and residual is not touched. mean, rstd (N) in fp32, of the rounded residual,
-// so a later call on the stored residual (recompute 2) gives the same bits. Fusing the add saves a
-// read of the residual; the packs make it one pass over memory where layernorm_forward reads
-// 2-byte elements three times.
-extern "C" __global__ void residual_layernorm_forward(floatX* residual, floatX* out, float* mean, float* rstd,
-                                                      const floatX* a, const floatX* b, const floatX* weight,
-                                                      const floatX* bias, int N, int C) {
+// One warp per row, the row held in registers as 16-byte packs (C % PACK == 0, C <= 32 * PACK *
+// PACKS): with b, residual (N, C) = a + b (rounded to floatX) and out = layernorm(residual); with b
+// null, out = layernorm(a) and residual is not touched. mean, rstd (N) in fp32, of the rounded
+// residual, so a later call on the stored residual (recompute 2) gives the same bits. Fusing the add
+// saves a read of the residual; the packs make it one pass over memory where layernorm_forward reads
+// 2-byte elements three times. A lane visits its packs in the same order whatever PACKS is, so the
+// two instantiations below give the same bits for the same row.
+template <int PACKS>
+__device__ __forceinline__ void residualLayerNormRow(floatX* residual, floatX* out, float* mean, float* rstd,
+                                                     const floatX* a, const floatX* b, const floatX* weight,
+                                                     const floatX* bias, int N, int C) {
     int lane = threadIdx.x & 31;
     int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= N) return;
     const long long base = (long long)row * C;
-    Pack x[LN_PACKS];
+    Pack x[PACKS];
     float sum = 0.0f;
 #pragma unroll
-    for (int i = 0; i < LN_PACKS; i++) {
+    for (int i = 0; i < PACKS; i++) {
         int c = (i * 32 + lane) * PACK;
         if (c >= C) break;
         x[i] = loadPack(a + base + c);
@@ -59,14 +57,14 @@ extern "C" __global__ void residual_layernorm_forward(floatX* residual, floatX* 
     const float m = warpSum(sum) / C;
     float var = 0.0f;
 #pragma unroll
-    for (int i = 0; i < LN_PACKS; i++) {
+    for (int i = 0; i < PACKS; i++) {
         if ((i * 32 + lane) * PACK >= C) break;
 #pragma unroll
         for (int k = 0; k < PACK; k++) { float d = toFloat(x[i].v[k]) - m; var += d * d; }
     }
     const float s = rsqrtf(warpSum(var) / C + 1e-5f);
 #pragma unroll
-    for (int i = 0; i < LN_PACKS; i++) {
+    for (int i = 0; i < PACKS; i++) {
         int c = (i * 32 + lane) * PACK;
         if (c >= C) break;
         Pack w = loadPack(weight + c), bb = loadPack(bias + c), o;
@@ -75,6 +73,20 @@ extern "C" __global__ void residual_layernorm_forward(floatX* residual, floatX* 
         storePack(out + base + c, o);
     }
     if (lane == 0) { mean[row] = m; rstd[row] = s; }
+}
+
+// Rows up to 1024 channels (GPT-2 up to 350M): the registers for 1024 only, so more warps fit an SM.
+extern "C" __global__ void residual_layernorm_forward_1024(floatX* residual, floatX* out, float* mean, float* rstd,
+                                                           const floatX* a, const floatX* b, const floatX* weight,
+                                                           const floatX* bias, int N, int C) {
+    residualLayerNormRow<1024 / (32 * PACK)>(residual, out, mean, rstd, a, b, weight, bias, N, C);
+}
+
+// Rows up to 2048 channels (GPT-2 774M and 1.5B).
+extern "C" __global__ void residual_layernorm_forward_2048(floatX* residual, floatX* out, float* mean, float* rstd,
+                                                           const floatX* a, const floatX* b, const floatX* weight,
+                                                           const floatX* bias, int N, int C) {
+    residualLayerNormRow<2048 / (32 * PACK)>(residual, out, mean, rstd, a, b, weight, bias, N, C);
 }
 
 // out (N) = a + b, one 16-byte pack per thread; N % PACK == 0.
