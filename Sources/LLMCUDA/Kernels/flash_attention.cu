@@ -116,8 +116,10 @@ __device__ __forceinline__ void loadRows(unsigned (&frag)[4][4], unsigned rows) 
 }
 
 // acc (16, 8 * NT) = a (16 rows, 64 channels) . tile^T over 8 * NT tile rows; b = tile address + laneRowsB.
+// n-tiles past lastN (pairs n, n + 1 with n > lastN) are skipped: left zero.
 template <int NT>
-__device__ __forceinline__ void multiplyTransposed(float (&acc)[NT][4], const unsigned (&a)[4][4], unsigned b) {
+__device__ __forceinline__ void multiplyTransposed(float (&acc)[NT][4], const unsigned (&a)[4][4], unsigned b,
+                                                   int lastN = NT) {
 #pragma unroll
     for (int n = 0; n < NT; n++)
 #pragma unroll
@@ -126,6 +128,7 @@ __device__ __forceinline__ void multiplyTransposed(float (&acc)[NT][4], const un
     for (int k = 0; k < 4; k++)
 #pragma unroll
         for (int n = 0; n < NT; n += 2) {  // one ldmatrix feeds n-tiles n and n + 1
+            if (n > lastN) continue;
             unsigned m[4];
             loadMatrices(m, b + (n * 8 * FA_PAD + k * 16) * 2);
             mma(acc[n], a[k], m[0], m[1]);
@@ -134,12 +137,15 @@ __device__ __forceinline__ void multiplyTransposed(float (&acc)[NT][4], const un
 }
 
 // acc (16, 64) += a (16 rows, 16 * KS tile rows) . tile over 16 * KS tile rows; b = tile address + laneRowsBT.
+// k-steps past lastK are skipped.
 template <int KS>
-__device__ __forceinline__ void multiplyAccumulate(float (&acc)[8][4], const unsigned (&a)[KS][4], unsigned b) {
+__device__ __forceinline__ void multiplyAccumulate(float (&acc)[8][4], const unsigned (&a)[KS][4], unsigned b,
+                                                   int lastK = KS) {
 #pragma unroll
     for (int k = 0; k < KS; k++)
 #pragma unroll
         for (int n = 0; n < 8; n += 2) {
+            if (k > lastK) continue;
             unsigned m[4];
             loadMatricesTransposed(m, b + (k * 16 * FA_PAD + n * 8) * 2);
             mma(acc[n], a[k], m[0], m[1]);
@@ -209,20 +215,8 @@ __device__ __forceinline__ void forwardSoftmax(float (&o)[8][4], float (&rowMax)
         }
     unsigned p[4][4];
     toFragments<4>(p, s);
-    if (DIAGONAL) {
-#pragma unroll
-        for (int k = 0; k < 4; k++)
-#pragma unroll
-            for (int n = 0; n < 8; n += 2) {
-                if (k > warp) continue;  // keys 16k.. are past all the warp's rows: P is zero there
-                unsigned m[4];
-                loadMatricesTransposed(m, vBT + (k * 16 * FA_PAD + n * 8) * 2);
-                mma(o[n], p[k], m[0], m[1]);
-                mma(o[n + 1], p[k], m[2], m[3]);
-            }
-    } else {
-        multiplyAccumulate<4>(o, p, vBT);
-    }
+    // On the diagonal, keys 16k.. for k > warp are past all the warp's rows: P is zero there.
+    multiplyAccumulate<4>(o, p, vBT, DIAGONAL ? warp : 4);
 }
 
 // One key tile of the forward for a warp: scores, online softmax, o += P v; kB = k tile + laneRowsB,
@@ -233,24 +227,8 @@ template <bool DIAGONAL>
 __device__ __forceinline__ void forwardTile(float (&o)[8][4], float (&rowMax)[2], float (&rowSum)[2], const unsigned (&q)[4][4],
                                             unsigned kB, unsigned vBT, int warp, int lane) {
     float s[8][4];
-    if (DIAGONAL) {
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) s[n][e] = 0.0f;
-#pragma unroll
-        for (int k = 0; k < 4; k++)
-#pragma unroll
-            for (int n = 0; n < 8; n += 2) {
-                if (n > 2 * warp) continue;  // n-tiles n, n + 1 hold keys past all the warp's rows
-                unsigned m[4];
-                loadMatrices(m, kB + (n * 8 * FA_PAD + k * 16) * 2);
-                mma(s[n], q[k], m[0], m[1]);
-                mma(s[n + 1], q[k], m[2], m[3]);
-            }
-    } else {
-        multiplyTransposed<8>(s, q, kB);
-    }
+    // On the diagonal, n-tiles n, n + 1 past 2 * warp hold keys past all the warp's rows.
+    multiplyTransposed<8>(s, q, kB, DIAGONAL ? 2 * warp : 8);
     forwardSoftmax<DIAGONAL>(o, rowMax, rowSum, s, vBT, warp, lane);
 }
 
