@@ -6,6 +6,19 @@
 
 #define ATT_TILE 64  // rows per block (threads per block) and keys/queries per shared tile
 
+// Keys and values [k0, k0 + ATT_TILE) of one head into shared (ATT_TILE, HS) fp32 tiles, zeros
+// past T; base = the head's first q element, rows 3C apart. Called by the whole block.
+template <int HS>
+__device__ __forceinline__ void loadKeyValueTile(float* keys, float* values, const floatX* base, int k0, int T, int C) {
+    const int C3 = 3 * C;
+    for (int idx = threadIdx.x; idx < ATT_TILE * HS; idx += blockDim.x) {
+        int key = k0 + idx / HS, d = idx % HS;
+        bool ok = key < T;
+        keys[idx] = ok ? toFloat(base[(long long)key * C3 + C + d]) : 0.0f;
+        values[idx] = ok ? toFloat(base[(long long)key * C3 + 2 * C + d]) : 0.0f;
+    }
+}
+
 // MARK: - Forward
 
 // out (B, T, C) = softmax(q k^T / sqrt(HS), causal) v per head; lse (B, NH, T) = log sum exp of
@@ -35,12 +48,7 @@ __device__ __forceinline__ void attentionForward(floatX* out, float* lse, const 
     const int lastRow = min(T - 1, blockIdx.x * ATT_TILE + ATT_TILE - 1);
     for (int k0 = 0; k0 <= lastRow; k0 += ATT_TILE) {
         __syncthreads();
-        for (int idx = threadIdx.x; idx < ATT_TILE * HS; idx += blockDim.x) {
-            int key = k0 + idx / HS, d = idx % HS;
-            bool ok = key < T;
-            keys[idx] = ok ? toFloat(base[(long long)key * C3 + C + d]) : 0.0f;
-            values[idx] = ok ? toFloat(base[(long long)key * C3 + 2 * C + d]) : 0.0f;
-        }
+        loadKeyValueTile<HS>(keys, values, base, k0, T, C);
         __syncthreads();
         const int count = min(ATT_TILE, lastRow - k0 + 1);
         for (int j = 0; j < count; j++) {
@@ -117,12 +125,7 @@ __device__ __forceinline__ void attentionBackwardQuery(floatX* dqkv, const float
     const int lastRow = min(T - 1, blockIdx.x * ATT_TILE + ATT_TILE - 1);
     for (int k0 = 0; k0 <= lastRow; k0 += ATT_TILE) {
         __syncthreads();
-        for (int idx = threadIdx.x; idx < ATT_TILE * HS; idx += blockDim.x) {
-            int key = k0 + idx / HS, d = idx % HS;
-            bool ok = key < T;
-            keys[idx] = ok ? toFloat(base[(long long)key * C3 + C + d]) : 0.0f;
-            values[idx] = ok ? toFloat(base[(long long)key * C3 + 2 * C + d]) : 0.0f;
-        }
+        loadKeyValueTile<HS>(keys, values, base, k0, T, C);
         __syncthreads();
         const int count = min(ATT_TILE, lastRow - k0 + 1);
         for (int j = 0; j < count; j++) {
