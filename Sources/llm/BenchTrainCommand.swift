@@ -35,8 +35,7 @@ struct BenchTrain: ParsableCommand {
     var device: DeviceChoice = .auto
     @Option(help: "GPU precision.")
     var precision: PrecisionChoice = .bf16
-    @Option(help: "GPU memory for speed: 0 keeps every activation (default; GPT-2 124M at B=64 T=1024 needs 22 GiB); 1 recomputes GELU in the backward (llm.c's default; -4.5 GiB there, ~2 % slower); 2 also the layernorms.")
-    var recompute: Int = 0
+    @OptionGroup var recompute: RecomputeOption
     @Option(help: "CPU threads (default: all cores).")
     var threads: Int?
     @Flag(help: "GPU: after the timed steps, run one more with every kernel and matmul timed (CUDA events) and print the time per kernel.")
@@ -46,7 +45,6 @@ struct BenchTrain: ParsableCommand {
         if batch <= 0 || seqLen <= 0 { throw ValidationError("--batch and --seq-len must be > 0") }
         if steps <= 0 { throw ValidationError("--steps \(steps) must be > 0") }
         if warmupSteps < 0 { throw ValidationError("--warmup-steps \(warmupSteps) must be >= 0") }
-        if !(0 ... 2).contains(recompute) { throw ValidationError("--recompute \(recompute) must be 0, 1 or 2") }
     }
 
     func run() throws {
@@ -70,7 +68,7 @@ struct BenchTrain: ParsableCommand {
         let loader = try DataLoader(sources: [.memory(name: "random tokens", tokens: tokens)], B: batch, T: seqLen,
                                     vocabSize: config.vocabSize, shuffle: false)
         let backend = try makeBackend(device, config: config, parameters: parameters, B: batch, T: seqLen,
-                                      precision: precision, recompute: recompute, log: { print($0) })
+                                      precision: precision, recompute: recompute.value, log: { print($0) })
         let onCPU = backend is CPUModel
         print("model: \(source), \(ParameterLayout(config).unpaddedCount) parameters; device: \(backend.deviceDescription)")
         print(format("batch %ld x %ld, %ld micro-steps, %ld tokens per step; %ld warm-up + %ld timed steps",

@@ -22,8 +22,7 @@ struct CheckCommand: ParsableCommand {
     var device: DeviceChoice = .cpu
     @Option(help: "GPU precision: fp32 (exact checks, no TF32) or bf16 (llm.c's mixed precision).")
     var precision: PrecisionChoice = .fp32
-    @Option(help: "GPU recompute setting (0, 1 or 2; see `llm train --help`).")
-    var recompute: Int = 0
+    @OptionGroup var recompute: RecomputeOption
 
     @Option(help: "Tolerance on the max abs difference of logits (default 1e-4; 0.05 for cuda bf16).")
     var logitsTolerance: Float?
@@ -40,7 +39,7 @@ struct CheckCommand: ParsableCommand {
             let debugState = try DebugState(path: state, config: file.config)
             let steps = try losses.map { try readParitySteps($0) }
             let backend = try makeBackend(device == .auto ? .cpu : device, config: file.config, parameters: file.parameters,
-                                          B: debugState.B, T: debugState.T, precision: precision, recompute: recompute, log: { print($0) })
+                                          B: debugState.B, T: debugState.T, precision: precision, recompute: recompute.value, log: { print($0) })
             let mixed = device == .cuda && precision == .bf16
             print("model \(model): \(file.config)")
             print("state \(state): B=\(debugState.B) T=\(debugState.T), device \(backend.deviceDescription)")

@@ -90,8 +90,7 @@ struct Train: ParsableCommand {
     var device: DeviceChoice = .auto
     @Option(help: "GPU precision: bf16 (llm.c's mixed precision) or fp32.")
     var precision: PrecisionChoice = .bf16
-    @Option(help: "GPU memory for speed: 0 keeps every activation (default; GPT-2 124M at B=64 T=1024 needs 22 GiB); 1 recomputes GELU in the backward (llm.c's default; -4.5 GiB there, ~2 % slower); 2 also the layernorms.")
-    var recompute: Int = 0
+    @OptionGroup var recompute: RecomputeOption
     @Option(help: "Output directory: main.log and checkpoints (model_<step>.bin, state_<step>.bin, DONE_<step>), one at the end at least.")
     var output: String?
     @Option(name: .customLong("checkpoint-every"), help: "Also save a checkpoint every N steps (0 = only at the end).")
@@ -110,7 +109,6 @@ struct Train: ParsableCommand {
     func validate() throws {
         if batch <= 0 { throw ValidationError("--batch \(batch) must be > 0") }
         if seqLen <= 0 { throw ValidationError("--seq-len \(seqLen) must be > 0") }
-        if !(0 ... 2).contains(recompute) { throw ValidationError("--recompute \(recompute) must be 0, 1 or 2") }
         if let threads, threads <= 0 { throw ValidationError("--threads \(threads) must be > 0") }
         if let steps, steps < 0 { throw ValidationError("--steps \(steps) must be >= 0") }
         if valSteps <= 0 { throw ValidationError("--val-steps \(valSteps) must be > 0") }
@@ -177,7 +175,7 @@ struct Train: ParsableCommand {
 
         // Backend
         let backend = try makeBackend(device, config: config, parameters: parameters, B: batch, T: seqLen,
-                                      precision: precision, recompute: recompute, log: out.print)
+                                      precision: precision, recompute: recompute.value, log: out.print)
         out.print("device: \(backend.deviceDescription)")
 
         var o = TrainingOptions()
