@@ -157,8 +157,6 @@ public final class MatmulEngine {
     /// Chosen places in the heuristic's list, by `choiceKey`, from and to `choicesPath`.
     var choices: [String: Int] = [:]
     let choicesPath: String
-    /// Heuristic candidates of the shape `plan` just made, for `run` to time once it has operands.
-    var candidates: [[UInt8]] = []
 
     /// `bf16`: bf16 in/out; else fp32 in/out. Both accumulate in fp32 (CUBLAS_COMPUTE_32F, no TF32).
     public init(device: CUDADevice, bf16: Bool) throws {
@@ -189,7 +187,10 @@ public final class MatmulEngine {
         _ = lt.destroy(handle)  // descriptors are small and live as long as the process
     }
 
-    func plan(_ s: MatmulShape, bias: CUdeviceptr, aux: CUdeviceptr) throws -> Plan {
+    /// The descriptors and algorithm of shape `s`, made on its first use (with its operands, on
+    /// which a new shape's candidate algorithms are timed).
+    func plan(_ s: MatmulShape, d dD: CUdeviceptr, a dA: CUdeviceptr, b dB: CUdeviceptr, bias: CUdeviceptr,
+              aux: CUdeviceptr) throws -> Plan {
         if let p = plans[s] { return p }
         var desc: OpaquePointer? = nil
         try lt.check(lt.descCreate(&desc, CUBLAS_COMPUTE_32F, CudaDataType.r32F.rawValue), "cublasLtMatmulDescCreate")
@@ -245,22 +246,20 @@ public final class MatmulEngine {
         if found == 0 { throw LLMError("cublasLt: no algorithm for matmul \(s)") }
         let list = (0 ..< Int(found)).map { Array(result[$0 * heuristicResultBytes ..< $0 * heuristicResultBytes + 64]) }
         var p = Plan(desc: desc!, a: a, b: b, d: d, algo: list[0])
-        candidates = []
         if let i = choices[choiceKey(s)], i < list.count {
             p.algo = list[i]
         } else if list.count > 1 {
-            candidates = list  // `run` times them once it has the operands
+            p.algo = try fastestAlgorithm(list, s, p, d: dD, a: dA, b: dB)
         }
         plans[s] = p
         return p
     }
 
     /// Times each candidate algorithm of a new shape on its real operands (D is written: the
-    /// products that accumulate get a scratch D) and keeps the fastest in the plan.
-    func tuneAlgorithm(_ s: MatmulShape, d: CUdeviceptr, a: CUdeviceptr, b: CUdeviceptr) throws {
-        let list = candidates
-        candidates = []
-        guard list.count > 1, var plan = plans[s] else { return }
+    /// products that accumulate get a scratch D), remembers the fastest's place in the list in the
+    /// choices file, and returns it.
+    func fastestAlgorithm(_ list: [[UInt8]], _ s: MatmulShape, _ plan: Plan, d: CUdeviceptr, a: CUdeviceptr,
+                          b: CUdeviceptr) throws -> [UInt8] {
         var target = d, scratch: CUdeviceptr = 0
         if s.accumulate {
             let bytes = s.m * s.n * (dataType == .r16BF && !s.fp32Output ? 2 : 4)
@@ -286,8 +285,6 @@ public final class MatmulEngine {
             times.append(try device.elapsedMilliseconds(start, end) / 3)
         }
         let best = times.indices.min { times[$0] < times[$1] }!
-        plan.algo = list[best]
-        plans[s] = plan
         choices[choiceKey(s)] = best
         let text = choices.keys.sorted().map { "\($0) \(choices[$0]!)\n" }.joined()
         KernelCache.makeDirectories(KernelCache.directory())
@@ -296,6 +293,7 @@ public final class MatmulEngine {
             fputs("matmul tune " + s.profileName + format(": heuristic's first %.4f ms, best (#%ld of %ld) %.4f ms\n",
                                                           Double(times[0]), best, list.count, Double(times[best])), stderr)
         }
+        return list[best]
     }
 
     /// D = op(A) op(B) (+ bias) (+ D if accumulate), then the shape's epilogue, on the device's
@@ -308,11 +306,7 @@ public final class MatmulEngine {
         s.alignD = pointerAlignment(d)
         s.alignBias = pointerAlignment(bias)
         s.alignAux = pointerAlignment(aux)
-        var p = try plan(s, bias: bias, aux: aux)
-        if !candidates.isEmpty {
-            try tuneAlgorithm(s, d: d, a: a, b: b)
-            p = plans[s]!
-        }
+        let p = try plan(s, d: d, a: a, b: b, bias: bias, aux: aux)
         if s.bias {
             var ptr = bias
             try lt.check(lt.descSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ptr, 8),
