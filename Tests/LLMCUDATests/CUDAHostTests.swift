@@ -74,6 +74,19 @@ let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().delet
     #expect(pointerAlignment(0x7f00_0000_0002) == 2)
 }
 
+@Test func matmulAlgorithmBytesRoundTripThroughHex() {
+    // The kernel cache keeps each chosen cuBLASLt algorithm as the hex of its 64 opaque bytes.
+    let bytes = (0 ..< algoBytes).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 250) }
+    let hex = hexFromBytes(bytes)
+    #expect(hex.count == 2 * algoBytes)
+    #expect(hex.hasPrefix("fa1f44"))  // 250, 287 mod 256 = 31, 324 mod 256 = 68
+    #expect(bytesFromHex(hex) == bytes)
+    #expect(bytesFromHex("0") == nil)      // odd length
+    #expect(bytesFromHex("0g") == nil)     // not a hex digit
+    #expect(bytesFromHex("FF") == nil)     // the file is written in lower case; anything else is retuned
+    #expect(bytesFromHex("") == [])
+}
+
 @Test func unavailableReasonIsOneLine() {
     if let why = CUDABackend.unavailableReason() {
         #expect(!why.isEmpty && !why.contains("\n"))

@@ -22,6 +22,12 @@ typealias FnLtMatmul = @convention(c) (OpaquePointer?, OpaquePointer?, UnsafeRaw
                                        CUdeviceptr, OpaquePointer?, CUdeviceptr, OpaquePointer?,
                                        UnsafeRawPointer?, CUdeviceptr, Int, OpaquePointer?) -> Int32
 typealias FnLtStatusString = @convention(c) (Int32) -> UnsafePointer<CChar>?
+typealias FnLtAlgoCheck = @convention(c) (OpaquePointer?, OpaquePointer?, OpaquePointer?, OpaquePointer?, OpaquePointer?,
+                                          OpaquePointer?, UnsafeRawPointer, UnsafeMutableRawPointer) -> Int32
+/// cublasLtMatmulAlgoCapGetAttribute and cublasLtMatmulAlgoConfigGetAttribute: (algo, attribute, buf, size, written).
+typealias FnLtAlgoGetAttribute = @convention(c) (UnsafeRawPointer, Int32, UnsafeMutableRawPointer, Int,
+                                                 UnsafeMutablePointer<Int>?) -> Int32
+typealias FnLtAlgoSetAttribute = @convention(c) (UnsafeMutableRawPointer, Int32, UnsafeRawPointer, Int) -> Int32
 
 enum CudaDataType: Int32 { case r32F = 0, r16BF = 14 }
 let CUBLAS_COMPUTE_32F: Int32 = 68
@@ -35,10 +41,25 @@ let CUBLASLT_EPILOGUE_DEFAULT: UInt32 = 1
 let CUBLASLT_EPILOGUE_BIAS: UInt32 = 4
 let CUBLASLT_EPILOGUE_GELU_AUX: UInt32 = 32 | 128
 let CUBLASLT_EPILOGUE_DGELU: UInt32 = 64 | 128
+let CUBLASLT_EPILOGUE_BGRAD_OF_RESULT: UInt32 = 16  // with DGELU: bias (m) = the sums of the result over n
 let CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES: Int32 = 1
 let CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES: Int32 = 5  // then B 6, C 7, D 8
 /// sizeof(cublasLtMatmulHeuristicResult_t): algo (8 x uint64), workspaceSize, state, wavesCount, reserved[4].
 let heuristicResultBytes = 96
+/// sizeof(cublasLtMatmulAlgo_t): opaque, and meant to be kept and reused with the same cuBLASLt version.
+let algoBytes = 64
+/// cublasLtMatmulAlgoConfigAttributes_t, with the size of each value (uint32 or int32; the last two uint16).
+enum AlgoConfig: Int32, CaseIterable {
+    case id = 0, tile, splitK, reductionScheme, ctaSwizzling, customOption, stages, innerShape, clusterShape
+    var bytes: Int { self == .innerShape || self == .clusterShape ? 2 : 4 }
+}
+/// cublasLtMatmulAlgoCapAttributes_t (4-byte values).
+let CUBLASLT_ALGO_CAP_SPLITK_SUPPORT: Int32 = 0
+let CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK: Int32 = 1
+let CUBLASLT_ALGO_CAP_CTA_SWIZZLING_SUPPORT: Int32 = 2
+let CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX: Int32 = 7
+/// Split-K partial products summed in the compute type (fp32) in the workspace: one rounding, as without a split.
+let CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE: UInt32 = 2
 
 // MARK: - Library
 
@@ -55,6 +76,10 @@ public final class CuBLASLt {
     let matmul: FnLtMatmul
     let statusString: FnLtStatusString?
     let getVersion: (@convention(c) () -> Int)?
+    let algoCheck: FnLtAlgoCheck
+    let algoCapGetAttribute: FnLtAlgoGetAttribute
+    let algoConfigGetAttribute: FnLtAlgoGetAttribute
+    let algoConfigSetAttribute: FnLtAlgoSetAttribute
 
     init(library l: DynamicLibrary) throws {
         library = l
@@ -69,6 +94,43 @@ public final class CuBLASLt {
         matmul = try l.symbol("cublasLtMatmul")
         statusString = try? l.symbol("cublasLtGetStatusString")
         getVersion = try? l.symbol("cublasLtGetVersion")
+        algoCheck = try l.symbol("cublasLtMatmulAlgoCheck")
+        algoCapGetAttribute = try l.symbol("cublasLtMatmulAlgoCapGetAttribute")
+        algoConfigGetAttribute = try l.symbol("cublasLtMatmulAlgoConfigGetAttribute")
+        algoConfigSetAttribute = try l.symbol("cublasLtMatmulAlgoConfigSetAttribute")
+    }
+
+    /// A 4-byte capability of an algorithm (0 where cuBLASLt does not answer).
+    func capability(_ algo: [UInt8], _ attribute: Int32) -> UInt32 {
+        var value: UInt32 = 0
+        let r = algo.withUnsafeBytes { a in withUnsafeMutableBytes(of: &value) { algoCapGetAttribute(a.baseAddress!, attribute, $0.baseAddress!, 4, nil) } }
+        return r == 0 ? value : 0
+    }
+
+    /// One configuration attribute of an algorithm (0 where cuBLASLt does not answer).
+    func config(_ algo: [UInt8], _ attribute: AlgoConfig) -> UInt32 {
+        var value: UInt32 = 0
+        let r = algo.withUnsafeBytes { a in
+            withUnsafeMutableBytes(of: &value) {
+                algoConfigGetAttribute(a.baseAddress!, attribute.rawValue, $0.baseAddress!, attribute.bytes, nil)
+            }
+        }
+        return r == 0 ? value : 0  // little-endian: a uint16 lands in the low half
+    }
+
+    /// `algo` with one configuration attribute changed, or nil where cuBLASLt refuses the value.
+    func configured(_ algo: [UInt8], _ attribute: AlgoConfig, _ value: UInt32) -> [UInt8]? {
+        var out = algo, v = value
+        let r = out.withUnsafeMutableBytes { a in
+            withUnsafeBytes(of: &v) { algoConfigSetAttribute(a.baseAddress!, attribute.rawValue, $0.baseAddress!, attribute.bytes) }
+        }
+        return r == 0 ? out : nil
+    }
+
+    /// "algo 66 tile 20 stages 8 split 1 swizzle 0 custom 0 cluster 2": what the verbose tuning prints.
+    func describe(_ algo: [UInt8]) -> String {
+        "algo \(config(algo, .id)) tile \(config(algo, .tile)) stages \(config(algo, .stages)) split \(config(algo, .splitK))"
+            + " swizzle \(config(algo, .ctaSwizzling)) custom \(config(algo, .customOption)) cluster \(config(algo, .clusterShape))"
     }
 
     public static let shared: Result<CuBLASLt, LLMError> = {
@@ -98,7 +160,8 @@ public enum MatmulEpilogue: Hashable {
     case none
     /// D = gelu(result (+ bias)); aux (m x n, leading dimension m) gets the GELU input.
     case geluKeepInput
-    /// D = result * gelu'(aux), aux the GELU input kept by `geluKeepInput`.
+    /// D = result * gelu'(aux), aux the GELU input kept by `geluKeepInput`. With the shape's
+    /// `bias`, the bias pointer is an output: the sums of D over its n columns (that layer's bias gradient).
     case geluGradient
 }
 
@@ -126,7 +189,7 @@ extension MatmulShape {
         switch epilogue {
         case .none: tail = bias ? " bias" : ""
         case .geluKeepInput: tail = " bias+gelu"
-        case .geluGradient: tail = " dgelu"
+        case .geluGradient: tail = bias ? " dgelu+dbias" : " dgelu"
         }
         return "\(m)x\(n)x\(k) \(ops)" + tail + (fp32Output ? " fp32" : "") + (accumulate ? " +=" : "")
     }
@@ -138,12 +201,13 @@ extension MatmulShape {
 
 /// A cuBLASLt handle with its workspace and the descriptors and algorithm chosen for each shape.
 ///
-/// The algorithm: cuBLASLt's heuristic proposes up to 8; the first time a shape runs, each is timed
-/// on the real operands and the fastest kept (on an H100, 1-13 % faster than the heuristic's first
-/// choice for 14 of d12's 16 shapes). The choice (its place in the heuristic's list) is written to
-/// the kernel cache, `matmul-<GPU>-cublasLt<version>.txt`, and later runs on the machine take it
-/// from there: the same algorithms, so the same bits run to run and across a resume.
-/// $LLM_MATMUL_TUNE=0 keeps the heuristic's first choice; =verbose prints each shape's timings.
+/// The algorithm: the first time a shape runs, the candidates (`candidates`: cuBLASLt's heuristic
+/// list and variants of its best proposals) are timed on the real operands and the fastest kept.
+/// The chosen algorithm (its opaque bytes, which cuBLASLt lets a program keep and reuse with the same
+/// library version) is written to the kernel cache, `matmul-algorithms-<GPU>-cublasLt<version>.txt`,
+/// and later runs on the machine take it from there: the same algorithms, so the same bits run to
+/// run and across a resume. $LLM_MATMUL_TUNE=0 keeps the heuristic's first choice; =verbose prints
+/// each shape's timings.
 public final class MatmulEngine {
     let lt: CuBLASLt
     let device: CUDADevice
@@ -154,8 +218,9 @@ public final class MatmulEngine {
     struct Plan { let desc: OpaquePointer; let a: OpaquePointer; let b: OpaquePointer; let d: OpaquePointer; var algo: [UInt8] }
     var plans: [MatmulShape: Plan] = [:]
     let tune = getenv("LLM_MATMUL_TUNE").map { String(cString: $0) } != "0"
-    /// Chosen places in the heuristic's list, by `choiceKey`, from and to `choicesPath`.
-    var choices: [String: Int] = [:]
+    let verbose = getenv("LLM_MATMUL_TUNE").map { String(cString: $0) } == "verbose"
+    /// Chosen algorithms, by `choiceKey`, from and to `choicesPath`.
+    var choices: [String: [UInt8]] = [:]
     let choicesPath: String
 
     /// `bf16`: bf16 in/out; else fp32 in/out. Both accumulate in fp32 (CUBLAS_COMPUTE_32F, no TF32).
@@ -168,16 +233,18 @@ public final class MatmulEngine {
         handle = h!
         workspace = try device.allocate(bytes: workspaceBytes, what: "cublasLt workspace")
         let gpu = String(device.name.map { $0.isLetter || $0.isNumber ? $0 : "-" })
-        choicesPath = KernelCache.directory() + "/matmul-\(gpu)-cublasLt\(lt.getVersion?() ?? 0).txt"
+        choicesPath = KernelCache.directory() + "/matmul-algorithms-\(gpu)-cublasLt\(lt.getVersion?() ?? 0).txt"
         if tune, let bytes = try? readFileBytes(choicesPath) {
+            // "<key> <128 hex digits>" per line; a line that does not parse is retuned.
             for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
-                guard let space = line.lastIndex(of: " "), let i = Int(line[line.index(after: space)...]) else { continue }
-                choices[String(line[..<space])] = i
+                guard let space = line.lastIndex(of: " "), let algo = bytesFromHex(line[line.index(after: space)...]),
+                      algo.count == algoBytes else { continue }
+                choices[String(line[..<space])] = algo
             }
         }
     }
 
-    /// Everything that decides the heuristic's list for a shape.
+    /// Everything that decides which algorithms can run a shape.
     func choiceKey(_ s: MatmulShape) -> String {
         "\(dataType.rawValue) \(s.profileName) align \(s.alignA) \(s.alignB) \(s.alignD) \(s.alignBias) \(s.alignAux)"
     }
@@ -199,7 +266,7 @@ public final class MatmulEngine {
         switch s.epilogue {
         case .none: epilogue = s.bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT
         case .geluKeepInput: epilogue = CUBLASLT_EPILOGUE_GELU_AUX | (s.bias ? CUBLASLT_EPILOGUE_BIAS : 0)
-        case .geluGradient: epilogue = CUBLASLT_EPILOGUE_DGELU
+        case .geluGradient: epilogue = CUBLASLT_EPILOGUE_DGELU | (s.bias ? CUBLASLT_EPILOGUE_BGRAD_OF_RESULT : 0)
         }
         try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, 4), "cublasLtMatmulDescSetAttribute(TRANSA)")
         try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, 4), "cublasLtMatmulDescSetAttribute(TRANSB)")
@@ -238,26 +305,69 @@ public final class MatmulEngine {
             try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &ptr, 8),
                          "cublasLtMatmulDescSetAttribute(EPILOGUE_AUX_POINTER)")
         }
-        let wanted: Int32 = tune ? 8 : 1
+        let wanted: Int32 = tune ? 32 : 1
         var result = [UInt8](repeating: 0, count: heuristicResultBytes * Int(wanted))
         var found: Int32 = 0
         try lt.check(lt.algoGetHeuristic(handle, desc, a, b, d, d, pref, wanted, &result, &found),
                      "cublasLtMatmulAlgoGetHeuristic(\(s))")
         if found == 0 { throw LLMError("cublasLt: no algorithm for matmul \(s)") }
-        let list = (0 ..< Int(found)).map { Array(result[$0 * heuristicResultBytes ..< $0 * heuristicResultBytes + 64]) }
+        let list = (0 ..< Int(found)).map { Array(result[$0 * heuristicResultBytes ..< $0 * heuristicResultBytes + algoBytes]) }
         var p = Plan(desc: desc!, a: a, b: b, d: d, algo: list[0])
-        if let i = choices[choiceKey(s)], i < list.count {
-            p.algo = list[i]
-        } else if list.count > 1 {
-            p.algo = try fastestAlgorithm(list, s, p, d: dD, a: dA, b: dB)
+        if !tune { plans[s] = p; return p }
+        if let kept = choices[choiceKey(s)], fits(kept, p) {
+            p.algo = kept
+        } else {
+            p.algo = try fastestAlgorithm(candidates(list, p), s, p, d: dD, a: dA, b: dB)
         }
         plans[s] = p
         return p
     }
 
+    /// Whether cuBLASLt accepts `algo` for the plan's problem within our workspace.
+    func fits(_ algo: [UInt8], _ p: Plan) -> Bool {
+        var result = [UInt8](repeating: 0, count: heuristicResultBytes)
+        let r = algo.withUnsafeBytes { lt.algoCheck(handle, p.desc, p.a, p.b, p.d, p.d, $0.baseAddress!, &result) }
+        let needed = result.withUnsafeBytes { $0.load(fromByteOffset: algoBytes, as: Int.self) }
+        return r == 0 && needed <= workspaceBytes
+    }
+
+    /// What a new shape's timing chooses from: the heuristic's list (up to 32; its order is its
+    /// guess of their speed), then variants of its first 8 that the heuristic does not propose
+    /// itself: split-K in 2, 3 or 4 parts with fp32 partials (more blocks where the output has few
+    /// tiles, as in the weight gradients), the other CTA swizzling, the algorithm's custom options
+    /// (1-3). Each variant is kept only where cublasLtMatmulAlgoCheck accepts it.
+    func candidates(_ heuristic: [[UInt8]], _ p: Plan) -> [[UInt8]] {
+        var out = heuristic
+        var seen = Set(heuristic.map { lt.describe($0) })
+        for base in heuristic.prefix(8) {
+            var variants: [[UInt8]?] = []
+            if lt.capability(base, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT) != 0,
+               lt.capability(base, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK) & CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE != 0,
+               lt.config(base, .splitK) <= 1 {
+                for parts: UInt32 in [2, 3, 4] {
+                    variants.append(lt.configured(base, .splitK, parts).flatMap {
+                        lt.configured($0, .reductionScheme, CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE)
+                    })
+                }
+            }
+            if lt.capability(base, CUBLASLT_ALGO_CAP_CTA_SWIZZLING_SUPPORT) != 0 {
+                variants.append(lt.configured(base, .ctaSwizzling, lt.config(base, .ctaSwizzling) == 0 ? 1 : 0))
+            }
+            let customMax = min(3, lt.capability(base, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX))
+            if customMax > 0 {
+                for option in 0 ... customMax where option != lt.config(base, .customOption) {
+                    variants.append(lt.configured(base, .customOption, option))
+                }
+            }
+            for case let v? in variants where fits(v, p) && seen.insert(lt.describe(v)).inserted { out.append(v) }
+        }
+        return out
+    }
+
     /// Times each candidate algorithm of a new shape on its real operands (D is written: the
-    /// products that accumulate get a scratch D), remembers the fastest's place in the list in the
-    /// choices file, and returns it.
+    /// products that accumulate get a scratch D): all of them twice, then the four fastest ten
+    /// times each (one noisy pair of runs should not decide). Remembers the fastest in the choices
+    /// file and returns it.
     func fastestAlgorithm(_ list: [[UInt8]], _ s: MatmulShape, _ plan: Plan, d: CUdeviceptr, a: CUdeviceptr,
                           b: CUdeviceptr) throws -> [UInt8] {
         var target = d, scratch: CUdeviceptr = 0
@@ -270,28 +380,33 @@ public final class MatmulEngine {
         defer { device.free(scratch) }
         let start = try device.makeEvent(), end = try device.makeEvent()
         var alpha: Float = 1, beta: Float = s.accumulate ? 1 : 0
-        var times: [Float] = []
-        for algo in list {
+        func time(_ algo: [UInt8], runs: Int) throws -> Float {
             func once() -> Bool {  // an algorithm that fails here is simply not chosen
                 algo.withUnsafeBytes { buf in
                     lt.matmul(handle, plan.desc, &alpha, a, plan.a, b, plan.b, &beta, target, plan.d, target, plan.d,
                               buf.baseAddress, workspace, workspaceBytes, device.stream) == 0
                 }
             }
-            guard once() else { times.append(.infinity); continue }  // also the warm-up
+            guard once() else { return .infinity }  // also the warm-up
             try device.record(start)
-            for _ in 0 ..< 3 { _ = once() }
+            for _ in 0 ..< runs { _ = once() }
             try device.record(end)
-            times.append(try device.elapsedMilliseconds(start, end) / 3)
+            return try device.elapsedMilliseconds(start, end) / Float(runs)
         }
-        let best = times.indices.min { times[$0] < times[$1] }!
-        choices[choiceKey(s)] = best
-        let text = choices.keys.sorted().map { "\($0) \(choices[$0]!)\n" }.joined()
+        var times = try list.map { try time($0, runs: 2) }
+        let finalists = times.indices.sorted { times[$0] < times[$1] }.prefix(4)
+        for i in finalists where times[i].isFinite { times[i] = try time(list[i], runs: 10) }
+        let best = finalists.min { times[$0] < times[$1] }!
+        choices[choiceKey(s)] = list[best]
+        let text = choices.keys.sorted().map { "\($0) \(hexFromBytes(choices[$0]!))\n" }.joined()
         KernelCache.makeDirectories(KernelCache.directory())
         try? writeFileAtomically(choicesPath, Array(text.utf8))  // a read-only cache only costs a retune
-        if getenv("LLM_MATMUL_TUNE").map({ String(cString: $0) }) == "verbose" {
-            fputs("matmul tune " + s.profileName + format(": heuristic's first %.4f ms, best (#%ld of %ld) %.4f ms\n",
-                                                          Double(times[0]), best, list.count, Double(times[best])), stderr)
+        if verbose {  // the first 8 of the heuristic's list were the whole search before the variants
+            let firstEight = times.prefix(8).min()!
+            fputs("matmul tune " + s.profileName
+                  + format(": heuristic's first %.4f ms, best of its first 8 %.4f, best of all %ld %.4f ms (#%ld: ",
+                           Double(times[0]), Double(firstEight), list.count, Double(times[best]), best)
+                  + lt.describe(list[best]) + ")\n", stderr)
         }
         return list[best]
     }
@@ -326,4 +441,24 @@ public final class MatmulEngine {
             }
         }
     }
+}
+
+// MARK: - Hex
+
+func hexFromBytes(_ bytes: [UInt8]) -> String {
+    let digits = Array("0123456789abcdef")
+    return String(bytes.flatMap { [digits[Int($0 >> 4)], digits[Int($0 & 15)]] })
+}
+
+/// The bytes of an even-length string of hex digits, or nil.
+func bytesFromHex<S: StringProtocol>(_ text: S) -> [UInt8]? {
+    let values = text.utf8.map { c -> Int in
+        switch c {
+        case UInt8(ascii: "0") ... UInt8(ascii: "9"): return Int(c - UInt8(ascii: "0"))
+        case UInt8(ascii: "a") ... UInt8(ascii: "f"): return Int(c - UInt8(ascii: "a")) + 10
+        default: return -1
+        }
+    }
+    guard values.count % 2 == 0, !values.contains(-1) else { return nil }
+    return stride(from: 0, to: values.count, by: 2).map { UInt8(values[$0] << 4 | values[$0 + 1]) }
 }
