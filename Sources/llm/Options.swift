@@ -108,6 +108,19 @@ struct ThreadsOption: ParsableArguments {
     func apply() {
         if let value { CPUThreads.count = value }
     }
+
+    /// For the commands that hand a thread count to the tokenizer instead.
+    var count: Int { value ?? CPUThreads.count }
+}
+
+// MARK: - Vocabulary
+
+/// `--vocab`: the GPT-2 tokenizer's files, in any of the forms `Tokenizer.gpt2(path:)` reads.
+struct VocabOption: ParsableArguments {
+    @Option(name: .customLong("vocab"), help: "GPT-2 vocabulary: gpt2.tiktoken, encoder.json (vocab.bpe beside it) or an llm.c tokenizer .bin.")
+    var value: String = "data/gpt2.tiktoken"
+
+    func load() throws -> Tokenizer { try Tokenizer.gpt2(path: value) }
 }
 
 /// `--recompute`, shared by the commands that build a GPU model for training (llm.c's `-r`).

@@ -23,8 +23,7 @@ struct Sample: ParsableCommand {
     var topK: Int = 0
     @Option(help: "Seed of the sampler's xorshift generator (llm.c uses 1337).")
     var seed: UInt64 = 1337
-    @Option(help: "GPT-2 vocabulary for encoding the prompt and decoding the output.")
-    var vocab: String = "data/gpt2.tiktoken"
+    @OptionGroup var vocab: VocabOption
     @OptionGroup var device: DeviceOption
     @OptionGroup var precision: PrecisionOption
     @OptionGroup var threads: ThreadsOption
@@ -43,7 +42,7 @@ struct Sample: ParsableCommand {
 
     func generate() throws {
         threads.apply()
-        let tokenizer = try Tokenizer.gpt2(path: vocab)
+        let tokenizer = try vocab.load()
         let (config, parameters, source) = try model.load(seed: 42)
         let promptIds = [tokenizer.eotToken] + tokenizer.encode(prompt)
         let T = min(config.maxSeqLen, promptIds.count + tokens)

@@ -33,8 +33,7 @@ struct Train: ParsableCommand {
     @OptionGroup var model: ModelOption<Defaults>
     @Option(help: "Text to train on when --train is not given (tokenized at start-up).")
     var text: String = "data/tinyshakespeare.txt"
-    @Option(help: "GPT-2 vocabulary for tokenizing --text and decoding samples.")
-    var vocab: String = "data/gpt2.tiktoken"
+    @OptionGroup var vocab: VocabOption
 
     // MARK: Batch and steps
     @OptionGroup var shape: ShapeOptions<Defaults>
@@ -131,13 +130,13 @@ struct Train: ParsableCommand {
 
         // Data
         let trainSources: [TokenSource], valSources: [TokenSource]?
-        var tokenizer: Tokenizer? = try? Tokenizer.gpt2(path: vocab)
+        var tokenizer: Tokenizer? = try? vocab.load()
         if let train {
             trainSources = try expandGlob(train).map { .file($0) }
             valSources = try val.map { try expandGlob($0).map { .file($0) } }
         } else {
             guard let tok = tokenizer else {
-                throw LLMError("\(vocab): the GPT-2 vocabulary is needed to tokenize \(text) (or pass --train shards)")
+                throw LLMError("\(vocab.value): the GPT-2 vocabulary is needed to tokenize \(text) (or pass --train shards)")
             }
             let t0 = monotonicSeconds()
             // As llm.c's tinyshakespeare.py: EOT before every "\n\n" section, first 32,768 tokens = val.

@@ -48,6 +48,9 @@ private func helpFlags<C: ParsableCommand>(_ command: C.Type) -> [String] {
         "--model", "--file", "--batch", "--seq-len", "--limit", "--device", "--threads"])
     #expect(helpFlags(CompareDevicesCommand.self) == [
         "--model", "--batch", "--seq-len", "--steps", "--tokens", "--precision", "--tolerance", "--lr"])
+    #expect(helpFlags(BenchTokenizer.self) == ["--vocab", "--runs", "--threads"])
+    #expect(helpFlags(PrepareText.self) == [
+        "--out", "--name", "--shard-size", "--val-tokens", "--split", "--vocab", "--lossy", "--threads", "--quiet"])
     #expect(helpFlags(BenchMatmul.self) == ["--threads", "--bt", "--repeats", "--warmup", "--only"])
 }
 
@@ -65,6 +68,9 @@ private func helpFlags<C: ParsableCommand>(_ command: C.Type) -> [String] {
     #expect(sample.model.value == "d6" && sample.threads.value == 3)
     #expect(sample.device.value == .cpu && sample.precision.value == .fp32)
     let eval = try EvalHellaSwag.parse(["--model", "d2"])
+    let vocabularies = [train.vocab.value, sample.vocab.value, try BenchTokenizer.parse([]).vocab.value,
+                        try PrepareText.parse(["in.txt"]).common.vocab.value]
+    #expect(vocabularies == Array(repeating: "data/gpt2.tiktoken", count: 4))
     #expect(eval.shapeDefaultsUnchanged)
 }
 
@@ -100,6 +106,8 @@ private func helpFlags<C: ParsableCommand>(_ command: C.Type) -> [String] {
         }
     }
     #expect(parseError(train, ["--threads", "0"]) == "--threads 0 must be > 0")
+    #expect(parseError(BenchTokenizer.self, ["--threads", "0"]) == "--threads 0 must be > 0")
+    #expect(parseError(PrepareText.self, ["in.txt", "--threads", "0"]) == "--threads 0 must be > 0")
     #expect(parseError(train, ["--recompute", "3"]) == "--recompute 3 must be 0, 1 or 2")
 }
 
