@@ -36,5 +36,8 @@ let package = Package(
                     swiftSettings: [.swiftLanguageMode(.v5)]),
         .testTarget(name: "LLMCUDATests", dependencies: ["LLM", "LLMCUDA"],
                     swiftSettings: [.swiftLanguageMode(.v5)]),
+        // The command line's flags: defaults, range checks and help (parsing only, nothing runs).
+        .testTarget(name: "llmTests", dependencies: ["llm"],
+                    swiftSettings: [.swiftLanguageMode(.v5)]),
     ]
 )

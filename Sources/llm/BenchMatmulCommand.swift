@@ -10,8 +10,7 @@ struct BenchMatmul: ParsableCommand {
         commandName: "matmul",
         abstract: "Time the CPU matmul on the GPT-2 124M shapes: ms, GFLOP/s and fraction of peak.")
 
-    @Option(help: "Threads (default: all online cores).")
-    var threads: Int?
+    @OptionGroup var threads: ThreadsOption
 
     @Option(help: "Rows of the input, B*T (GPT-2 124M at B=4, T=64 gives 256).")
     var bt: Int = 256
@@ -49,10 +48,7 @@ struct BenchMatmul: ParsableCommand {
     var cpuClock = false
 
     mutating func run() throws {
-        if let threads {
-            guard threads >= 1 else { throw ValidationError("--threads: must be at least 1") }
-            CPUThreads.count = threads
-        }
+        threads.apply()
         if let blocks {
             let sizes = blocks.split(separator: ",").compactMap { Int($0) }
             guard sizes.count == 3, sizes.allSatisfy({ $0 > 0 }) else {

@@ -16,20 +16,18 @@ struct BenchTokenizer: ParsableCommand {
     @Argument(help: "Text files to encode.")
     var files: [String] = ["../shared/data/tinyshakespeare.txt", "../shared/data/warpeace.txt"]
 
-    @Option(help: "Vocabulary: gpt2.tiktoken, encoder.json or an llm.c tokenizer .bin.")
-    var vocab: String = "data/gpt2.tiktoken"
+    @OptionGroup var vocab: VocabOption
 
     @Option(help: "Timed runs per measurement (the median and the best are printed).")
     var runs: Int = 15
 
-    @Option(help: "Threads for the parallel measurement (default: all online cores).")
-    var threads: Int?
+    @OptionGroup var threads: ThreadsOption
 
     func run() throws {
-        let tokenizer = try Tokenizer.gpt2(path: vocab)
+        let tokenizer = try vocab.load()
         let cores = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
-        let threadCount = threads ?? cores
-        print("tokenizer: \(vocab), \(runs) runs each, \(threadCount) threads for the parallel rows (\(cores) cores online)")
+        let threadCount = threads.count
+        print("tokenizer: \(vocab.value), \(runs) runs each, \(threadCount) threads for the parallel rows (\(cores) cores online)")
         print("file                          MB    tokens   1 thread MB/s (median/best)  1 thread, CPU time   \(threadCount) threads MB/s (median/best)")
         for path in files {
             let bytes = try readFileBytes(path)

@@ -19,30 +19,22 @@ struct BenchTrain: ParsableCommand {
         FLOPs per token follow llm.c's MFU formula, 6N + 6LCT (N with the padded vocabulary).
         """)
 
-    @Option(help: "A descriptor (d2 ... d48) or a checkpoint file.")
-    var model: String = "d12"
-    @Option(help: "Micro-batch size B.")
-    var batch: Int = 4
-    @Option(name: .customLong("seq-len"), help: "Sequence length T.")
-    var seqLen: Int = 64
+    @OptionGroup var model: ModelOption<Defaults>
+    @OptionGroup var shape: ShapeOptions<Defaults>
     @Option(name: .customLong("total-batch"), help: "Tokens per optimizer step (a multiple of B*T). Default B*T.")
     var totalBatch: Int?
     @Option(help: "Timed steps (after the warm-up).")
     var steps: Int = 10
     @Option(name: .customLong("warmup-steps"), help: "Untimed steps first (kernel compilation, caches, page faults).")
     var warmupSteps: Int = 2
-    @Option(help: "auto, cpu or cuda.")
-    var device: DeviceChoice = .auto
-    @Option(help: "GPU precision.")
-    var precision: PrecisionChoice = .bf16
+    @OptionGroup var device: DeviceOption
+    @OptionGroup var precision: PrecisionOption
     @OptionGroup var recompute: RecomputeOption
-    @Option(help: "CPU threads (default: all cores).")
-    var threads: Int?
+    @OptionGroup var threads: ThreadsOption
     @Flag(help: "GPU: after the timed steps, run one more with every kernel and matmul timed (CUDA events) and print the time per kernel.")
     var profile = false
 
     func validate() throws {
-        if batch <= 0 || seqLen <= 0 { throw ValidationError("--batch and --seq-len must be > 0") }
         if steps <= 0 { throw ValidationError("--steps \(steps) must be > 0") }
         if warmupSteps < 0 { throw ValidationError("--warmup-steps \(warmupSteps) must be >= 0") }
     }
@@ -52,10 +44,11 @@ struct BenchTrain: ParsableCommand {
     }
 
     func bench() throws {
-        if let threads { CPUThreads.count = threads }
+        threads.apply()
         let startup = monotonicSeconds()
-        let (config, parameters, source) = try loadModelParameters(model, seed: 42)
-        if seqLen > config.maxSeqLen { throw LLMError("--seq-len \(seqLen) exceeds the model's maximum \(config.maxSeqLen)") }
+        let batch = shape.batch, seqLen = shape.seqLen
+        let (config, parameters, source) = try model.load(seed: 42)
+        try shape.check(config)
         let total = totalBatch ?? batch * seqLen
         if total % (batch * seqLen) != 0 {
             throw LLMError("--total-batch \(total) must be a multiple of batch x seq-len = \(batch * seqLen)")
@@ -67,8 +60,8 @@ struct BenchTrain: ParsableCommand {
         let tokens = (0 ..< needed).map { _ in UInt16(rng.nextUInt32() % UInt32(config.vocabSize)) }
         let loader = try DataLoader(sources: [.memory(name: "random tokens", tokens: tokens)], B: batch, T: seqLen,
                                     vocabSize: config.vocabSize, shuffle: false)
-        let backend = try makeBackend(device, config: config, parameters: parameters, B: batch, T: seqLen,
-                                      precision: precision, recompute: recompute.value, log: { print($0) })
+        let backend = try makeBackend(device.value, config: config, parameters: parameters, B: batch, T: seqLen,
+                                      precision: precision.value, recompute: recompute.value, log: { print($0) })
         let onCPU = backend is CPUModel
         print("model: \(source), \(ParameterLayout(config).unpaddedCount) parameters; device: \(backend.deviceDescription)")
         print(format("batch %ld x %ld, %ld micro-steps, %ld tokens per step; %ld warm-up + %ld timed steps",
@@ -107,7 +100,7 @@ struct BenchTrain: ParsableCommand {
         let N = Double(ParameterLayout(config).count)
         let flopsPerStep = (6 * N + 6 * Double(config.numLayers * config.channels * seqLen)) * Double(total)
         var rows: [(String, String)] = [
-            ("model", "\(model) (\(config.numLayers) layers, C=\(config.channels))"),
+            ("model", "\(model.value) (\(config.numLayers) layers, C=\(config.channels))"),
             ("device", backend.deviceDescription),
             ("tokens per step", "\(total)"),
             ("median ms/step", format("%.1f", median * 1000)),
@@ -134,6 +127,13 @@ struct BenchTrain: ParsableCommand {
         }
         print("")
         for (k, v) in rows { print(k.padding(24) + v) }
+    }
+
+    /// GPT-2 124M's shapes, small enough in B for the CPU (llm.c's test setting).
+    enum Defaults: ModelDefault, ShapeDefaults {
+        static let model: String? = "d12"
+        static let batch = 4
+        static let seqLen = 64
     }
 
     /// One step with every launch timed: the kernels by total time, then the sum against the span.

@@ -10,26 +10,22 @@ struct CompareDevicesCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "compare-devices",
         abstract: "Train the same model on CPU and CUDA for a few steps and compare the losses.",
         discussion: "Also runs CUDA with a second stochastic-rounding seed, to show bf16's own run-to-run spread.")
-    @Option(help: "A descriptor (fresh GPT-2 init, seed 42).")
-    var model = "d12"
-    @Option(help: "Batch size B.")
-    var batch = 4
-    @Option(name: .customLong("seq-len"), help: "Sequence length T.")
-    var seqLen = 64
+    @OptionGroup var model: ModelOption<Defaults>
+    @OptionGroup var shape: ShapeOptions<Defaults>
     @Option(help: "AdamW steps after the first forward pass.")
     var steps = 5
     @Option(help: "Raw uint16 token file (no header) for the batch.")
     var tokens = "Tests/Fixtures/tinyshakespeare.gpt2.u16"
-    @Option(help: "GPU precision.")
-    var precision: PrecisionChoice = .bf16
+    @OptionGroup var precision: PrecisionOption
     @Option(help: "Largest allowed loss difference.")
     var tolerance: Float = 1e-2
     @Option(help: "Learning rate (llm.c's GPU test uses 1e-4).")
     var lr: Float = 1e-4
 
     func run() throws {
-        let config = try GPT2Config.fromDescriptor(model)
-        let params = gpt2InitialParameters(config, seed: 42)
+        let batch = shape.batch, seqLen = shape.seqLen
+        let (config, params, _) = try model.load(seed: 42)
+        try shape.check(config)
         let bytes = try readFileBytes(tokens)
         let n = batch * seqLen
         if bytes.count < 2 * (n + 1) { throw LLMError("\(tokens): \(bytes.count / 2) tokens, fewer than the \(n + 1) one batch needs") }
@@ -40,7 +36,7 @@ struct CompareDevicesCommand: ParsableCommand {
             let backend: GPT2Backend = device == "cpu"
                 ? try CPUModel(config: config, parameters: params, B: batch, T: seqLen)
                 : try CUDAModel(config: config, parameters: params, B: batch, T: seqLen,
-                                precision: precision == .fp32 ? .fp32 : .bf16)
+                                precision: precision.value == .fp32 ? .fp32 : .bf16)
             if device == "cuda-seed2" { try backend.writeRandomState([987654321]) }  // other rounding noise
             var losses: [Float] = []
             for step in 0 ... steps {
@@ -60,8 +56,15 @@ struct CompareDevicesCommand: ParsableCommand {
         let noise = zip(results[1], results[2]).map { abs($0 - $1) }.max() ?? .infinity
         print("cuda vs cuda with another stochastic-rounding seed: max loss diff \(noise)")
         let ok = diff <= tolerance
-        print("compare-devices \(model) B=\(batch) T=\(seqLen) \(precision): forward loss cpu \(results[0][0]) cuda \(results[1][0]); "
+        print("compare-devices \(model.value) B=\(batch) T=\(seqLen) \(precision.value): forward loss cpu \(results[0][0]) cuda \(results[1][0]); "
               + "max loss diff over forward + \(steps) steps \(diff) (tol \(tolerance)) \(ok ? "PASS" : "FAIL")")
         if !ok { throw ExitCode(1) }
+    }
+
+    /// llm.c's GPU test shape on GPT-2 124M.
+    enum Defaults: ModelDefault, ShapeDefaults {
+        static let model: String? = "d12"
+        static let batch = 4
+        static let seqLen = 64
     }
 }

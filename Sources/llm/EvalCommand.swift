@@ -16,10 +16,9 @@ struct EvalHellaSwag: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hellaswag",
         abstract: "HellaSwag accuracy (llm.c's acc_norm: the completion with the lowest mean token loss wins).",
-        discussion: "Make the eval file once with `llm prepare hellaswag`.")
+        discussion: "Make the eval file once with `llm prepare hellaswag`. A descriptor's random weights score about 25 %.")
 
-    @Option(help: "A checkpoint file (llm.c v3/v5) or a descriptor such as d12 (random weights: about 25%).")
-    var model: String
+    @OptionGroup var model: ModelOption<RequiredModel>
     @Option(help: "llm.c eval file (magic 20240522).")
     var file: String = "out/hellaswag/hellaswag_val.bin"
     @Option(help: "Rows per forward pass: 4 per example (a multiple of 4).")
@@ -28,10 +27,8 @@ struct EvalHellaSwag: ParsableCommand {
     var seqLen: Int = 256
     @Option(help: "Evaluate only the first N examples (0 = all).")
     var limit: Int = 0
-    @Option(help: "auto, cpu or cuda.")
-    var device: DeviceChoice = .auto
-    @Option(help: "CPU threads (default: all cores).")
-    var threads: Int?
+    @OptionGroup var device: DeviceOption
+    @OptionGroup var threads: ThreadsOption
 
     func validate() throws {
         if batch < 4 || batch % 4 != 0 { throw ValidationError("--batch \(batch) must be a positive multiple of 4") }
@@ -44,12 +41,12 @@ struct EvalHellaSwag: ParsableCommand {
     }
 
     func evaluate() throws {
-        if let threads { CPUThreads.count = threads }
-        let (config, parameters, source) = try loadModelParameters(model, seed: 42)
+        threads.apply()
+        let (config, parameters, source) = try model.load(seed: 42)
         var examples = try EvalFile.read(file, vocabSize: config.vocabSize)
         if limit > 0 { examples = Array(examples.prefix(limit)) }
         let T = min(seqLen, config.maxSeqLen)
-        let backend = try makeBackend(device, config: config, parameters: parameters, B: batch, T: T, precision: .bf16,
+        let backend = try makeBackend(device.value, config: config, parameters: parameters, B: batch, T: T, precision: .bf16,
                                       log: { print($0) })
         print("model: \(source) on \(backend.deviceDescription); \(examples.count) examples from \(file), B=\(batch) T=\(T)")
         let t0 = monotonicSeconds()

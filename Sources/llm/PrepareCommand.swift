@@ -16,19 +16,15 @@ struct Prepare: ParsableCommand {
 }
 
 struct CommonPrepareOptions: ParsableArguments {
-    @Option(help: "Vocabulary: gpt2.tiktoken, encoder.json (vocab.bpe beside it) or an llm.c tokenizer .bin.")
-    var vocab: String = "data/gpt2.tiktoken"
+    @OptionGroup var vocab: VocabOption
 
     @Flag(help: "Replace invalid UTF-8 with U+FFFD instead of stopping with an error.")
     var lossy = false
 
-    @Option(help: "Threads (default: all online cores).")
-    var threads: Int?
+    @OptionGroup var threads: ThreadsOption
 
     @Flag(help: "No progress line.")
     var quiet = false
-
-    var threadCount: Int { threads ?? max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN))) }
 }
 
 // MARK: - Helpers
@@ -83,7 +79,7 @@ struct PrepareText: ParsableCommand {
             throw LLMError("--split: '\(split)' is not one of file, blank-line, eot")
         }
         if shardSize < 1 || shardSize >= Int(Int32.max) { throw LLMError("--shard-size: \(shardSize) must be in 1..<2^31") }
-        let tokenizer = try Tokenizer.gpt2(path: common.vocab)
+        let tokenizer = try common.vocab.load()
         let base = inputs[0].split(separator: "/").last.map(String.init) ?? "data"
         let stem = base.split(separator: ".").first.map(String.init) ?? base
         var options = PrepareOptions(outputDirectory: out, name: name ?? stem)
@@ -91,7 +87,7 @@ struct PrepareText: ParsableCommand {
         options.valTokens = valTokens
         options.split = mode
         options.lossy = common.lossy
-        options.threads = common.threadCount
+        options.threads = common.threads.count
         options.showProgress = !common.quiet
         try Prepare.makeDirectories(out)
         Prepare.printSummary(try prepareShards(inputs: inputs, tokenizer: tokenizer, options: options))
@@ -112,10 +108,10 @@ struct PrepareTinyShakespeare: ParsableCommand {
     @OptionGroup var common: CommonPrepareOptions
 
     func run() throws {
-        let tokenizer = try Tokenizer.gpt2(path: common.vocab)
+        let tokenizer = try common.vocab.load()
         try Prepare.makeDirectories(out)
         Prepare.printSummary(try prepareTinyShakespeare(input: input, outputDirectory: out, tokenizer: tokenizer,
-                                                threads: common.threadCount, showProgress: !common.quiet))
+                                                threads: common.threads.count, showProgress: !common.quiet))
     }
 }
 
@@ -133,7 +129,7 @@ struct PrepareHellaSwag: ParsableCommand {
     @OptionGroup var common: CommonPrepareOptions
 
     func run() throws {
-        let tokenizer = try Tokenizer.gpt2(path: common.vocab)
+        let tokenizer = try common.vocab.load()
         if let slash = out.lastIndex(of: "/") { try Prepare.makeDirectories(String(out[..<slash])) }
         let t0 = monotonicSeconds()
         let n = try prepareHellaSwag(input: input, output: out, tokenizer: tokenizer, lossy: common.lossy)

@@ -12,8 +12,7 @@ struct Sample: ParsableCommand {
         abstract: "Generate text from a model (a checkpoint file or a descriptor).",
         discussion: "Temperature 1 with no top-k draws exactly as llm.c's sampler (xorshift seeded with --seed, sample_mult on the softmax).")
 
-    @Option(help: "A checkpoint file (llm.c v3/v5) or a descriptor such as d12 (random weights).")
-    var model: String
+    @OptionGroup var model: ModelOption<RequiredModel>
     @Option(help: "Text to continue; the sample starts after an end-of-text token either way.")
     var prompt: String = ""
     @Option(help: "Tokens to generate.")
@@ -24,14 +23,10 @@ struct Sample: ParsableCommand {
     var topK: Int = 0
     @Option(help: "Seed of the sampler's xorshift generator (llm.c uses 1337).")
     var seed: UInt64 = 1337
-    @Option(help: "GPT-2 vocabulary for encoding the prompt and decoding the output.")
-    var vocab: String = "data/gpt2.tiktoken"
-    @Option(help: "auto, cpu or cuda.")
-    var device: DeviceChoice = .auto
-    @Option(help: "GPU precision: bf16 (llm.c's) or fp32.")
-    var precision: PrecisionChoice = .bf16
-    @Option(help: "CPU threads (default: all cores).")
-    var threads: Int?
+    @OptionGroup var vocab: VocabOption
+    @OptionGroup var device: DeviceOption
+    @OptionGroup var precision: PrecisionOption
+    @OptionGroup var threads: ThreadsOption
     @Flag(name: .customLong("no-cache"), help: "Recompute the whole sequence for every token, as llm.c does (for comparison).")
     var noCache = false
 
@@ -46,15 +41,15 @@ struct Sample: ParsableCommand {
     }
 
     func generate() throws {
-        if let threads { CPUThreads.count = threads }
-        let tokenizer = try Tokenizer.gpt2(path: vocab)
-        let (config, parameters, source) = try loadModelParameters(model, seed: 42)
+        threads.apply()
+        let tokenizer = try vocab.load()
+        let (config, parameters, source) = try model.load(seed: 42)
         let promptIds = [tokenizer.eotToken] + tokenizer.encode(prompt)
         let T = min(config.maxSeqLen, promptIds.count + tokens)
         if promptIds.count + tokens > config.maxSeqLen && !noCache {
             throw LLMError("--tokens \(tokens): the prompt (\(promptIds.count) tokens with EOT) plus the sample exceed the model's context of \(config.maxSeqLen)")
         }
-        let backend = try makeBackend(device, config: config, parameters: parameters, B: 1, T: T, precision: precision,
+        let backend = try makeBackend(device.value, config: config, parameters: parameters, B: 1, T: T, precision: precision.value,
                                       log: { FileHandleStderr.print($0) })
         let generator = Generator(model: backend, useCache: !noCache)
         FileHandleStderr.print("model: \(source) on \(backend.deviceDescription), "

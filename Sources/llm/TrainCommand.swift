@@ -30,18 +30,13 @@ struct Train: ParsableCommand {
     var train: String?
     @Option(help: "Validation token shards (glob). Default: the validation split of the bundled text, or none with --train.")
     var val: String?
-    @Option(help: "A checkpoint file (llm.c v3/v5) or a descriptor d2, d4, d6, d12, d24, d36, d48 (fresh GPT-2 init).")
-    var model: String = "d2"
+    @OptionGroup var model: ModelOption<Defaults>
     @Option(help: "Text to train on when --train is not given (tokenized at start-up).")
     var text: String = "data/tinyshakespeare.txt"
-    @Option(help: "GPT-2 vocabulary for tokenizing --text and decoding samples.")
-    var vocab: String = "data/gpt2.tiktoken"
+    @OptionGroup var vocab: VocabOption
 
     // MARK: Batch and steps
-    @Option(name: .customLong("batch"), help: "Micro-batch size B.")
-    var batch: Int = 8
-    @Option(name: .customLong("seq-len"), help: "Sequence length T (at most the model's maximum).")
-    var seqLen: Int = 64
+    @OptionGroup var shape: ShapeOptions<Defaults>
     @Option(name: .customLong("total-batch"), help: "Tokens per optimizer step; a multiple of B*T (gradient accumulation). Default B*T.")
     var totalBatch: Int?
     @Option(help: "Optimizer steps. Default: one epoch of the training data (300 for the bundled default run).")
@@ -84,12 +79,9 @@ struct Train: ParsableCommand {
     // MARK: Run
     @Option(help: "Seed of the GPT-2 init (descriptor models) and of the data shuffling.")
     var seed: UInt64 = 42
-    @Option(help: "CPU threads (default: all cores).")
-    var threads: Int?
-    @Option(help: "auto, cpu or cuda.")
-    var device: DeviceChoice = .auto
-    @Option(help: "GPU precision: bf16 (llm.c's mixed precision) or fp32.")
-    var precision: PrecisionChoice = .bf16
+    @OptionGroup var threads: ThreadsOption
+    @OptionGroup var device: DeviceOption
+    @OptionGroup var precision: PrecisionOption
     @OptionGroup var recompute: RecomputeOption
     @Option(help: "Output directory: main.log and checkpoints (model_<step>.bin, state_<step>.bin, DONE_<step>), one at the end at least.")
     var output: String?
@@ -107,9 +99,6 @@ struct Train: ParsableCommand {
     var overfit = false
 
     func validate() throws {
-        if batch <= 0 { throw ValidationError("--batch \(batch) must be > 0") }
-        if seqLen <= 0 { throw ValidationError("--seq-len \(seqLen) must be > 0") }
-        if let threads, threads <= 0 { throw ValidationError("--threads \(threads) must be > 0") }
         if let steps, steps < 0 { throw ValidationError("--steps \(steps) must be >= 0") }
         if valSteps <= 0 { throw ValidationError("--val-steps \(valSteps) must be > 0") }
         if valEvery < 0 || sampleEvery < 0 || sampleTokens < 0 {
@@ -127,14 +116,13 @@ struct Train: ParsableCommand {
     }
 
     func runTraining() throws {
-        if let threads { CPUThreads.count = threads }
+        threads.apply()
         let out = ConsoleOutput()
+        let batch = shape.batch, seqLen = shape.seqLen
 
         // Model
-        let (config, parameters, source) = try loadModelParameters(model, seed: seed)
-        if seqLen > config.maxSeqLen {
-            throw LLMError("--seq-len \(seqLen) is longer than the model's maximum \(config.maxSeqLen)")
-        }
+        let (config, parameters, source) = try model.load(seed: seed)
+        try shape.check(config)
         out.print("model: \(source): \(config), \(ParameterLayout(config).unpaddedCount) parameters")
         if sampleTokens >= config.maxSeqLen {
             throw LLMError("--sample-tokens \(sampleTokens) must be below the model's context of \(config.maxSeqLen) tokens")
@@ -142,13 +130,13 @@ struct Train: ParsableCommand {
 
         // Data
         let trainSources: [TokenSource], valSources: [TokenSource]?
-        var tokenizer: Tokenizer? = try? Tokenizer.gpt2(path: vocab)
+        var tokenizer: Tokenizer? = try? vocab.load()
         if let train {
             trainSources = try expandGlob(train).map { .file($0) }
             valSources = try val.map { try expandGlob($0).map { .file($0) } }
         } else {
             guard let tok = tokenizer else {
-                throw LLMError("\(vocab): the GPT-2 vocabulary is needed to tokenize \(text) (or pass --train shards)")
+                throw LLMError("\(vocab.value): the GPT-2 vocabulary is needed to tokenize \(text) (or pass --train shards)")
             }
             let t0 = monotonicSeconds()
             // As llm.c's tinyshakespeare.py: EOT before every "\n\n" section, first 32,768 tokens = val.
@@ -174,8 +162,8 @@ struct Train: ParsableCommand {
         }
 
         // Backend
-        let backend = try makeBackend(device, config: config, parameters: parameters, B: batch, T: seqLen,
-                                      precision: precision, recompute: recompute.value, log: out.print)
+        let backend = try makeBackend(device.value, config: config, parameters: parameters, B: batch, T: seqLen,
+                                      precision: precision.value, recompute: recompute.value, log: out.print)
         out.print("device: \(backend.deviceDescription)")
 
         var o = TrainingOptions()
@@ -228,6 +216,15 @@ struct Train: ParsableCommand {
                          trainer.steps, Double(lr)) + lrSchedule + format(", warmup %ld", warmup))
         try trainer.run()
         if let line = out.summary() { out.print(line) }
+    }
+}
+
+extension Train {
+    /// The default run is the small one the discussion above describes.
+    enum Defaults: ModelDefault, ShapeDefaults {
+        static let model: String? = "d2"
+        static let batch = 8
+        static let seqLen = 64
     }
 }
 
