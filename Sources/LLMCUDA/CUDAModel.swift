@@ -57,10 +57,6 @@ public final class CUDAModel: GPT2Backend {
     /// $LLM_EPILOGUES=0 turns it off for timing; it turns itself off, with one line on stderr, if
     /// cuBLASLt has no algorithm for a shape.
     public var fusedGELU: Bool
-    /// The fc bias gradient from the GELU-gradient epilogue of the fcproj backward (cuBLASLt's
-    /// DGELU_BGRAD: the sums of dinp over the rows, in bf16), added to the gradient, instead of a
-    /// bias_backward pass over (B, T, 4C). $LLM_DGELU_BGRAD=1 (an experiment until timed).
-    public var fusedGELUBiasGradient: Bool
     /// The LM head's dwte over several classifier chunks summed in fp32 (bf16 in, fp32 out: one
     /// rounding into the bf16 gradient); off, each chunk's product rounds into it. Turns itself off,
     /// with one line on stderr, if cuBLASLt has no algorithm for the fp32 output.
@@ -169,7 +165,6 @@ public final class CUDAModel: GPT2Backend {
         let scalarAttention = getenv("LLM_ATTENTION").map { String(cString: $0) } == "scalar"
         useFlashAttention = precision == .bf16 && hs == 64 && !scalarAttention
         fusedGELU = precision == .bf16 && getenv("LLM_EPILOGUES").map { String(cString: $0) } != "0"
-        fusedGELUBiasGradient = fusedGELU && getenv("LLM_DGELU_BGRAD").map { String(cString: $0) } == "1"
         device = try CUDADevice(ordinal: deviceOrdinal)
         kernels = try KernelLibrary(device: device, precision: precision)
         matmul = try MatmulEngine(device: device, bf16: precision == .bf16)
@@ -391,33 +386,23 @@ public final class CUDAModel: GPT2Backend {
 
     /// dinp (N, K) = dout (N, OC) . weight (OC, K); dweight (OC, K) += dout^T . inp; dbias (OC) += column sums.
     /// dweight comes first, so dinp may be inp's own buffer (the recomputed GELU output). With
-    /// `geluInput` (N, K), the GELU input whose output was inp, dinp becomes the gradient of that input;
-    /// with `geluBiasGradient` (K) too, the epilogue may add dinp's column sums to it (the bias
-    /// gradient of the layer below, which then needs no pass of its own): returns whether it did.
-    @discardableResult
+    /// `geluInput` (N, K), the GELU input whose output was inp, dinp becomes the gradient of that input.
     func matmulBackward(dinp: CUdeviceptr, dweight: CUdeviceptr, dbias: CUdeviceptr?, dout: CUdeviceptr,
                         inp: CUdeviceptr, weight: CUdeviceptr, N: Int, K: Int, OC: Int,
-                        geluInput: CUdeviceptr? = nil, geluBiasGradient: CUdeviceptr? = nil) throws -> Bool {
+                        geluInput: CUdeviceptr? = nil) throws {
         try matmul.run(MatmulShape(m: K, n: OC, k: N, transA: false, transB: true, bias: false, accumulate: true),
                        d: dweight, a: inp, b: dout)
         let dinpShape = MatmulShape(m: K, n: N, k: OC, transA: false, transB: false, bias: false, accumulate: false)
-        var geluFused = false, belowBiasDone = false
-        while let g = geluInput, fusedGELU, !geluFused {
+        var geluFused = false
+        if let g = geluInput, fusedGELU {
             var fused = dinpShape
             fused.epilogue = .geluGradient
-            // The epilogue writes the sums (bf16) to `partials`, free until the add below.
-            fused.bias = geluBiasGradient != nil && fusedGELUBiasGradient && K % pack == 0
             do {
-                try matmul.run(fused, d: dinp, a: weight, b: dout, bias: fused.bias ? partials : 0, aux: g)
-                if fused.bias, let below = geluBiasGradient {
-                    try launch1D("residual_forward", count: K / pack, [.ptr(below), .ptr(below), .ptr(partials), .i64(Int64(K))])
-                    belowBiasDone = true
-                }
+                try matmul.run(fused, d: dinp, a: weight, b: dout, aux: g)
                 geluFused = true
-            } catch let e as LLMError {  // without the bias sums first, then without the epilogue
-                if fused.bias { fusedGELUBiasGradient = false } else { fusedGELU = false }
-                fputs("cuda model: \(fused.bias ? "bias gradient in the GELU epilogue" : "GELU epilogues") off (\(e.message))\n",
-                      stderr)
+            } catch let e as LLMError {
+                fusedGELU = false
+                fputs("cuda model: GELU epilogues off (\(e.message))\n", stderr)
             }
         }
         if !geluFused { try matmul.run(dinpShape, d: dinp, a: weight, b: dout) }
@@ -434,7 +419,6 @@ public final class CUDAModel: GPT2Backend {
             try launch1D("bias_backward_reduce", count: OC,
                          [.ptr(dbias), .ptr(partials), .i32(Int32(rowBlocks)), .i32(Int32(OC))])
         }
-        return belowBiasDone
     }
 
     func layerNormForward(_ out: CUdeviceptr, _ mean: CUdeviceptr, _ rstd: CUdeviceptr, _ inp: CUdeviceptr,
@@ -621,14 +605,13 @@ public final class CUDAModel: GPT2Backend {
             if recompute >= 1 {
                 try launch1D("gelu_forward", count: N * 4 * C / pack, [.ptr(geluL), .ptr(fchl), .i64(Int64(N * 4 * C))])
             }
-            let fcBiasDone = try matmulBackward(dinp: scratchBT4C, dweight: g(.fcprojw), dbias: g(.fcprojb),
-                                                dout: dresidual, inp: geluL, weight: p(.fcprojw), N: N, K: 4 * C, OC: C,
-                                                geluInput: fchl, geluBiasGradient: g(.fcb))
+            try matmulBackward(dinp: scratchBT4C, dweight: g(.fcprojw), dbias: g(.fcprojb), dout: dresidual,
+                               inp: geluL, weight: p(.fcprojw), N: N, K: 4 * C, OC: C, geluInput: fchl)
             if recompute >= 2 {  // ln2 again from the kept residual2 (mean and rstd rewritten with the same values)
                 try layerNormForward(ln2l, floats(ln2Mean, l * BTmax), floats(ln2Rstd, l * BTmax), res2l,
                                      p(.ln2w), p(.ln2b), N: N, C: C)
             }
-            try matmulBackward(dinp: scratchBTC, dweight: g(.fcw), dbias: fcBiasDone ? nil : g(.fcb), dout: scratchBT4C,
+            try matmulBackward(dinp: scratchBTC, dweight: g(.fcw), dbias: g(.fcb), dout: scratchBT4C,
                                inp: ln2l, weight: p(.fcw), N: N, K: C, OC: 4 * C)
             try layerNormBackward(dinp: dresidual, dweight: g(.ln2w), dbias: g(.ln2b), dout: scratchBTC, inp: res2l,
                                   weight: p(.ln2w), mean: floats(ln2Mean, l * BTmax), rstd: floats(ln2Rstd, l * BTmax),

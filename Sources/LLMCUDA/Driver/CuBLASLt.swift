@@ -41,7 +41,6 @@ let CUBLASLT_EPILOGUE_DEFAULT: UInt32 = 1
 let CUBLASLT_EPILOGUE_BIAS: UInt32 = 4
 let CUBLASLT_EPILOGUE_GELU_AUX: UInt32 = 32 | 128
 let CUBLASLT_EPILOGUE_DGELU: UInt32 = 64 | 128
-let CUBLASLT_EPILOGUE_BGRAD_OF_RESULT: UInt32 = 16  // with DGELU: bias (m) = the sums of the result over n
 let CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES: Int32 = 1
 let CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES: Int32 = 5  // then B 6, C 7, D 8
 /// sizeof(cublasLtMatmulHeuristicResult_t): algo (8 x uint64), workspaceSize, state, wavesCount, reserved[4].
@@ -160,8 +159,7 @@ public enum MatmulEpilogue: Hashable {
     case none
     /// D = gelu(result (+ bias)); aux (m x n, leading dimension m) gets the GELU input.
     case geluKeepInput
-    /// D = result * gelu'(aux), aux the GELU input kept by `geluKeepInput`. With the shape's
-    /// `bias`, the bias pointer is an output: the sums of D over its n columns (that layer's bias gradient).
+    /// D = result * gelu'(aux), aux the GELU input kept by `geluKeepInput`.
     case geluGradient
 }
 
@@ -189,7 +187,7 @@ extension MatmulShape {
         switch epilogue {
         case .none: tail = bias ? " bias" : ""
         case .geluKeepInput: tail = " bias+gelu"
-        case .geluGradient: tail = bias ? " dgelu+dbias" : " dgelu"
+        case .geluGradient: tail = " dgelu"
         }
         return "\(m)x\(n)x\(k) \(ops)" + tail + (fp32Output ? " fp32" : "") + (accumulate ? " +=" : "")
     }
@@ -266,7 +264,7 @@ public final class MatmulEngine {
         switch s.epilogue {
         case .none: epilogue = s.bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT
         case .geluKeepInput: epilogue = CUBLASLT_EPILOGUE_GELU_AUX | (s.bias ? CUBLASLT_EPILOGUE_BIAS : 0)
-        case .geluGradient: epilogue = CUBLASLT_EPILOGUE_DGELU | (s.bias ? CUBLASLT_EPILOGUE_BGRAD_OF_RESULT : 0)
+        case .geluGradient: epilogue = CUBLASLT_EPILOGUE_DGELU
         }
         try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, 4), "cublasLtMatmulDescSetAttribute(TRANSA)")
         try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, 4), "cublasLtMatmulDescSetAttribute(TRANSB)")
