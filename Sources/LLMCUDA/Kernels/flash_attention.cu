@@ -15,6 +15,8 @@
 //   products before the current part's dS (software pipelining inside a warp);
 // - ldmatrix addresses are 32-bit shared addresses with the lane's offset folded in once, so every
 //   (k, n) step is an immediate offset: no address registers for the compiler to keep live.
+// The backward kernels also sum their dq, dk, dv rows per tile (biasPartial, optional): the qkv
+// bias gradient then needs only a small reduction over the tiles instead of a pass over dqkv.
 // Scripts/flash-emu runs these kernels on the CPU against a float64 reference.
 #include "common.cuh"
 
@@ -175,6 +177,45 @@ __device__ __forceinline__ void storeRows(bf16* dst, int stride, const float (&a
 #pragma unroll
         for (int n = 0; n < 8; n++) out[n * 4] = packPair(acc[n][2 * half] * scale, acc[n][2 * half + 1] * scale);
     }
+}
+
+// The column sums over the block's 64 rows (those below T) of what storeRows writes for acc (times
+// `scale`, rounded to bf16 as stored) into partialRow (64 floats): the bias gradient's share of
+// this tile, so the qkv bias needs no pass over dqkv of its own. A warp's 16 rows sum in its
+// registers and across the 8 lanes that hold the same columns; the 4 warps' sums then meet in
+// `scratch` (4 x 64 floats, free shared memory) in warp order. Every thread of the block calls it.
+__device__ __forceinline__ void columnSums(float* partialRow, float* scratch, const float (&acc)[8][4], float scale,
+                                           int row0, int T, int warp, int lane) {
+    float sums[8][2];
+#pragma unroll
+    for (int n = 0; n < 8; n++) {
+        sums[n][0] = 0.0f;
+        sums[n][1] = 0.0f;
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            if (row0 + lane / 4 + half * 8 >= T) continue;
+            const unsigned pair = packPair(acc[n][2 * half] * scale, acc[n][2 * half + 1] * scale);
+            sums[n][0] += __uint_as_float(pair << 16);
+            sums[n][1] += __uint_as_float(pair & 0xffff0000U);
+        }
+#pragma unroll
+        for (int offset = 4; offset < 32; offset *= 2) {  // lanes 4 apart hold the same two columns
+            sums[n][0] += __shfl_xor_sync(0xffffffffU, sums[n][0], offset);
+            sums[n][1] += __shfl_xor_sync(0xffffffffU, sums[n][1], offset);
+        }
+    }
+    __syncthreads();  // every warp is done with the shared memory that scratch reuses
+    if (lane < 4) {
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+            scratch[warp * 64 + n * 8 + 2 * lane] = sums[n][0];
+            scratch[warp * 64 + n * 8 + 2 * lane + 1] = sums[n][1];
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < 64)
+        partialRow[threadIdx.x] = ((scratch[threadIdx.x] + scratch[64 + threadIdx.x]) + scratch[128 + threadIdx.x])
+                                  + scratch[192 + threadIdx.x];
 }
 
 // MARK: - Forward
@@ -342,8 +383,8 @@ __device__ __forceinline__ void queryUpdate(float (&dq)[8][4], float (&s)[4][4],
 // Shared 6 tiles + 64 floats = 55552 bytes: 3 x k, 3 x v (the third buffers hold q and dout until
 // their fragments are loaded) and D of the tile's rows, which comes from global `out` (no out tile).
 extern "C" __global__ void __launch_bounds__(FA_THREADS, 3)  // 168 registers: 3 blocks per SM
-flash_attention_backward_query(bf16* dqkv, float* dsum, const bf16* qkv, const bf16* out, const bf16* dout,
-                               const float* lse, int T, int NH) {
+flash_attention_backward_query(bf16* dqkv, float* dsum, float* biasPartial, const bf16* qkv, const bf16* out,
+                               const bf16* dout, const float* lse, int T, int NH) {
     extern __shared__ __align__(16) bf16 flashShared[];
     bf16* kTiles = flashShared;           // 3 x (64, PAD): key tile j in buffer j % 3
     bf16* vTiles = kTiles + 3 * FA_TILE;  // 3 x (64, PAD)
@@ -444,6 +485,9 @@ flash_attention_backward_query(bf16* dqkv, float* dsum, const bf16* qkv, const b
     queryUpdate<true>(dq, sA, dpA, rowLse, rowD, 0, kBT + cur, warp, lane);
     if (warp >= 2) queryUpdate<true>(dq, sB, dpB, rowLse, rowD, 1, kBT + cur + upper, warp, lane);
     storeRows(dqkv + (long long)b * T * C3 + h * FA_HS, C3, dq, 0.125f, qt * FA_ROWS + warp * 16, T, lane);
+    if (biasPartial)
+        columnSums(biasPartial + ((long long)b * gridDim.x + qt) * C3 + h * FA_HS, (float*)flashShared, dq, 0.125f,
+                   qt * FA_ROWS + warp * 16, T, warp, lane);
 }
 
 // MARK: Key/value kernel: 32-query halves
@@ -493,8 +537,8 @@ __device__ __forceinline__ void keyValueTile(float (&dk)[8][4], float (&dv)[8][4
 // or after its own. Shared 6 tiles and 2 x 2 x 64 floats = 56320 bytes: k, v, and q, dout and their
 // row statistics (lse in base 2, D) double-buffered.
 extern "C" __global__ void __launch_bounds__(FA_THREADS, 3)  // 168 registers (8 bytes of stack on sm_90): 3 blocks per SM
-flash_attention_backward_key_value(bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse, const float* dsum,
-                                   int T, int NH) {
+flash_attention_backward_key_value(bf16* dqkv, float* biasPartial, const bf16* qkv, const bf16* dout, const float* lse,
+                                   const float* dsum, int T, int NH) {
     extern __shared__ __align__(16) bf16 flashShared[];
     bf16* kTile = flashShared;
     bf16* vTile = kTile + FA_TILE;
@@ -565,6 +609,11 @@ flash_attention_backward_key_value(bf16* dqkv, const bf16* qkv, const bf16* dout
     bf16* dst = dqkv + (long long)b * T * C3 + h * FA_HS;
     storeRows(dst + C, C3, dk, 0.125f, kt * FA_ROWS + warp * 16, T, lane);
     storeRows(dst + 2 * C, C3, dv, 1.0f, kt * FA_ROWS + warp * 16, T, lane);
+    if (biasPartial) {
+        float* row = biasPartial + ((long long)b * tiles + kt) * C3 + h * FA_HS;
+        columnSums(row + C, (float*)flashShared, dk, 0.125f, kt * FA_ROWS + warp * 16, T, warp, lane);
+        columnSums(row + 2 * C, (float*)flashShared + 4 * 64, dv, 1.0f, kt * FA_ROWS + warp * 16, T, warp, lane);
+    }
 }
 
 #endif
