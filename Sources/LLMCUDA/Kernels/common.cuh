@@ -114,10 +114,23 @@ __device__ __forceinline__ bool lastBlockToArrive(unsigned* counter, unsigned bl
 }
 
 // Sum of column 0 of partial (rows, stride), rows in order. L2 loads (ld.global.cg): the other
-// blocks' partials were stored from other SMs, so this SM's L1 must not answer.
+// blocks' partials were stored from other SMs, so this SM's L1 must not answer. Unrolled so that
+// 8 loads are in flight: a lone block's tail is bound by L2 latency.
 __device__ __forceinline__ float sumPartialColumn(const float* partial, int rows, long long stride) {
     float sum = 0.0f;
-#pragma unroll 8
+#pragma unroll 16
     for (int r = 0; r < rows; r++) sum += __ldcg(partial + r * stride);
+    return sum;
+}
+
+// The same for columns 0..3 at once with 16-byte loads (partial 16-byte aligned, stride % 4 == 0):
+// each column's sum in the same order as sumPartialColumn's, four times the bytes per load.
+__device__ __forceinline__ float4 sumPartialColumns4(const float* partial, int rows, long long stride) {
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+    for (int r = 0; r < rows; r++) {
+        float4 v = __ldcg((const float4*)(partial + r * stride));
+        sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w;
+    }
     return sum;
 }
