@@ -115,7 +115,7 @@ __device__ __forceinline__ bool lastBlockToArrive(unsigned* counter, unsigned bl
 
 // Sum of column 0 of partial (rows, stride), rows in order. L2 loads (ld.global.cg): the other
 // blocks' partials were stored from other SMs, so this SM's L1 must not answer. Unrolled so that
-// 8 loads are in flight: a lone block's tail is bound by L2 latency.
+// 16 loads are in flight: a lone block's tail is bound by L2 latency.
 __device__ __forceinline__ float sumPartialColumn(const float* partial, int rows, long long stride) {
     float sum = 0.0f;
 #pragma unroll 16
