@@ -103,6 +103,9 @@ public final class CUDAModel: GPT2Backend {
                                  // chunks; scratchBT4C where that is large enough (free then), else its own
     let partials: CUdeviceptr    // fp32 per-block partial sums
     let partialFloats: Int
+    let reductionCounters: CUdeviceptr  // (reductionCounterCount) uint32, zero between launches:
+                                        // layernorm_backward's (lnBackwardCounters), then bias_backward's
+    let reductionCounterCount: Int
     let tokens: CUdeviceptr      // (B, T) int32 inputs
     let targetsBuffer: CUdeviceptr  // (B, T) int32
     let buckets: CUdeviceptr     // 3 * B * T + 1 int32: wte-gradient buckets for the encoder backward
@@ -121,6 +124,10 @@ public final class CUDAModel: GPT2Backend {
     var generationState: CUDAGenerationState?
 
     static let lnBackwardBlocks = 512
+    /// layernorm_backward's blocks whose partials its first stage sums together: 16 of 512 blocks
+    /// give 32 group sums, so the last block reads 16 + 32 rows of partials, not 512.
+    static let lnBackwardGroupBlocks = 16
+    static let lnBackwardCounters = 1 + (lnBackwardBlocks + lnBackwardGroupBlocks - 1) / lnBackwardGroupBlocks
     static let normBlocks = 512
     static let maxBiasRowBlocks = 256
 
@@ -225,9 +232,14 @@ public final class CUDAModel: GPT2Backend {
         fchGelu = recompute >= 1 ? scratchBT4C : views[12]
         dwteSum = precision == .bf16 ? (dwteSumOwn ? views[23] : scratchBT4C) : 0
 
-        partialFloats = max(CUDAModel.lnBackwardBlocks * 2 * C, CUDAModel.maxBiasRowBlocks * 4 * C,
-                            CUDAModel.normBlocks + 1, batchSize * ((sequenceLength + 63) / 64) * 3 * C)
+        partialFloats = max((CUDAModel.lnBackwardBlocks + CUDAModel.lnBackwardCounters - 1) * 2 * C,
+                            CUDAModel.maxBiasRowBlocks * 4 * C, CUDAModel.normBlocks + 1,
+                            batchSize * ((sequenceLength + 63) / 64) * 3 * C)  // flash attention's qkv bias tiles
         partials = try device.allocate(bytes: partialFloats * 4, what: "reduction partials")
+        // Enough column blocks of 32 packs for the widest bias (4C) at the smallest pack (4, fp32).
+        reductionCounterCount = CUDAModel.lnBackwardCounters + (4 * C + 127) / 128
+        reductionCounters = try device.allocate(bytes: reductionCounterCount * 4, what: "reduction counters")
+        try device.zero(reductionCounters, bytes: reductionCounterCount * 4)
         tokens = try device.allocate(bytes: BT * 4, what: "input tokens")
         targetsBuffer = try device.allocate(bytes: BT * 4, what: "target tokens")
         buckets = try device.allocate(bytes: (3 * BT + 1) * 4, what: "encoder buckets")
@@ -240,7 +252,7 @@ public final class CUDAModel: GPT2Backend {
     }
 
     deinit {
-        for p in [params, grads, master, adamM, adamV, activations, partials, tokens, targetsBuffer, buckets, logitsLse] {
+        for p in [params, grads, master, adamM, adamV, activations, partials, reductionCounters, tokens, targetsBuffer, buckets, logitsLse] {
             device.free(p)
         }
     }
@@ -426,10 +438,12 @@ public final class CUDAModel: GPT2Backend {
             let rowBlocks = min(CUDAModel.maxBiasRowBlocks, (N + 63) / 64)
             let rowsPerBlock = (N + rowBlocks - 1) / rowBlocks
             let columnBlocks = (OC + 32 * pack - 1) / (32 * pack)
-            try launch("bias_backward_partial", grid: (columnBlocks, rowBlocks, 1), block: (32, 8, 1),
-                       [.ptr(partials), .ptr(dout), .i32(Int32(N)), .i32(Int32(OC)), .i32(Int32(rowsPerBlock))])
-            try launch1D("bias_backward_reduce", count: OC,
-                         [.ptr(dbias), .ptr(partials), .i32(Int32(rowBlocks)), .i32(Int32(OC))])
+            if CUDAModel.lnBackwardCounters + columnBlocks > reductionCounterCount {
+                throw LLMError("cuda model: a bias of \(OC) columns needs more reduction counters than allocated")
+            }
+            try launch("bias_backward", grid: (columnBlocks, rowBlocks, 1), block: (32, 8, 1),
+                       [.ptr(dbias), .ptr(partials), .ptr(reductionCounters + UInt64(4 * CUDAModel.lnBackwardCounters)),
+                        .ptr(dout), .i32(Int32(N)), .i32(Int32(OC)), .i32(Int32(rowsPerBlock))])
         }
     }
 
@@ -468,10 +482,9 @@ public final class CUDAModel: GPT2Backend {
         let warps = 8  // 512 blocks x 8 warps: up to 4 blocks (32 rows in flight) per SM, as its shared memory allows at C=768
         let blocks = min(CUDAModel.lnBackwardBlocks, (N + warps - 1) / warps)
         try launch("layernorm_backward", grid: (blocks, 1, 1), block: (32 * warps, 1, 1), shared: warps * 2 * C * 4,
-                   [.ptr(dinp), .ptr(partials), .ptr(dout), .ptr(inp), .ptr(weight), .ptr(mean), .ptr(rstd),
-                    .i32(Int32(N)), .i32(Int32(C))])
-        try launch1D("layernorm_backward_reduce", count: 2 * C,
-                     [.ptr(dweight), .ptr(dbias), .ptr(partials), .i32(Int32(blocks)), .i32(Int32(C))])
+                   [.ptr(dinp), .ptr(dweight), .ptr(dbias), .ptr(partials), .ptr(reductionCounters), .ptr(dout),
+                    .ptr(inp), .ptr(weight), .ptr(mean), .ptr(rstd), .i32(Int32(N)), .i32(Int32(C)),
+                    .i32(Int32(CUDAModel.lnBackwardGroupBlocks))])
     }
 
     func nextSeed() -> UInt32 {

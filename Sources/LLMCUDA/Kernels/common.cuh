@@ -91,3 +91,46 @@ __device__ __forceinline__ float blockMax(float v, float* scratch) {
 }
 
 #define NEG_INFINITY __int_as_float(0xff800000)
+
+// MARK: - The last block finishes the sum
+
+// A kernel whose blocks each store fp32 partials ends with the fixed-order sum of them itself,
+// instead of a second, latency-bound kernel launch: every block counts itself done on a counter
+// in global memory, and the block that counts last reads every block's partials.
+// Called by every thread of the block after its partial stores; true in the whole block for the
+// last of `blocks` blocks counting on `counter`. The fences order this block's stores before its
+// count and the last block's loads after every other count. atomicInc wraps the count back to 0 on
+// that last arrival, so the counter is ready for the next launch with no memset: launches on the
+// one stream run one after another, so two launches never use a counter at the same time.
+__device__ __forceinline__ bool lastBlockToArrive(unsigned* counter, unsigned blocks) {
+    __threadfence();
+    __syncthreads();
+    int last = 0;
+    if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
+        last = atomicInc(counter, blocks - 1) == blocks - 1;
+        __threadfence();
+    }
+    return __syncthreads_or(last);
+}
+
+// Sum of column 0 of partial (rows, stride), rows in order. L2 loads (ld.global.cg): the other
+// blocks' partials were stored from other SMs, so this SM's L1 must not answer. Unrolled so that
+// 16 loads are in flight: a lone block's tail is bound by L2 latency.
+__device__ __forceinline__ float sumPartialColumn(const float* partial, int rows, long long stride) {
+    float sum = 0.0f;
+#pragma unroll 16
+    for (int r = 0; r < rows; r++) sum += __ldcg(partial + r * stride);
+    return sum;
+}
+
+// The same for columns 0..3 at once with 16-byte loads (partial 16-byte aligned, stride % 4 == 0):
+// each column's sum in the same order as sumPartialColumn's, four times the bytes per load.
+__device__ __forceinline__ float4 sumPartialColumns4(const float* partial, int rows, long long stride) {
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+    for (int r = 0; r < rows; r++) {
+        float4 v = __ldcg((const float4*)(partial + r * stride));
+        sum.x += v.x; sum.y += v.y; sum.z += v.z; sum.w += v.w;
+    }
+    return sum;
+}

@@ -1,5 +1,6 @@
 // LayerNorm forward/backward and the residual add. Statistics in fp32; biased variance, eps 1e-5.
-// The weight/bias gradients are summed per block into fp32 partials, then in a fixed order.
+// The weight/bias gradients are summed per block into fp32 partials, then in a fixed order by the
+// backward kernel's last blocks.
 #include "common.cuh"
 
 // One warp per row: out (N, C) = (inp - mean) * rstd * weight + bias; mean, rstd (N) in fp32.
@@ -99,13 +100,16 @@ extern "C" __global__ void residual_forward(floatX* out, const floatX* a, const 
     storePack(out + i, z);
 }
 
-// dinp (N, C) += layernorm input gradient; partial (gridDim.x, 2C) gets this block's sums of
-// dout * norm (dweight) and dout (dbias). One warp per row, each lane on 16-byte packs of channels
-// (C % PACK == 0). Dynamic shared memory: warps * 2C floats, each warp's sums stored element-major
-// (acc[i * packs + p] is element i of pack p) so that the 32 lanes touch 32 different banks.
-extern "C" __global__ void layernorm_backward(floatX* dinp, float* partial, const floatX* dout,
-                                              const floatX* inp, const floatX* weight, const float* mean,
-                                              const float* rstd, int N, int C) {
+// dinp (N, C) += layernorm input gradient; dweight (C) += sum of dout * norm, dbias (C) += sum of
+// dout over rows. Each block stores its rows' sums in partial (gridDim.x, 2C), dweight's then
+// dbias's; the sum over blocks follows in two stages (see the end). One warp per row, each lane on
+// 16-byte packs of channels (C % PACK == 0). Dynamic shared memory: warps * 2C floats, each warp's
+// sums stored element-major (acc[i * packs + p] is element i of pack p) so that the 32 lanes touch
+// 32 different banks. counters (1 + groups): zero before and after the launch.
+extern "C" __global__ void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* partial,
+                                              unsigned* counters, const floatX* dout, const floatX* inp,
+                                              const floatX* weight, const float* mean, const float* rstd,
+                                              int N, int C, int groupBlocks) {
     extern __shared__ float shared[];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int packs = C / PACK;
@@ -153,15 +157,25 @@ extern "C" __global__ void layernorm_backward(floatX* dinp, float* partial, cons
         int half = c / C, i = (c % C) / packs, p = (c % C) % packs;
         partial[(long long)blockIdx.x * 2 * C + half * C + p * PACK + i] = sum;
     }
-}
-
-// dweight (C) += sum of partial rows [0, C), dbias (C) += [C, 2C), blocks summed in order.
-extern "C" __global__ void layernorm_backward_reduce(floatX* dweight, floatX* dbias, const float* partial,
-                                                     int blocks, int C) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= 2 * C) return;
-    float sum = 0.0f;
-    for (int b = 0; b < blocks; b++) sum += partial[(long long)b * 2 * C + c];
-    if (c < C) dweight[c] = fromFloat(toFloat(dweight[c]) + sum);
-    else dbias[c - C] = fromFloat(toFloat(dbias[c - C]) + sum);
+    // Two stages, as one block reading every partial (gridDim.x * 2C floats, 3 MB at d12) would
+    // take longer than a whole separate kernel over many SMs: the last block of each group of
+    // groupBlocks consecutive blocks sums its group's partials into groupSums, then the last group
+    // to finish sums those into dweight and dbias. Fixed orders, so deterministic.
+    const int group = blockIdx.x / groupBlocks, first = group * groupBlocks;
+    const int groups = (gridDim.x + groupBlocks - 1) / groupBlocks;
+    float* groupSums = partial + (long long)gridDim.x * 2 * C;  // (groups, 2C)
+    if (!lastBlockToArrive(&counters[1 + group], min(groupBlocks, gridDim.x - first))) return;
+    for (int c = threadIdx.x * 4; c < 2 * C; c += blockDim.x * 4) {
+        *(float4*)(groupSums + (long long)group * 2 * C + c) =
+            sumPartialColumns4(partial + (long long)first * 2 * C + c, min(groupBlocks, gridDim.x - first), 2 * C);
+    }
+    if (!lastBlockToArrive(&counters[0], groups)) return;
+    for (int c = threadIdx.x * 4; c < 2 * C; c += blockDim.x * 4) {
+        float4 sum = sumPartialColumns4(groupSums + c, groups, 2 * C);
+        floatX* d = c < C ? dweight + c : dbias + (c - C);  // C % 4 == 0: the four columns in one half
+        d[0] = fromFloat(toFloat(d[0]) + sum.x);
+        d[1] = fromFloat(toFloat(d[1]) + sum.y);
+        d[2] = fromFloat(toFloat(d[2]) + sum.z);
+        d[3] = fromFloat(toFloat(d[3]) + sum.w);
+    }
 }

@@ -1,12 +1,14 @@
 // Deterministic reductions: bias gradients (column sums) and the global gradient norm, each as
-// per-block fp32 partials followed by one fixed-order sum.
+// per-block fp32 partials followed by one fixed-order sum (for the bias, by the kernel's last block).
 #include "common.cuh"
 
-// partial (gridDim.y, OC): block (x, y) sums rows [y*rowsPerBlock, ...) of 32 * PACK columns of
-// dout (N, OC). Block shape (32, 8): a lane reads one 16-byte pack of a row (a warp: 512 bytes
+// dbias (OC) += column sums of dout (N, OC). Block (x, y) sums rows [y*rowsPerBlock, ...) of 32 *
+// PACK columns into partial (gridDim.y, OC); the last row block of column block x to finish
+// (counters[x], zero before and after the launch) then adds its columns' partials, row blocks in
+// order, to dbias. Block shape (32, 8): a lane reads one 16-byte pack of a row (a warp: 512 bytes
 // of it), the 8 warps every 8th row; then the warps' sums meet in shared memory in a fixed order.
-extern "C" __global__ void bias_backward_partial(float* partial, const floatX* dout, int N, int OC,
-                                                 int rowsPerBlock) {
+extern "C" __global__ void bias_backward(floatX* dbias, float* partial, unsigned* counters, const floatX* dout,
+                                         int N, int OC, int rowsPerBlock) {
     __shared__ float sums[8][32 * PACK + 1];
     const int col0 = (blockIdx.x * 32 + threadIdx.x) * PACK;
     const int rowStart = blockIdx.y * rowsPerBlock;
@@ -27,22 +29,18 @@ extern "C" __global__ void bias_backward_partial(float* partial, const floatX* d
 #pragma unroll
     for (int i = 0; i < PACK; i++) sums[threadIdx.y][threadIdx.x * PACK + i] = acc[i];
     __syncthreads();
-    for (int c = threadIdx.y * 32 + threadIdx.x; c < 32 * PACK; c += 256) {
-        int col = blockIdx.x * 32 * PACK + c;
-        if (col >= OC) continue;
+    const int c = threadIdx.y * 32 + threadIdx.x;  // 256 threads, 32 * PACK <= 256 columns: one each
+    const int col = blockIdx.x * 32 * PACK + c;
+    if (c < 32 * PACK && col < OC) {
         float total = 0.0f;
         for (int y = 0; y < 8; y++) total += sums[y][c];
         partial[(long long)blockIdx.y * OC + col] = total;
     }
-}
-
-// dbias (OC) += sum over the row blocks of partial, in order.
-extern "C" __global__ void bias_backward_reduce(floatX* dbias, const float* partial, int blocks, int OC) {
-    int col = blockIdx.x * blockDim.x + threadIdx.x;
-    if (col >= OC) return;
-    float sum = 0.0f;
-    for (int b = 0; b < blocks; b++) sum += partial[(long long)b * OC + col];
-    dbias[col] = fromFloat(toFloat(dbias[col]) + sum);
+    if (!lastBlockToArrive(&counters[blockIdx.x], gridDim.y)) return;
+    if (c < 32 * PACK && col < OC) {
+        float sum = sumPartialColumn(partial + col, gridDim.y, OC);
+        dbias[col] = fromFloat(toFloat(dbias[col]) + sum);
+    }
 }
 
 // partial (gridDim.x) = this block's sum of squares over a grid-stride slice of g (n).
