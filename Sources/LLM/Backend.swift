@@ -56,7 +56,7 @@ public protocol GPT2Backend: AnyObject {
     /// Logits (V, unpadded) of row (b, t) of the last forward.
     func logits(b: Int, t: Int) -> [Float]
 
-    /// Zeroes parameter gradients (start of an optimizer step).
+    /// Zeroes parameter gradients and forgets the `trainingLosses()` (start of an optimizer step).
     func zeroGradients()
     /// Backward of the last forward with targets; accumulates (+=) into parameter gradients with
     /// dloss = 1 / (B * T * microSteps), so `microSteps` forward/backward pairs average.

@@ -49,12 +49,12 @@ import Testing
         }
         let twice = try model.readGradients()
         #expect(maxAbsDiff(once, twice) < 1e-7)
+        let norm = once.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
+        #expect(abs(Double(try model.gradientNorm()) - norm) < 1e-5 * norm)
         // Each trainingForward's loss is the plain forward's; zeroGradients starts a new list.
         #expect(try model.trainingLosses() == [loss, loss])
         model.zeroGradients()
         #expect(try model.trainingLosses().isEmpty)
-        let norm = once.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
-        #expect(abs(Double(try model.gradientNorm()) - norm) < 1e-5 * norm)
     }
 
     /// With zero gradients AdamW only decays: every tensor with decayAllTensors (llm.c's CPU rule),
