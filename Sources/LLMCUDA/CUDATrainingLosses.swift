@@ -49,7 +49,7 @@ final class MicroStepLosses {
         if freeSlots.isEmpty {
             if slots.count < max(microSteps, 1) {
                 slots.append(try PinnedHostBuffer(device: device, count: rowsPerSlot,
-                                                  what: "losses of micro-step slot \(slots.count)"))
+                                                  what: "training losses (slot \(slots.count))"))
                 freeSlots.append(slots.count - 1)
             } else {
                 try sumOldest()
