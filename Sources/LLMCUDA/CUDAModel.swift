@@ -578,8 +578,9 @@ public final class CUDAModel: GPT2Backend {
     /// Copies the tokens into the next pinned staging set and queues their uploads into `tokens` and
     /// `targetsBuffer`, without waiting for the GPU. The device buffers are safe to overwrite: the
     /// copies run on the stream after every kernel queued before, the last forward's and backward's
-    /// included. The staging set is safe to overwrite once its own previous upload is done: it was
-    /// queued two forwards ago, so the wait is at most for the start of the forward before this one.
+    /// included. The staging set is safe to overwrite once its own previous upload is done: that one
+    /// was queued by the forward before last, so the host waits at most until the GPU begins that
+    /// forward, with the rest of it and the whole last micro-step still queued behind it.
     func uploadTokens(_ inputs: [Int32], _ targets: [Int32]?) throws {
         let set = 1 - lastTokenStaging
         let staging = tokenStaging[set]
