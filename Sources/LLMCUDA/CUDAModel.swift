@@ -708,47 +708,55 @@ public final class CUDAModel: GPT2Backend {
                     .ptr(buckets + UInt64(4 * (2 * n + 1))), .i32(Int32(C)), .u32(nextSeed())])
     }
 
-    /// Builds the last forward's bucket table into the next pinned bucket staging buffer and queues
-    /// its upload into `buckets`, without waiting. A counting sort of the positions by token:
-    /// bucket tokens (n, ascending), bucket starts (n + 1, the last one N), positions (N, ascending
-    /// within each bucket). The inputs are read from the last forward's token staging set, which no
-    /// copy writes (the device only reads it) and no forward refills before the one after next.
-    /// `buckets` is safe to overwrite: the upload runs after the backward queued before it.
+    /// Builds the last forward's bucket table (encoderBuckets) into the next pinned bucket staging
+    /// buffer and queues its upload into `buckets`, without waiting. The inputs are read from the
+    /// last forward's token staging set, which no copy writes (the device only reads it) and no
+    /// forward refills before the one after next. `buckets` is safe to overwrite: the upload runs
+    /// after the backward queued before it, the only reader of the previous table.
     func queueEncoderBuckets() throws {
-        let N = lastB * lastT, V = config.vocabSize
-        let inputs = UnsafePointer(tokenStaging[lastTokenStaging].pointer)  // (N), validated: 0 <= x < V
+        let N = lastB * lastT
         let set = 1 - lastBucketStaging
         let staging = bucketStaging[set]
-        try staging.waitForCopies()  // its upload of two tables ago may still be reading it
-        let slot = bucketScratch     // (V): tokens' counts, then the next free position of each bucket
-        slot.update(repeating: 0, count: V)
+        try staging.waitForCopies()  // its upload of the table before last may still be reading it
+        let n = CUDAModel.encoderBuckets(staging.pointer, scratch: bucketScratch,
+                                         inputs: tokenStaging[lastTokenStaging].pointer, N: N, V: config.vocabSize)
+        try staging.upload(to: buckets, count: 2 * n + 1 + N)
+        lastBucketStaging = set
+        bucketCount = n
+        bucketsQueued = true
+    }
+
+    /// The encoder backward's table of the positions of each distinct token, a counting sort of the
+    /// N inputs (each 0 <= x < V): table = bucket tokens (n, ascending), bucket starts (n + 1, the
+    /// last one N), positions (N, ascending within each bucket), 2n + 1 + N int32 in all; returns n.
+    /// scratch (V) holds each token's count, then the next free position of its bucket.
+    static func encoderBuckets(_ table: UnsafeMutablePointer<Int32>, scratch: UnsafeMutablePointer<Int32>,
+                               inputs: UnsafePointer<Int32>, N: Int, V: Int) -> Int {
+        scratch.update(repeating: 0, count: V)
         var n = 0
         for i in 0 ..< N {
             let x = Int(inputs[i])
-            if slot[x] == 0 { n += 1 }
-            slot[x] += 1
+            if scratch[x] == 0 { n += 1 }
+            scratch[x] += 1
         }
-        let bucketTokens = staging.pointer, starts = staging.pointer + n, order = staging.pointer + (2 * n + 1)
+        let bucketTokens = table, starts = table + n, positions = table + (2 * n + 1)
         var bucket = 0
         var running: Int32 = 0
-        for v in 0 ..< V where slot[v] > 0 {
+        for v in 0 ..< V where scratch[v] > 0 {
             bucketTokens[bucket] = Int32(v)
             starts[bucket] = running
-            let count = slot[v]
-            slot[v] = running
+            let count = scratch[v]
+            scratch[v] = running
             running += count
             bucket += 1
         }
         starts[n] = Int32(N)
         for i in 0 ..< N {
             let x = Int(inputs[i])
-            order[Int(slot[x])] = Int32(i)
-            slot[x] += 1
+            positions[Int(scratch[x])] = Int32(i)
+            scratch[x] += 1
         }
-        try staging.upload(to: buckets, count: 2 * n + 1 + N)
-        lastBucketStaging = set
-        bucketCount = n
-        bucketsQueued = true
+        return n
     }
 
     // MARK: Update
