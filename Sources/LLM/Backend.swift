@@ -42,16 +42,21 @@ public protocol GPT2Backend: AnyObject {
     func forward(inputs: [Int32], targets: [Int32]?, B: Int, T: Int) throws -> Float
     /// Forward for a micro-step that `backward(microSteps:)` will follow, with the same
     /// `microSteps`: a backend may already run parts of the backward here (the CUDA model does
-    /// the classifier and LM head in row chunks, so it never keeps all the logits). Returns the
-    /// mean loss as `forward` does; `logits(b:t:)` need not work after it. Gradients accumulate
-    /// from here on, so `zeroGradients()` comes before it, not between it and `backward`.
-    func trainingForward(inputs: [Int32], targets: [Int32], B: Int, T: Int, microSteps: Int) throws -> Float
-    /// Per-token losses (B, T) of the last forward with targets.
+    /// the classifier and LM head in row chunks, so it never keeps all the logits).
+    /// `logits(b:t:)` need not work after it. Gradients accumulate from here on, so
+    /// `zeroGradients()` comes before it, not between it and `backward`. It returns no loss: a GPU
+    /// only queues the work, and waiting for the loss would leave the GPU idle until the host
+    /// queued the backward; `trainingLosses()` gives the losses later.
+    func trainingForward(inputs: [Int32], targets: [Int32], B: Int, T: Int, microSteps: Int) throws
+    /// The mean loss (as `forward` returns it) of each `trainingForward` since the last
+    /// `zeroGradients()`, in order. May wait for the device; after `gradientNorm()` it need not.
+    func trainingLosses() throws -> [Float]
+    /// Per-token losses (B, T) of the last forward or trainingForward with targets.
     func lastLosses() -> [Float]
     /// Logits (V, unpadded) of row (b, t) of the last forward.
     func logits(b: Int, t: Int) -> [Float]
 
-    /// Zeroes parameter gradients (start of an optimizer step).
+    /// Zeroes parameter gradients and forgets the `trainingLosses()` (start of an optimizer step).
     func zeroGradients()
     /// Backward of the last forward with targets; accumulates (+=) into parameter gradients with
     /// dloss = 1 / (B * T * microSteps), so `microSteps` forward/backward pairs average.
@@ -116,9 +121,14 @@ public func validateGenerationStep(token: Int32, position: Int, maxTokens: Int, 
 }
 
 extension GPT2Backend {
-    /// Backends that keep every activation of a forward (the CPU) need nothing special.
-    public func trainingForward(inputs: [Int32], targets: [Int32], B: Int, T: Int, microSteps: Int) throws -> Float {
-        try forward(inputs: inputs, targets: targets, B: B, T: T)
+    /// trainingForward, then its loss, waiting for the device: for checks of one micro-step, not
+    /// for the training loop.
+    public func trainingForwardLoss(inputs: [Int32], targets: [Int32], B: Int, T: Int, microSteps: Int) throws -> Float {
+        try trainingForward(inputs: inputs, targets: targets, B: B, T: T, microSteps: microSteps)
+        guard let loss = try trainingLosses().last else {
+            throw LLMError("\(deviceDescription): no training loss after trainingForward")
+        }
+        return loss
     }
     public var peakFLOPs: Double? { nil }
     public func readRandomState() throws -> [UInt64] { [] }

@@ -172,18 +172,25 @@ public final class Trainer {
 
             let t0 = monotonicSeconds()
             model.zeroGradients()
-            var lossSum: Float = 0
+            // No loss is read inside the micro-steps, so a GPU backend never waits for the host:
+            // the host queues each micro-step's work while the GPU still runs the one before.
             for _ in 0 ..< gradAccumSteps {
                 let loader = o.overfitSingleBatch ? (val ?? train) : train
                 if o.overfitSingleBatch { loader.reset() }
                 try loader.nextBatch()
-                lossSum += try model.trainingForward(inputs: loader.inputs, targets: loader.targets, B: o.B, T: o.T,
-                                                     microSteps: gradAccumSteps)
+                try model.trainingForward(inputs: loader.inputs, targets: loader.targets, B: o.B, T: o.T,
+                                          microSteps: gradAccumSteps)
                 try model.backward(microSteps: gradAccumSteps)
             }
-            let loss = lossSum / Float(gradAccumSteps)
             let lr = schedule.learningRate(atStep: step)
             let norm = try model.gradientNorm()
+            let microStepLosses = try model.trainingLosses()  // the norm has waited for the device already
+            if microStepLosses.count != gradAccumSteps {
+                throw LLMError("\(model.deviceDescription): \(microStepLosses.count) micro-step losses, expected \(gradAccumSteps)")
+            }
+            var lossSum: Float = 0
+            for l in microStepLosses { lossSum += l }
+            let loss = lossSum / Float(gradAccumSteps)
             let lossZ = lossDetector.update(Double(loss)), normZ = normDetector.update(Double(norm))
             let outlier = OutlierDetector.isOutlier(lossZ, threshold: o.skipLossZ)
                 || OutlierDetector.isOutlier(normZ, threshold: o.skipNormZ)

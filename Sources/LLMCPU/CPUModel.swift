@@ -141,6 +141,8 @@ public final class CPUModel: GPT2Backend {
     var currentT = 0
     var haveTargets = false
     var meanLoss: Float = .nan
+    /// Mean losses of the trainingForward calls since zeroGradients(), for trainingLosses().
+    var microStepLosses: [Float] = []
     /// Key/value cache of cached generation (CPUGeneration.swift), made by beginGeneration.
     var generationState: CPUGenerationState?
 
@@ -310,6 +312,14 @@ public final class CPUModel: GPT2Backend {
         }
     }
 
+    /// Every activation of a forward is kept here, so a training forward is a plain one whose loss
+    /// is remembered.
+    public func trainingForward(inputs: [Int32], targets: [Int32], B: Int, T: Int, microSteps: Int) throws {
+        microStepLosses.append(try forward(inputs: inputs, targets: targets, B: B, T: T))
+    }
+
+    public func trainingLosses() throws -> [Float] { microStepLosses }
+
     public func lastLosses() -> [Float] {
         guard haveTargets else { return [] }
         return Array(UnsafeBufferPointer(start: region(.losses), count: currentB * currentT))
@@ -324,6 +334,7 @@ public final class CPUModel: GPT2Backend {
     // MARK: Backward
 
     public func zeroGradients() {
+        microStepLosses.removeAll(keepingCapacity: true)
         let N = parameterCount, g = gradientMemory
         parallelForChunks((N + 65535) / 65536) { blocks in
             let lo = blocks.lowerBound * 65536, hi = min(N, blocks.upperBound * 65536)

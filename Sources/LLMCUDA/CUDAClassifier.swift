@@ -32,12 +32,16 @@ extension CUDAModel {
 
     /// The layers, then per chunk: logits, losses and log-sum-exp, dlogits in place, and the LM
     /// head's backward (dlnf rows, dwte). backward(microSteps:) then starts at the final layernorm.
-    public func trainingForward(inputs: [Int32], targets: [Int32], B: Int, T: Int, microSteps: Int) throws -> Float {
+    /// Only queues work: the losses follow into a pinned slot (trainingLosses() sums them later),
+    /// and while the GPU runs all this the host builds the encoder backward's bucket table.
+    public func trainingForward(inputs: [Int32], targets: [Int32], B: Int, T: Int, microSteps: Int) throws {
         try forwardLayers(inputs: inputs, targets: targets, B: B, T: T)
         let N = B * T
         try classifierBackwardPass(N: N, microSteps: microSteps, computeLogits: true, losses: true)
         classifierState = .backwardDone(microSteps: microSteps)
-        return try downloadMeanLoss(N)
+        try microStepLosses.queue(losses, rows: N, microSteps: microSteps)
+        lastForwardWasTraining = true
+        try queueEncoderBuckets()
     }
 
     /// The classifier part of backward(microSteps:): nothing left to do after trainingForward (same

@@ -112,12 +112,31 @@ public final class CUDAModel: GPT2Backend {
     public let activationBytes: Int
     public let parameterBytes: Int
 
+    // Page-locked host memory the stream copies from or into without the host waiting (a Swift
+    // array may move or go away before the copy runs). Two sets of each staging buffer, used in
+    // turn: the host fills one while the other's upload, queued one forward earlier, may still be
+    // pending; before it fills a set it waits for that set's previous upload (PinnedHostBuffer).
+    let tokenStaging: [PinnedHostBuffer<Int32>]   // 2 x (2, B, T): inputs, then targets
+    let bucketStaging: [PinnedHostBuffer<Int32>]  // 2 x (3 * B * T + 1): encoder-backward bucket tables
+    /// The training micro-steps' per-row losses on their way to the host (CUDATrainingLosses.swift).
+    let microStepLosses: MicroStepLosses
+    /// (V) int32 host scratch of the bucket table: per-token counts, then each bucket's next free slot.
+    let bucketScratch: UnsafeMutablePointer<Int32>
+
     // State of the last forward.
     var lastB = 0, lastT = 0
-    var lastInputs: [Int32] = []
+    /// The tokenStaging set holding the last forward's inputs (the bucket table is built from them).
+    var lastTokenStaging = 1
+    var lastBucketStaging = 1
+    /// The bucket table of the last forward's inputs is queued into `buckets`, with this many buckets.
+    var bucketsQueued = false
+    var bucketCount = 0
     var haveTargets = false
     var classifierState = ClassifierState.empty
+    /// Per-row losses of the last plain forward with targets (downloaded by it).
     var hostLosses: [Float] = []
+    /// The last forward was a trainingForward: its per-row losses are in microStepLosses' last slot.
+    var lastForwardWasTraining = false
     /// xorshift state for the stochastic-rounding seeds (llm.c: 13371337 + rank).
     var rngState: UInt64 = 13371337
     /// Key/value cache of cached generation (CUDAGeneration.swift), made by beginGeneration.
@@ -244,6 +263,11 @@ public final class CUDAModel: GPT2Backend {
         targetsBuffer = try device.allocate(bytes: BT * 4, what: "target tokens")
         buckets = try device.allocate(bytes: (3 * BT + 1) * 4, what: "encoder buckets")
         logitsLse = try device.allocate(bytes: BT * 4, what: "logits log-sum-exp")
+        let dev = device
+        tokenStaging = try (0 ..< 2).map { _ in try PinnedHostBuffer(device: dev, count: 2 * BT, what: "input and target tokens") }
+        bucketStaging = try (0 ..< 2).map { _ in try PinnedHostBuffer(device: dev, count: 3 * BT + 1, what: "encoder buckets") }
+        microStepLosses = MicroStepLosses(device: dev, rowsPerSlot: BT)
+        bucketScratch = .allocate(capacity: config.vocabSize)
 
         try device.zero(adamM, bytes: total * 4)
         try device.zero(adamV, bytes: total * 4)
@@ -252,7 +276,10 @@ public final class CUDAModel: GPT2Backend {
     }
 
     deinit {
-        for p in [params, grads, master, adamM, adamV, activations, partials, reductionCounters, tokens, targetsBuffer, buckets, logitsLse] {
+        _ = try? device.synchronize()  // nothing queued may still use the memory freed here
+        bucketScratch.deallocate()
+        for p in [params, grads, master, adamM, adamV, activations, partials, reductionCounters, tokens, targetsBuffer, buckets,
+                  logitsLse] {
             device.free(p)
         }
     }
@@ -521,17 +548,18 @@ public final class CUDAModel: GPT2Backend {
         if inputs.count != N || (targets != nil && targets!.count != N) {
             throw LLMError("cuda model: forward needs \(N) inputs and targets, got \(inputs.count) and \(targets?.count ?? 0)")
         }
-        for tokens in [inputs, targets ?? []] {
-            if let x = tokens.first(where: { $0 < 0 || Int($0) >= V }) {
-                throw LLMError("cuda model: token \(x) is outside the vocabulary (size \(V))")
+        // Before anything is queued: a bad token would index outside wte, or outside a logits row.
+        for (kind, tokens) in [("input", inputs), ("target", targets ?? [])] {
+            if let i = tokens.firstIndex(where: { $0 < 0 || Int($0) >= V }) {
+                throw LLMError("cuda model: \(kind) token \(tokens[i]) at position \(i) is outside the vocabulary (size \(V))")
             }
         }
         lastB = B; lastT = T
-        lastInputs = inputs
         classifierState = .empty  // until the classifier of this forward has run
         haveTargets = targets != nil
-        try device.upload(tokens, inputs)
-        if let t = targets { try device.upload(targetsBuffer, t) }
+        lastForwardWasTraining = false
+        hostLosses = []
+        try uploadTokens(inputs, targets)
 
         let C = config.channels, L = config.numLayers, NH = config.numHeads
         let BTmax = batchSize * sequenceLength  // per-layer stride of the stacked activations
@@ -573,15 +601,45 @@ public final class CUDAModel: GPT2Backend {
         }
     }
 
+    /// Copies the tokens into the next pinned staging set and queues their uploads into `tokens` and
+    /// `targetsBuffer`, without waiting for the GPU. The device buffers are safe to overwrite: the
+    /// copies run on the stream after every kernel queued before, the last forward's and backward's
+    /// included. The staging set is safe to overwrite once its own previous upload is done: that one
+    /// was queued by the forward before last, so the host waits at most until the GPU begins that
+    /// forward, with the rest of it and the whole last micro-step still queued behind it.
+    func uploadTokens(_ inputs: [Int32], _ targets: [Int32]?) throws {
+        let set = 1 - lastTokenStaging
+        let staging = tokenStaging[set]
+        try staging.waitForCopies()
+        let N = inputs.count, targetsAt = batchSize * sequenceLength  // (2, B, T): targets in the second half
+        inputs.withUnsafeBufferPointer { staging.pointer.update(from: $0.baseAddress!, count: N) }
+        try staging.upload(to: tokens, count: N)
+        if let targets {
+            targets.withUnsafeBufferPointer { (staging.pointer + targetsAt).update(from: $0.baseAddress!, count: N) }
+            try staging.upload(to: targetsBuffer, from: targetsAt, count: N)
+        }
+        lastTokenStaging = set  // its inputs stay there until the forward after next: the bucket table reads them
+        bucketsQueued = false
+    }
+
     /// Downloads the per-row losses of the last forward (waits for the GPU); their mean.
     func downloadMeanLoss(_ N: Int) throws -> Float {
         hostLosses = try device.download(losses, count: N, as: Float.self, fill: 0)
-        var sum = 0.0
-        for x in hostLosses { sum += Double(x) }
-        return Float(sum / Double(N))
+        return hostLosses.withUnsafeBufferPointer { meanLoss($0) }
     }
 
-    public func lastLosses() -> [Float] { hostLosses }
+    /// After a trainingForward, its micro-step's losses from their pinned slot (waits for their copy;
+    /// [] should that wait fail, as for a forward without targets).
+    public func lastLosses() -> [Float] {
+        if lastForwardWasTraining { return ((try? microStepLosses.lastRows()) ?? nil) ?? [] }
+        return hostLosses
+    }
+
+    /// The mean loss of each trainingForward since zeroGradients(), in order. Waits for the copies of
+    /// the losses not summed yet; gradientNorm() has summed them all while it waited anyway.
+    public func trainingLosses() throws -> [Float] {
+        try microStepLosses.meansSinceReset()
+    }
 
     /// Only after a plain `forward` of at most `classifierRows` rows (sampling, parity checks): the
     /// buffer keeps one chunk of logits, and a backward turns it into gradients. Stops the program otherwise.
@@ -600,6 +658,7 @@ public final class CUDAModel: GPT2Backend {
 
     public func zeroGradients() {
         try? device.zero(grads, bytes: deviceCount * E)
+        microStepLosses.reset()
     }
 
     public func backward(microSteps: Int) throws {
@@ -658,39 +717,73 @@ public final class CUDAModel: GPT2Backend {
                                   N: N, C: C)
         }
         try encoderBackward(B: B, T: T, C: C)
-        try device.synchronize()
+        // No wait for the GPU here: whatever reads its results on the host (gradientNorm,
+        // readGradients, trainingLosses) waits for them itself, and the next micro-step's forward
+        // queues behind this backward on the stream.
     }
 
-    /// dwpe += sum over the batch; dwte rows += sums per distinct token, from host-built buckets.
+    /// dwpe += sum over the batch; dwte rows += sums per distinct token, from the bucket table of
+    /// the last forward's inputs (queued by trainingForward; after a plain forward, queued here).
     func encoderBackward(B: Int, T: Int, C: Int) throws {
         try launch1D("encoder_backward_wpe", count: T * C,
                      [.ptr(tensor(grads, .wpe)), .ptr(dresidual), .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(C)),
                       .u32(nextSeed())])
-        // Counting sort of the positions by token: buckets in token order, positions ascending.
-        let N = B * T, V = config.vocabSize
-        var count = [Int32](repeating: 0, count: V)
-        for x in lastInputs { count[Int(x)] += 1 }
-        var bucketTokens: [Int32] = [], starts: [Int32] = []
-        var next = [Int32](repeating: 0, count: V)  // next free slot of each token's bucket
-        var running: Int32 = 0
-        for v in 0 ..< V where count[v] > 0 {
-            bucketTokens.append(Int32(v))
-            starts.append(running)
-            next[v] = running
-            running += count[v]
-        }
-        starts.append(Int32(N))
-        var order = [Int32](repeating: 0, count: N)
-        for (pos, x) in lastInputs.enumerated() {
-            order[Int(next[Int(x)])] = Int32(pos)
-            next[Int(x)] += 1
-        }
-        let table = bucketTokens + starts + order
-        try device.upload(buckets, table)
-        let n = bucketTokens.count
+        if !bucketsQueued { try queueEncoderBuckets() }
+        let n = bucketCount
         try launch("encoder_backward_wte", grid: (n, 1, 1), block: (min(256, (C + 31) / 32 * 32), 1, 1),
                    [.ptr(tensor(grads, .wte)), .ptr(dresidual), .ptr(buckets), .ptr(buckets + UInt64(4 * n)),
                     .ptr(buckets + UInt64(4 * (2 * n + 1))), .i32(Int32(C)), .u32(nextSeed())])
+    }
+
+    /// Builds the last forward's bucket table (encoderBuckets) into the next pinned bucket staging
+    /// buffer and queues its upload into `buckets`, without waiting. The inputs are read from the
+    /// last forward's token staging set, which no copy writes (the device only reads it) and no
+    /// forward refills before the one after next. `buckets` is safe to overwrite: the upload runs
+    /// after the backward queued before it, the only reader of the previous table.
+    func queueEncoderBuckets() throws {
+        let N = lastB * lastT
+        let set = 1 - lastBucketStaging
+        let staging = bucketStaging[set]
+        try staging.waitForCopies()  // its upload of the table before last may still be reading it
+        let n = CUDAModel.encoderBuckets(staging.pointer, scratch: bucketScratch,
+                                         inputs: tokenStaging[lastTokenStaging].pointer, N: N, V: config.vocabSize)
+        try staging.upload(to: buckets, count: 2 * n + 1 + N)
+        lastBucketStaging = set
+        bucketCount = n
+        bucketsQueued = true
+    }
+
+    /// The encoder backward's table of the positions of each distinct token, a counting sort of the
+    /// N inputs (each 0 <= x < V): table = bucket tokens (n, ascending), bucket starts (n + 1, the
+    /// last one N), positions (N, ascending within each bucket), 2n + 1 + N int32 in all; returns n.
+    /// scratch (V) holds each token's count, then the next free position of its bucket.
+    static func encoderBuckets(_ table: UnsafeMutablePointer<Int32>, scratch: UnsafeMutablePointer<Int32>,
+                               inputs: UnsafePointer<Int32>, N: Int, V: Int) -> Int {
+        scratch.update(repeating: 0, count: V)
+        var n = 0
+        for i in 0 ..< N {
+            let x = Int(inputs[i])
+            if scratch[x] == 0 { n += 1 }
+            scratch[x] += 1
+        }
+        let bucketTokens = table, starts = table + n, positions = table + (2 * n + 1)
+        var bucket = 0
+        var running: Int32 = 0
+        for v in 0 ..< V where scratch[v] > 0 {
+            bucketTokens[bucket] = Int32(v)
+            starts[bucket] = running
+            let count = scratch[v]
+            scratch[v] = running
+            running += count
+            bucket += 1
+        }
+        starts[n] = Int32(N)
+        for i in 0 ..< N {
+            let x = Int(inputs[i])
+            positions[Int(scratch[x])] = Int32(i)
+            scratch[x] += 1
+        }
+        return n
     }
 
     // MARK: Update
@@ -701,6 +794,9 @@ public final class CUDAModel: GPT2Backend {
                    [.ptr(partials), .ptr(grads), .i64(Int64(deviceCount))])
         let out = floats(partials, blocks)
         try launch("sum_partials", grid: (1, 1, 1), block: (1024, 1, 1), [.ptr(out), .ptr(partials), .i32(Int32(blocks))])
+        // The host would wait for the GPU below anyway: first it sums the micro-steps' losses, each as
+        // soon as its copy is done, while the GPU still runs the later micro-steps.
+        try microStepLosses.sumAll()
         let sq = try device.download(out, count: 1, as: Float.self, fill: 0)[0]
         return sq.squareRoot()
     }

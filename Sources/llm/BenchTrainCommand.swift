@@ -72,14 +72,15 @@ struct BenchTrain: ParsableCommand {
         var firstStepSeconds = 0.0
         func trainingStep(_ step: Int) throws -> Float {
             backend.zeroGradients()
-            var loss: Float = 0
             for _ in 0 ..< accum {
                 try loader.nextBatch()
-                loss += try backend.trainingForward(inputs: loader.inputs, targets: loader.targets, B: batch, T: seqLen,
-                                                    microSteps: accum)
+                try backend.trainingForward(inputs: loader.inputs, targets: loader.targets, B: batch, T: seqLen,
+                                            microSteps: accum)
                 try backend.backward(microSteps: accum)
             }
             let norm = try backend.gradientNorm()
+            var loss: Float = 0
+            for l in try backend.trainingLosses() { loss += l }
             try backend.update(AdamWSettings(learningRate: 1e-4, weightDecay: 0.1, t: step + 1,
                                              gradScale: norm > 1 ? 1 / norm : 1))
             _ = try backend.gradientNorm()  // waits for the update on a GPU

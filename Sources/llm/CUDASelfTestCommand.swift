@@ -168,7 +168,7 @@ struct CUDASelfTestCommand: ParsableCommand {
         var losses: [Float] = []
         for step in 0 ..< steps.losses.count {
             model.zeroGradients()
-            let l = try model.trainingForward(inputs: state.inputs, targets: state.targets, B: B, T: T, microSteps: 1)
+            let l = try model.trainingForwardLoss(inputs: state.inputs, targets: state.targets, B: B, T: T, microSteps: 1)
             losses.append(l)
             lossDiff = max(lossDiff, abs(l - steps.losses[step]))
             try model.backward(microSteps: 1)
@@ -226,7 +226,7 @@ struct CUDASelfTestCommand: ParsableCommand {
             try model.writeRandomState(seeds)
             model.zeroGradients()
             let l = training
-                ? try model.trainingForward(inputs: state.inputs, targets: state.targets, B: B, T: T, microSteps: 1)
+                ? try model.trainingForwardLoss(inputs: state.inputs, targets: state.targets, B: B, T: T, microSteps: 1)
                 : try model.forward(inputs: state.inputs, targets: state.targets, B: B, T: T)
             try model.backward(microSteps: 1)
             let d = gradientDifference(try model.readGradients(), grads, config: config)
@@ -261,7 +261,7 @@ struct CUDASelfTestCommand: ParsableCommand {
         for rows in [B * T, nil] {
             let model = try CUDAModel(config: config, parameters: params, B: B, T: T, precision: .bf16, classifierRows: rows)
             model.zeroGradients()
-            let loss = try model.trainingForward(inputs: x, targets: y, B: B, T: T, microSteps: 1)
+            let loss = try model.trainingForwardLoss(inputs: x, targets: y, B: B, T: T, microSteps: 1)
             try model.backward(microSteps: 1)
             results.append((loss, try model.readGradients()))
             chunkRows = model.classifierRows
@@ -346,7 +346,7 @@ struct CUDASelfTestCommand: ParsableCommand {
             for step in 0 ..< determinismSteps {
                 let (x, y) = batchAt(data, step, B: B, T: T)
                 model.zeroGradients()
-                let l = try model.trainingForward(inputs: x, targets: y, B: B, T: T, microSteps: 1)
+                let l = try model.trainingForwardLoss(inputs: x, targets: y, B: B, T: T, microSteps: 1)
                 try model.backward(microSteps: 1)
                 let norm = try model.gradientNorm()
                 try model.update(AdamWSettings(learningRate: 6e-4, weightDecay: 0.1, t: step + 1,

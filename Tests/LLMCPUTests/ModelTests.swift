@@ -33,24 +33,28 @@ import Testing
     }
 
     /// Two backward passes with microSteps 2 accumulate the same gradient as one with microSteps 1
-    /// (those two after trainingForward: the protocol's default, a plain forward, on the CPU),
-    /// and gradientNorm is the L2 norm of what readGradients returns.
+    /// (those two after trainingForward, a plain forward on the CPU, whose losses trainingLosses()
+    /// keeps), and gradientNorm is the L2 norm of what readGradients returns.
     @Test func backwardAccumulatesMicroSteps() throws {
         let model = try CPUModel.load(path: fixturePath("tiny.bin"), B: 4, T: 32)
         let state = try DebugState(path: fixturePath("tiny_debug_state.bin"), config: model.config)
-        _ = try model.forward(inputs: state.inputs, targets: state.targets, B: 4, T: 32)
+        let loss = try model.forward(inputs: state.inputs, targets: state.targets, B: 4, T: 32)
         model.zeroGradients()
         try model.backward(microSteps: 1)
         let once = try model.readGradients()
         model.zeroGradients()
         for _ in 0 ..< 2 {
-            _ = try model.trainingForward(inputs: state.inputs, targets: state.targets, B: 4, T: 32, microSteps: 2)
+            try model.trainingForward(inputs: state.inputs, targets: state.targets, B: 4, T: 32, microSteps: 2)
             try model.backward(microSteps: 2)
         }
         let twice = try model.readGradients()
         #expect(maxAbsDiff(once, twice) < 1e-7)
         let norm = once.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
         #expect(abs(Double(try model.gradientNorm()) - norm) < 1e-5 * norm)
+        // Each trainingForward's loss is the plain forward's; zeroGradients starts a new list.
+        #expect(try model.trainingLosses() == [loss, loss])
+        model.zeroGradients()
+        #expect(try model.trainingLosses().isEmpty)
     }
 
     /// With zero gradients AdamW only decays: every tensor with decayAllTensors (llm.c's CPU rule),

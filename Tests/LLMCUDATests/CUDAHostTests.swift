@@ -107,6 +107,36 @@ func nvrtcCompilesTheKernelsWithoutWarnings() throws {
     }
 }
 
+// MARK: - Encoder-backward buckets
+
+/// The bucket table the encoder backward reads, built in place by CUDAModel.encoderBuckets, against
+/// a plain reference: for each distinct token in ascending order, its positions in ascending order.
+@Test func encoderBucketsGroupPositionsByToken() {
+    var rng = SystemRandomNumberGenerator()
+    for (N, V) in [(1, 5), (64, 7), (4096, 50257), (3000, 300)] {
+        let inputs = (0 ..< N).map { _ in Int32.random(in: 0 ..< Int32(V), using: &rng) }
+        var reference: [Int32: [Int32]] = [:]
+        for (position, token) in inputs.enumerated() { reference[token, default: []].append(Int32(position)) }
+        let tokens = reference.keys.sorted()
+        var expected = tokens
+        var start: Int32 = 0
+        for t in tokens { expected.append(start); start += Int32(reference[t]!.count) }
+        expected.append(Int32(N))
+        for t in tokens { expected += reference[t]! }
+
+        var table = [Int32](repeating: -1, count: 3 * N + 1)
+        var scratch = [Int32](repeating: 7, count: V)  // stale values from an earlier table
+        let n = table.withUnsafeMutableBufferPointer { t in
+            scratch.withUnsafeMutableBufferPointer { s in
+                inputs.withUnsafeBufferPointer { CUDAModel.encoderBuckets(t.baseAddress!, scratch: s.baseAddress!,
+                                                                          inputs: $0.baseAddress!, N: N, V: V) }
+            }
+        }
+        #expect(n == tokens.count)
+        #expect(Array(table[0 ..< 2 * n + 1 + N]) == expected, "N=\(N) V=\(V)")
+    }
+}
+
 // MARK: - With a GPU
 
 @Test(.enabled(if: CUDABackend.isAvailable(), "no CUDA driver or GPU"))

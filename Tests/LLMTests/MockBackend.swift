@@ -16,6 +16,8 @@ final class MockBackend: GPT2Backend {
     var updates: [AdamWSettings] = []
     /// microSteps of each trainingForward call.
     var trainingForwards: [Int] = []
+    /// Losses of the trainingForward calls since zeroGradients().
+    var microStepLosses: [Float] = []
     /// loss of predicting `target` after `input`: defined by the test.
     var lossOf: (_ input: Int32, _ target: Int32) -> Float = { _, t in Float(t % 7) }
 
@@ -37,10 +39,11 @@ final class MockBackend: GPT2Backend {
         losses = (0 ..< B * T).map { lossOf(inputs[$0], targets[$0]) }
         return losses.reduce(0, +) / Float(B * T)
     }
-    func trainingForward(inputs: [Int32], targets: [Int32], B: Int, T: Int, microSteps: Int) throws -> Float {
+    func trainingForward(inputs: [Int32], targets: [Int32], B: Int, T: Int, microSteps: Int) throws {
         trainingForwards.append(microSteps)
-        return try forward(inputs: inputs, targets: targets, B: B, T: T)
+        microStepLosses.append(try forward(inputs: inputs, targets: targets, B: B, T: T))
     }
+    func trainingLosses() throws -> [Float] { microStepLosses }
     func lastLosses() -> [Float] { losses }
     /// Logits favour (last input + 1) mod V, so sampling is predictable (B = 1 when sampling).
     func logits(b: Int, t: Int) -> [Float] {
@@ -49,7 +52,10 @@ final class MockBackend: GPT2Backend {
         l[Int(last + 1) % config.vocabSize] = 100
         return l
     }
-    func zeroGradients() { for i in gradients.indices { gradients[i] = 0 } }
+    func zeroGradients() {
+        microStepLosses = []
+        for i in gradients.indices { gradients[i] = 0 }
+    }
     func backward(microSteps: Int) throws { for i in gradients.indices { gradients[i] += 1 / Float(microSteps) } }
     func gradientNorm() throws -> Float { (gradients.map { $0 * $0 }.reduce(0, +)).squareRoot() }
     func update(_ s: AdamWSettings) throws {

@@ -50,6 +50,32 @@ final class RecordingObserver: TrainingObserver {
         #expect(obs.samples[0].1 == "37,38,39")
     }
 
+    /// A step's loss is the mean of its micro-steps' forward losses (read after the micro-steps,
+    /// from trainingLosses()), summed in order in Float as the trainer always did.
+    @Test func stepLossIsTheMeanOfItsMicroSteps() throws {
+        let model = MockBackend(config: mockConfig, B: 2, T: 4)
+        model.lossOf = { i, t in Float(i % 5) + Float(t % 7) * 0.25 }
+        var o = TrainingOptions()
+        o.B = 2; o.T = 4; o.totalBatchTokens = 24; o.steps = 4
+        o.valEvery = 0; o.sampleEvery = 0
+        let trainer = try Trainer(model: model, train: loader(B: 2, T: 4), val: nil, options: o)
+        let losses = try trainer.run()
+        let batches = try loader(B: 2, T: 4)
+        var expected: [Float] = []
+        for _ in 0 ..< 4 {
+            var sum: Float = 0
+            for _ in 0 ..< 3 {
+                try batches.nextBatch()
+                var batchSum: Float = 0
+                for j in 0 ..< 8 { batchSum += model.lossOf(batches.inputs[j], batches.targets[j]) }
+                sum += batchSum / 8
+            }
+            expected.append(sum / 3)
+        }
+        #expect(losses == expected)
+        #expect(Set(losses).count == 4)  // the batches differ, so a stale or misordered loss would show
+    }
+
     @Test func totalBatchMustDivide() throws {
         let model = MockBackend(config: mockConfig, B: 2, T: 4)
         var o = TrainingOptions()

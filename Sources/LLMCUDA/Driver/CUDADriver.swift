@@ -19,6 +19,8 @@ typealias FnHandleIn = @convention(c) (CUhandle?) -> CUresult
 typealias FnVoid = @convention(c) () -> CUresult
 typealias FnMemAlloc = @convention(c) (UnsafeMutablePointer<CUdeviceptr>, Int) -> CUresult
 typealias FnMemFree = @convention(c) (CUdeviceptr) -> CUresult
+typealias FnMemHostAlloc = @convention(c) (UnsafeMutablePointer<UnsafeMutableRawPointer?>, Int, UInt32) -> CUresult
+typealias FnMemFreeHost = @convention(c) (UnsafeMutableRawPointer?) -> CUresult
 typealias FnMemcpyHtoD = @convention(c) (CUdeviceptr, UnsafeRawPointer, Int, CUhandle?) -> CUresult
 typealias FnMemcpyDtoH = @convention(c) (UnsafeMutableRawPointer, CUdeviceptr, Int, CUhandle?) -> CUresult
 typealias FnMemcpyDtoD = @convention(c) (CUdeviceptr, CUdeviceptr, Int, CUhandle?) -> CUresult
@@ -58,6 +60,8 @@ public final class CUDADriver {
     let cuCtxSynchronize: FnVoid
     let cuMemAlloc: FnMemAlloc
     let cuMemFree: FnMemFree
+    let cuMemHostAlloc: FnMemHostAlloc
+    let cuMemFreeHost: FnMemFreeHost
     let cuMemcpyHtoDAsync: FnMemcpyHtoD
     let cuMemcpyDtoHAsync: FnMemcpyDtoH
     let cuMemcpyDtoDAsync: FnMemcpyDtoD
@@ -72,6 +76,7 @@ public final class CUDADriver {
     let cuEventCreate: FnCreateWithFlags
     let cuEventRecord: FnEventRecord
     let cuEventSynchronize: FnHandleIn
+    let cuEventDestroy: FnHandleIn
     let cuEventElapsedTime: FnEventElapsed
     let cuGetErrorName: FnGetErrorText
     let cuGetErrorString: FnGetErrorText
@@ -89,6 +94,8 @@ public final class CUDADriver {
         cuCtxSynchronize = try l.symbol("cuCtxSynchronize")
         cuMemAlloc = try l.symbol("cuMemAlloc_v2")
         cuMemFree = try l.symbol("cuMemFree_v2")
+        cuMemHostAlloc = try l.symbol("cuMemHostAlloc")
+        cuMemFreeHost = try l.symbol("cuMemFreeHost")
         cuMemcpyHtoDAsync = try l.symbol("cuMemcpyHtoDAsync_v2")
         cuMemcpyDtoHAsync = try l.symbol("cuMemcpyDtoHAsync_v2")
         cuMemcpyDtoDAsync = try l.symbol("cuMemcpyDtoDAsync_v2")
@@ -103,6 +110,7 @@ public final class CUDADriver {
         cuEventCreate = try l.symbol("cuEventCreate")
         cuEventRecord = try l.symbol("cuEventRecord")
         cuEventSynchronize = try l.symbol("cuEventSynchronize")
+        cuEventDestroy = try l.symbol("cuEventDestroy_v2")
         cuEventElapsedTime = try l.symbol("cuEventElapsedTime")
         cuGetErrorName = try l.symbol("cuGetErrorName")
         cuGetErrorString = try l.symbol("cuGetErrorString")
@@ -222,6 +230,9 @@ public final class CUDADevice {
         if p != 0 { _ = driver.cuMemFree(p) }
     }
 
+    /// Copies host memory to the device and waits for the copy (and all work queued before it):
+    /// `src` may be any memory, freed as soon as this returns. The training step's copies go
+    /// through `PinnedHostBuffer` instead, which does not wait.
     public func upload(_ dst: CUdeviceptr, _ src: UnsafeRawPointer, bytes: Int) throws {
         if bytes == 0 { return }
         try driver.check(driver.cuMemcpyHtoDAsync(dst, src, bytes, stream), "cuMemcpyHtoDAsync(\(bytes) bytes)")
@@ -232,6 +243,7 @@ public final class CUDADevice {
         try array.withUnsafeBytes { try upload(dst, $0.baseAddress!, bytes: $0.count) }
     }
 
+    /// Copies device memory to the host after all work queued before it; waits until it is there.
     public func download(_ dst: UnsafeMutableRawPointer, _ src: CUdeviceptr, bytes: Int) throws {
         if bytes == 0 { return }
         try driver.check(driver.cuMemcpyDtoHAsync(dst, src, bytes, stream), "cuMemcpyDtoHAsync(\(bytes) bytes)")
@@ -257,9 +269,10 @@ public final class CUDADevice {
 
     // MARK: Timing
 
-    public func makeEvent() throws -> CUhandle {
+    /// `timing` false: an event only waited for (CU_EVENT_DISABLE_TIMING, cheaper to record).
+    public func makeEvent(timing: Bool = true) throws -> CUhandle {
         var e: CUhandle? = nil
-        try driver.check(driver.cuEventCreate(&e, 0), "cuEventCreate")
+        try driver.check(driver.cuEventCreate(&e, timing ? 0 : 2), "cuEventCreate")
         return e!
     }
 
@@ -272,5 +285,79 @@ public final class CUDADevice {
         var ms: Float = 0
         try driver.check(driver.cuEventElapsedTime(&ms, start, end), "cuEventElapsedTime")
         return ms
+    }
+}
+
+// MARK: - Page-locked host memory
+
+/// `count` elements of page-locked host memory (cuMemHostAlloc) that the stream copies from or
+/// into without the host waiting: the copy engine reads or writes it directly, some time after
+/// the copy is queued. So a copy's host memory cannot be a Swift array (it may move or go away);
+/// it is one of these, and `copied`, recorded on the stream after every copy queued from or into
+/// the buffer, tells the host when that copy is done. The rule for its users: call
+/// `waitForCopies()` before writing the buffer (an upload queued earlier may not have read it yet)
+/// and before reading what a download put there.
+public final class PinnedHostBuffer<Element> {
+    let device: CUDADevice
+    public let pointer: UnsafeMutablePointer<Element>
+    public let count: Int
+    /// What the buffer holds, for error messages ("input tokens").
+    let what: String
+    /// Recorded after each copy queued from or into the buffer. Copies on the one stream run in
+    /// order, so once it has completed, every earlier copy of the buffer has too; before the first
+    /// record it stands for no work, and waiting for it returns at once.
+    let copied: CUhandle
+
+    public init(device: CUDADevice, count: Int, what: String) throws {
+        self.device = device
+        self.count = count
+        self.what = what
+        let d = device.driver
+        let bytes = max(count * MemoryLayout<Element>.stride, 16)
+        var raw: UnsafeMutableRawPointer? = nil
+        try d.check(d.cuMemHostAlloc(&raw, bytes, 0), "cuMemHostAlloc(\(bytes) bytes for \(what))")
+        guard let raw else { throw LLMError("cuda: cuMemHostAlloc(\(bytes) bytes for \(what)) returned no memory") }
+        pointer = raw.bindMemory(to: Element.self, capacity: count)
+        do {
+            copied = try device.makeEvent(timing: false)
+        } catch {
+            _ = d.cuMemFreeHost(raw)
+            throw error
+        }
+    }
+
+    deinit {
+        // The copy engine must be done with the memory before it is unpinned and freed.
+        _ = device.driver.cuEventSynchronize(copied)
+        _ = device.driver.cuMemFreeHost(UnsafeMutableRawPointer(pointer))
+        _ = device.driver.cuEventDestroy(copied)
+    }
+
+    /// Waits until every copy queued from or into the buffer is done (at once when none is pending).
+    public func waitForCopies() throws {
+        let d = device.driver
+        try d.check(d.cuEventSynchronize(copied), "cuEventSynchronize (copies of the \(what))")
+    }
+
+    /// Queues dst[0 ..< n] = self[from ..< from + n] on the stream and returns without waiting.
+    /// The host must not write those elements again before `waitForCopies()`.
+    public func upload(to dst: CUdeviceptr, from: Int = 0, count n: Int) throws {
+        if n == 0 { return }
+        precondition(from >= 0 && from + n <= count, "pinned \(what): upload of [\(from), \(from + n)) outside \(count)")
+        let d = device.driver, bytes = n * MemoryLayout<Element>.stride
+        try d.check(d.cuMemcpyHtoDAsync(dst, pointer + from, bytes, device.stream),
+                    "cuMemcpyHtoDAsync(\(bytes) bytes of \(what))")
+        try device.record(copied)
+    }
+
+    /// Queues self[at ..< at + n] = src[0 ..< n] on the stream, after the work queued before it, and
+    /// returns without waiting. The host reads those elements only after `waitForCopies()`.
+    public func download(from src: CUdeviceptr, at: Int = 0, count n: Int) throws {
+        if n == 0 { return }
+        precondition(at >= 0 && at + n <= count, "pinned \(what): download into [\(at), \(at + n)) outside \(count)")
+        let d = device.driver, bytes = n * MemoryLayout<Element>.stride
+        try d.check(d.cuMemcpyDtoHAsync(UnsafeMutableRawPointer(pointer + at), src, bytes, device.stream),
+                    "cuMemcpyDtoHAsync(\(bytes) bytes of \(what))")
+        try device.record(copied)
     }
 }
