@@ -66,6 +66,12 @@ extension CUDAModel {
 
     // MARK: - Chunks
 
+    /// Threads per row of the loss kernels. EXPERIMENT: $LLM_CLASSIFIER_THREADS while it is timed.
+    func classifierThreads(_ V: Int) -> Int {
+        if let e = getenv("LLM_CLASSIFIER_THREADS"), let n = Int(String(cString: e)) { return n }
+        return V >= 4096 ? 1024 : 128
+    }
+
     /// The chunks of N rows: classifierRows each, the last one possibly shorter.
     func classifierChunks(_ N: Int) -> [ClassifierChunk] {
         stride(from: 0, to: N, by: classifierRows).map { ClassifierChunk(row: $0, rows: min(classifierRows, N - $0)) }
@@ -78,7 +84,7 @@ extension CUDAModel {
         let r0 = chunk.row
         try matmulForward(logitsBuffer, elements(lnf, r0 * C), tensor(params, .wte), nil, N: chunk.rows, K: C, OC: Vp)
         if !withLosses { return }
-        try launch("classifier_loss", grid: (chunk.rows, 1, 1), block: (V >= 4096 ? 1024 : 128, 1, 1),
+        try launch("classifier_loss", grid: (chunk.rows, 1, 1), block: (classifierThreads(V), 1, 1),
                    [.ptr(floats(losses, r0)), .ptr(floats(logitsLse, r0)), .ptr(logitsBuffer),
                     .ptr(targetsBuffer + UInt64(4 * r0)), .i32(Int32(V)), .i32(Int32(Vp))])
     }
@@ -98,7 +104,7 @@ extension CUDAModel {
         var summed = false  // dwteSum holds products not yet in the gradient
         for chunk in chunks {
             let r0 = chunk.row, rows = chunk.rows
-            let block = (V >= 4096 ? 1024 : 128, 1, 1)
+            let block = (classifierThreads(V), 1, 1)
             if computeLogits && withLosses {  // losses and dlogits in one pass over the chunk's logits
                 try classifierForward(chunk, losses: false)
                 try launch("classifier_loss_backward", grid: (rows, 1, 1), block: block,
