@@ -20,6 +20,7 @@ struct float2 { float x, y; };
 inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
 inline float __int_as_float(int u) { float f; memcpy(&f, &u, 4); return f; }
+inline int min(int a, int b) { return a < b ? a : b; }  // CUDA's integer min
 #define NEG_INFINITY __int_as_float(0xff800000)
 struct bf16 { unsigned short bits; };
 typedef bf16 floatX;

@@ -57,6 +57,8 @@ public final class CUDAModel: GPT2Backend {
     /// $LLM_EPILOGUES=0 turns it off for timing; it turns itself off, with one line on stderr, if
     /// cuBLASLt has no algorithm for a shape.
     public var fusedGELU: Bool
+    /// EXPERIMENT while timed: $LLM_ATTENTION_BIAS=0 takes the qkv bias gradient from bias_backward again.
+    var attentionBias = getenv("LLM_ATTENTION_BIAS").map { String(cString: $0) } != "0"
     /// The LM head's dwte over several classifier chunks summed in fp32 (bf16 in, fp32 out: one
     /// rounding into the bf16 gradient); off, each chunk's product rounds into it. Turns itself off,
     /// with one line on stderr, if cuBLASLt has no algorithm for the fp32 output.
@@ -704,7 +706,7 @@ public final class CUDAModel: GPT2Backend {
             try matmulBackward(dinp: scratchBTC, dweight: g(.attprojw), dbias: g(.attprojb), dout: dresidual,
                                inp: attyl, weight: p(.attprojw), N: N, K: C, OC: C)
             let dqkv = scratchBT4C
-            let qkvBiasDone = try attentionBackward(dqkv: dqkv, dbias: g(.qkvb), dout: scratchBTC, qkv: qkvl, out: attyl,
+            let qkvBiasDone = try attentionBackward(dqkv: dqkv, dbias: attentionBias ? g(.qkvb) : nil, dout: scratchBTC, qkv: qkvl, out: attyl,
                                                     lse: lsel, dsum: attDsum, B: B, T: T)
             if recompute >= 2 {
                 try layerNormForward(ln1l, floats(ln1Mean, l * BTmax), floats(ln1Rstd, l * BTmax), residual,

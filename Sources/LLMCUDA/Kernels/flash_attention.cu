@@ -179,43 +179,21 @@ __device__ __forceinline__ void storeRows(bf16* dst, int stride, const float (&a
     }
 }
 
-// The column sums over the block's 64 rows (those below T) of what storeRows writes for acc (times
-// `scale`, rounded to bf16 as stored) into partialRow (64 floats): the bias gradient's share of
-// this tile, so the qkv bias needs no pass over dqkv of its own. A warp's 16 rows sum in its
-// registers and across the 8 lanes that hold the same columns; the 4 warps' sums then meet in
-// `scratch` (4 x 64 floats, free shared memory) in warp order. Every thread of the block calls it.
-__device__ __forceinline__ void columnSums(float* partialRow, float* scratch, const float (&acc)[8][4], float scale,
-                                           int row0, int T, int warp, int lane) {
-    float sums[8][2];
-#pragma unroll
-    for (int n = 0; n < 8; n++) {
-        sums[n][0] = 0.0f;
-        sums[n][1] = 0.0f;
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            if (row0 + lane / 4 + half * 8 >= T) continue;
-            const unsigned pair = packPair(acc[n][2 * half] * scale, acc[n][2 * half + 1] * scale);
-            sums[n][0] += __uint_as_float(pair << 16);
-            sums[n][1] += __uint_as_float(pair & 0xffff0000U);
-        }
-#pragma unroll
-        for (int offset = 4; offset < 32; offset *= 2) {  // lanes 4 apart hold the same two columns
-            sums[n][0] += __shfl_xor_sync(0xffffffffU, sums[n][0], offset);
-            sums[n][1] += __shfl_xor_sync(0xffffffffU, sums[n][1], offset);
-        }
-    }
-    __syncthreads();  // every warp is done with the shared memory that scratch reuses
-    if (lane < 4) {
-#pragma unroll
-        for (int n = 0; n < 8; n++) {
-            scratch[warp * 64 + n * 8 + 2 * lane] = sums[n][0];
-            scratch[warp * 64 + n * 8 + 2 * lane + 1] = sums[n][1];
-        }
-    }
+// The column sums of the (64, 64) tile the block has just stored at dst (rows row0..., those below
+// T) into partialRow (64 floats): the bias gradient's share of this tile, so the qkv bias needs no
+// pass over dqkv of its own. Read back from L2 (a few lines of code, nothing held in registers
+// through the main loop): each thread sums half a column, the halves meet in `scratch` (64 floats
+// of free shared memory). Every thread of the block calls it.
+__device__ __noinline__ void storedColumnSums(float* partialRow, float* scratch, const bf16* dst, int stride, int row0,
+                                                 int T) {
+    __syncthreads();  // the block's stores are visible to the whole block; scratch is free
+    const int c = threadIdx.x % 64, half = threadIdx.x / 64;
+    const int end = min(T, row0 + (half + 1) * 32);
+    float sum = 0.0f;
+    for (int r = row0 + half * 32; r < end; r++) sum += toFloat(dst[(long long)r * stride + c]);
+    if (half == 1) scratch[c] = sum;
     __syncthreads();
-    if (threadIdx.x < 64)
-        partialRow[threadIdx.x] = ((scratch[threadIdx.x] + scratch[64 + threadIdx.x]) + scratch[128 + threadIdx.x])
-                                  + scratch[192 + threadIdx.x];
+    if (half == 0) partialRow[c] = sum + scratch[c];
 }
 
 // MARK: - Forward
@@ -484,10 +462,11 @@ flash_attention_backward_query(bf16* dqkv, float* dsum, float* biasPartial, cons
     if (warp >= 2) queryScores(sB, dpB, q, g, kB + cur + upper, vB + cur + upper);
     queryUpdate<true>(dq, sA, dpA, rowLse, rowD, 0, kBT + cur, warp, lane);
     if (warp >= 2) queryUpdate<true>(dq, sB, dpB, rowLse, rowD, 1, kBT + cur + upper, warp, lane);
-    storeRows(dqkv + (long long)b * T * C3 + h * FA_HS, C3, dq, 0.125f, qt * FA_ROWS + warp * 16, T, lane);
+    bf16* dst = dqkv + (long long)b * T * C3 + h * FA_HS;
+    storeRows(dst, C3, dq, 0.125f, qt * FA_ROWS + warp * 16, T, lane);
     if (biasPartial)
-        columnSums(biasPartial + ((long long)b * gridDim.x + qt) * C3 + h * FA_HS, (float*)flashShared, dq, 0.125f,
-                   qt * FA_ROWS + warp * 16, T, warp, lane);
+        storedColumnSums(biasPartial + ((long long)b * gridDim.x + qt) * C3 + h * FA_HS, (float*)flashShared, dst, C3,
+                         qt * FA_ROWS, T);
 }
 
 // MARK: Key/value kernel: 32-query halves
@@ -611,8 +590,8 @@ flash_attention_backward_key_value(bf16* dqkv, float* biasPartial, const bf16* q
     storeRows(dst + 2 * C, C3, dv, 1.0f, kt * FA_ROWS + warp * 16, T, lane);
     if (biasPartial) {
         float* row = biasPartial + ((long long)b * tiles + kt) * C3 + h * FA_HS;
-        columnSums(row + C, (float*)flashShared, dk, 0.125f, kt * FA_ROWS + warp * 16, T, warp, lane);
-        columnSums(row + 2 * C, (float*)flashShared + 4 * 64, dv, 1.0f, kt * FA_ROWS + warp * 16, T, warp, lane);
+        storedColumnSums(row + C, (float*)flashShared, dst + C, C3, kt * FA_ROWS, T);
+        storedColumnSums(row + 2 * C, (float*)flashShared, dst + 2 * C, C3, kt * FA_ROWS, T);
     }
 }
 
