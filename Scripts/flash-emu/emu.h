@@ -9,6 +9,7 @@
 #define LLM_BF16 1
 #define __device__
 #define __forceinline__ inline
+#define __noinline__
 #define __global__
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)

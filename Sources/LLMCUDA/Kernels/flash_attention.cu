@@ -187,13 +187,16 @@ __device__ __forceinline__ void storeRows(bf16* dst, int stride, const float (&a
 __device__ __noinline__ void storedColumnSums(float* partialRow, float* scratch, const bf16* dst, int stride, int row0,
                                                  int T) {
     __syncthreads();  // the block's stores are visible to the whole block; scratch is free
-    const int c = threadIdx.x % 64, half = threadIdx.x / 64;
-    const int end = min(T, row0 + (half + 1) * 32);
+    const int c = threadIdx.x % 64, first = row0 + threadIdx.x / 64 * 32;
+    float v[32];  // all 32 loads in flight at once: a chain of dependent L2 reads took ~13 us per block
+#pragma unroll
+    for (int i = 0; i < 32; i++) v[i] = first + i < T ? toFloat(dst[(long long)(first + i) * stride + c]) : 0.0f;
     float sum = 0.0f;
-    for (int r = row0 + half * 32; r < end; r++) sum += toFloat(dst[(long long)r * stride + c]);
-    if (half == 1) scratch[c] = sum;
+#pragma unroll
+    for (int i = 0; i < 32; i++) sum += v[i];
+    if (threadIdx.x >= 64) scratch[c] = sum;
     __syncthreads();
-    if (half == 0) partialRow[c] = sum + scratch[c];
+    if (threadIdx.x < 64) partialRow[c] = sum + scratch[c];
 }
 
 // MARK: - Forward
