@@ -9,7 +9,6 @@
 #define LLM_BF16 1
 #define __device__
 #define __forceinline__ inline
-#define __noinline__
 #define __global__
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
@@ -21,7 +20,6 @@ struct float2 { float x, y; };
 inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
 inline float __int_as_float(int u) { float f; memcpy(&f, &u, 4); return f; }
-inline int min(int a, int b) { return a < b ? a : b; }  // CUDA's integer min
 #define NEG_INFINITY __int_as_float(0xff800000)
 struct bf16 { unsigned short bits; };
 typedef bf16 floatX;

@@ -57,8 +57,6 @@ public final class CUDAModel: GPT2Backend {
     /// $LLM_EPILOGUES=0 turns it off for timing; it turns itself off, with one line on stderr, if
     /// cuBLASLt has no algorithm for a shape.
     public var fusedGELU: Bool
-    /// EXPERIMENT while timed: $LLM_ATTENTION_BIAS=0 takes the qkv bias gradient from bias_backward again.
-    var attentionBias = getenv("LLM_ATTENTION_BIAS").map { String(cString: $0) } != "0"
     /// The LM head's dwte over several classifier chunks summed in fp32 (bf16 in, fp32 out: one
     /// rounding into the bf16 gradient); off, each chunk's product rounds into it. Turns itself off,
     /// with one line on stderr, if cuBLASLt has no algorithm for the fp32 output.
@@ -254,8 +252,7 @@ public final class CUDAModel: GPT2Backend {
         dwteSum = precision == .bf16 ? (dwteSumOwn ? views[23] : scratchBT4C) : 0
 
         partialFloats = max((CUDAModel.lnBackwardBlocks + CUDAModel.lnBackwardCounters - 1) * 2 * C,
-                            CUDAModel.maxBiasRowBlocks * 4 * C, CUDAModel.normBlocks + 1,
-                            batchSize * ((sequenceLength + 63) / 64) * 3 * C)  // flash attention's qkv bias tiles
+                            CUDAModel.maxBiasRowBlocks * 4 * C, CUDAModel.normBlocks + 1)
         partials = try device.allocate(bytes: partialFloats * 4, what: "reduction partials")
         // Enough column blocks of 32 packs for the widest bias (4C) at the smallest pack (4, fp32).
         reductionCounterCount = CUDAModel.lnBackwardCounters + (4 * C + 127) / 128
@@ -374,30 +371,19 @@ public final class CUDAModel: GPT2Backend {
     }
 
     /// dqkv (B, T, 3C) from dout (B, T, C); overwrites dsum (B, NH, T) with rowsum(dout * out) per head.
-    /// With `dbias` (3C), adds dqkv's column sums to it (the qkv bias gradient) and returns true: the
-    /// flash kernels sum their tiles as they store them. Returns false where the caller must do it.
-    func attentionBackward(dqkv: CUdeviceptr, dbias: CUdeviceptr?, dout: CUdeviceptr, qkv: CUdeviceptr, out: CUdeviceptr,
-                           lse: CUdeviceptr, dsum: CUdeviceptr, B: Int, T: Int) throws -> Bool {
-        let NH = config.numHeads, hs = config.headSize, C3 = 3 * config.channels
+    func attentionBackward(dqkv: CUdeviceptr, dout: CUdeviceptr, qkv: CUdeviceptr, out: CUdeviceptr, lse: CUdeviceptr,
+                           dsum: CUdeviceptr, B: Int, T: Int) throws {
+        let NH = config.numHeads, hs = config.headSize
         let grid = ((T + 63) / 64, NH, B)
         if useFlashAttention {  // the query kernel also writes dsum, which the key/value kernel reads
-            // (B * tiles, 3C) sums of each 64-row tile of dqkv, into `partials`.
-            let biasPartial = dbias == nil ? 0 : partials
             // Query kernel: 3 x (k, v) tiles (q and dout in the third until loaded) + D of its 64 rows.
             try launch("flash_attention_backward_query", grid: grid, block: (128, 1, 1),
                        shared: 6 * CUDAModel.flashTileBytes + 64 * 4,
-                       [.ptr(dqkv), .ptr(dsum), .ptr(biasPartial), .ptr(qkv), .ptr(out), .ptr(dout), .ptr(lse),
-                        .i32(Int32(T)), .i32(Int32(NH))])
+                       [.ptr(dqkv), .ptr(dsum), .ptr(qkv), .ptr(out), .ptr(dout), .ptr(lse), .i32(Int32(T)), .i32(Int32(NH))])
             // Key/value kernel: k, v and 2 x (q, dout) tiles + lse and D of each q and dout buffer.
             try launch("flash_attention_backward_key_value", grid: grid, block: (128, 1, 1),
                        shared: 6 * CUDAModel.flashTileBytes + 2 * 2 * 64 * 4,
-                       [.ptr(dqkv), .ptr(biasPartial), .ptr(qkv), .ptr(dout), .ptr(lse), .ptr(dsum), .i32(Int32(T)),
-                        .i32(Int32(NH))])
-            if let dbias {
-                try launch("column_sums_add", grid: ((C3 + 31) / 32, 1, 1), block: (32, 32, 1),
-                           [.ptr(dbias), .ptr(partials), .i32(Int32(B * grid.0)), .i32(Int32(C3))])
-            }
-            return dbias != nil
+                       [.ptr(dqkv), .ptr(qkv), .ptr(dout), .ptr(lse), .ptr(dsum), .i32(Int32(T)), .i32(Int32(NH))])
         } else {
             try launch1D("attention_backward_rowsum", count: B * NH * T,
                          [.ptr(dsum), .ptr(dout), .ptr(out), .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(NH)), .i32(Int32(hs))])
@@ -405,7 +391,6 @@ public final class CUDAModel: GPT2Backend {
             try launch("attention_backward_query_hs\(hs)", grid: grid, block: (128, 1, 1), shared: 2 * 64 * hs * 4, args)
             try launch("attention_backward_key_value_hs\(hs)", grid: grid, block: (128, 1, 1),
                        shared: (2 * 64 * (hs + 2) + 2 * 64 * hs + 2 * 64) * 4, args)
-            return false
         }
     }
 
@@ -706,13 +691,12 @@ public final class CUDAModel: GPT2Backend {
             try matmulBackward(dinp: scratchBTC, dweight: g(.attprojw), dbias: g(.attprojb), dout: dresidual,
                                inp: attyl, weight: p(.attprojw), N: N, K: C, OC: C)
             let dqkv = scratchBT4C
-            let qkvBiasDone = try attentionBackward(dqkv: dqkv, dbias: attentionBias ? g(.qkvb) : nil, dout: scratchBTC, qkv: qkvl, out: attyl,
-                                                    lse: lsel, dsum: attDsum, B: B, T: T)
+            try attentionBackward(dqkv: dqkv, dout: scratchBTC, qkv: qkvl, out: attyl, lse: lsel, dsum: attDsum, B: B, T: T)
             if recompute >= 2 {
                 try layerNormForward(ln1l, floats(ln1Mean, l * BTmax), floats(ln1Rstd, l * BTmax), residual,
                                      p(.ln1w), p(.ln1b), N: N, C: C)
             }
-            try matmulBackward(dinp: scratchBTC, dweight: g(.qkvw), dbias: qkvBiasDone ? nil : g(.qkvb), dout: dqkv,
+            try matmulBackward(dinp: scratchBTC, dweight: g(.qkvw), dbias: g(.qkvb), dout: dqkv,
                                inp: ln1l, weight: p(.qkvw), N: N, K: C, OC: 3 * C)
             try layerNormBackward(dinp: dresidual, dweight: g(.ln1w), dbias: g(.ln1b), dout: scratchBTC, inp: residual,
                                   weight: p(.ln1w), mean: floats(ln1Mean, l * BTmax), rstd: floats(ln1Rstd, l * BTmax),

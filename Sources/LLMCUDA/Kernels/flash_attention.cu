@@ -15,8 +15,6 @@
 //   products before the current part's dS (software pipelining inside a warp);
 // - ldmatrix addresses are 32-bit shared addresses with the lane's offset folded in once, so every
 //   (k, n) step is an immediate offset: no address registers for the compiler to keep live.
-// The backward kernels also sum their dq, dk, dv rows per tile (biasPartial, optional): the qkv
-// bias gradient then needs only a small reduction over the tiles instead of a pass over dqkv.
 // Scripts/flash-emu runs these kernels on the CPU against a float64 reference.
 #include "common.cuh"
 
@@ -177,26 +175,6 @@ __device__ __forceinline__ void storeRows(bf16* dst, int stride, const float (&a
 #pragma unroll
         for (int n = 0; n < 8; n++) out[n * 4] = packPair(acc[n][2 * half] * scale, acc[n][2 * half + 1] * scale);
     }
-}
-
-// The column sums of the (64, 64) tile the block has just stored at dst (rows row0..., those below
-// T) into partialRow (64 floats): the bias gradient's share of this tile, so the qkv bias needs no
-// pass over dqkv of its own. Read back from L2 (a few lines of code, nothing held in registers
-// through the main loop): each thread sums half a column, the halves meet in `scratch` (64 floats
-// of free shared memory). Every thread of the block calls it.
-__device__ __noinline__ void storedColumnSums(float* partialRow, float* scratch, const bf16* dst, int stride, int row0,
-                                                 int T) {
-    __syncthreads();  // the block's stores are visible to the whole block; scratch is free
-    const int c = threadIdx.x % 64, first = row0 + threadIdx.x / 64 * 32;
-    float v[32];  // all 32 loads in flight at once: a chain of dependent L2 reads took ~13 us per block
-#pragma unroll
-    for (int i = 0; i < 32; i++) v[i] = first + i < T ? toFloat(dst[(long long)(first + i) * stride + c]) : 0.0f;
-    float sum = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 32; i++) sum += v[i];
-    if (threadIdx.x >= 64) scratch[c] = sum;
-    __syncthreads();
-    if (threadIdx.x < 64) partialRow[c] = sum + scratch[c];
 }
 
 // MARK: - Forward
@@ -364,8 +342,8 @@ __device__ __forceinline__ void queryUpdate(float (&dq)[8][4], float (&s)[4][4],
 // Shared 6 tiles + 64 floats = 55552 bytes: 3 x k, 3 x v (the third buffers hold q and dout until
 // their fragments are loaded) and D of the tile's rows, which comes from global `out` (no out tile).
 extern "C" __global__ void __launch_bounds__(FA_THREADS, 3)  // 168 registers: 3 blocks per SM
-flash_attention_backward_query(bf16* dqkv, float* dsum, float* biasPartial, const bf16* qkv, const bf16* out,
-                               const bf16* dout, const float* lse, int T, int NH) {
+flash_attention_backward_query(bf16* dqkv, float* dsum, const bf16* qkv, const bf16* out, const bf16* dout,
+                               const float* lse, int T, int NH) {
     extern __shared__ __align__(16) bf16 flashShared[];
     bf16* kTiles = flashShared;           // 3 x (64, PAD): key tile j in buffer j % 3
     bf16* vTiles = kTiles + 3 * FA_TILE;  // 3 x (64, PAD)
@@ -465,11 +443,7 @@ flash_attention_backward_query(bf16* dqkv, float* dsum, float* biasPartial, cons
     if (warp >= 2) queryScores(sB, dpB, q, g, kB + cur + upper, vB + cur + upper);
     queryUpdate<true>(dq, sA, dpA, rowLse, rowD, 0, kBT + cur, warp, lane);
     if (warp >= 2) queryUpdate<true>(dq, sB, dpB, rowLse, rowD, 1, kBT + cur + upper, warp, lane);
-    bf16* dst = dqkv + (long long)b * T * C3 + h * FA_HS;
-    storeRows(dst, C3, dq, 0.125f, qt * FA_ROWS + warp * 16, T, lane);
-    if (biasPartial)
-        storedColumnSums(biasPartial + ((long long)b * gridDim.x + qt) * C3 + h * FA_HS, (float*)flashShared, dst, C3,
-                         qt * FA_ROWS, T);
+    storeRows(dqkv + (long long)b * T * C3 + h * FA_HS, C3, dq, 0.125f, qt * FA_ROWS + warp * 16, T, lane);
 }
 
 // MARK: Key/value kernel: 32-query halves
@@ -519,8 +493,8 @@ __device__ __forceinline__ void keyValueTile(float (&dk)[8][4], float (&dv)[8][4
 // or after its own. Shared 6 tiles and 2 x 2 x 64 floats = 56320 bytes: k, v, and q, dout and their
 // row statistics (lse in base 2, D) double-buffered.
 extern "C" __global__ void __launch_bounds__(FA_THREADS, 3)  // 168 registers (8 bytes of stack on sm_90): 3 blocks per SM
-flash_attention_backward_key_value(bf16* dqkv, float* biasPartial, const bf16* qkv, const bf16* dout, const float* lse,
-                                   const float* dsum, int T, int NH) {
+flash_attention_backward_key_value(bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse, const float* dsum,
+                                   int T, int NH) {
     extern __shared__ __align__(16) bf16 flashShared[];
     bf16* kTile = flashShared;
     bf16* vTile = kTile + FA_TILE;
@@ -591,11 +565,6 @@ flash_attention_backward_key_value(bf16* dqkv, float* biasPartial, const bf16* q
     bf16* dst = dqkv + (long long)b * T * C3 + h * FA_HS;
     storeRows(dst + C, C3, dk, 0.125f, kt * FA_ROWS + warp * 16, T, lane);
     storeRows(dst + 2 * C, C3, dv, 1.0f, kt * FA_ROWS + warp * 16, T, lane);
-    if (biasPartial) {
-        float* row = biasPartial + ((long long)b * tiles + kt) * C3 + h * FA_HS;
-        storedColumnSums(row + C, (float*)flashShared, dst + C, C3, kt * FA_ROWS, T);
-        storedColumnSums(row + 2 * C, (float*)flashShared, dst + 2 * C, C3, kt * FA_ROWS, T);
-    }
 }
 
 #endif

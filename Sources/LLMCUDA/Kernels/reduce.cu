@@ -63,21 +63,3 @@ extern "C" __global__ void sum_partials(float* out, const float* partial, int n)
     sum = blockSum(sum, scratch);
     if (threadIdx.x == 0) out[0] = sum;
 }
-
-// dbias (cols) += the column sums of partial (rows, cols), fp32 rows from kernels that sum their own
-// output tiles (flash attention's backward). Block (32, 32): a column per x, rows y, y + 32, ...;
-// the 32 row groups then meet in shared memory in order (deterministic).
-extern "C" __global__ void column_sums_add(floatX* dbias, const float* partial, int rows, int cols) {
-    __shared__ float sums[32][33];
-    const int col = blockIdx.x * 32 + threadIdx.x;
-    float acc = 0.0f;
-    if (col < cols)
-        for (int r = threadIdx.y; r < rows; r += 32) acc += partial[(long long)r * cols + col];
-    sums[threadIdx.y][threadIdx.x] = acc;
-    __syncthreads();
-    if (threadIdx.y == 0 && col < cols) {
-        float total = 0.0f;
-        for (int y = 0; y < 32; y++) total += sums[y][threadIdx.x];
-        dbias[col] = fromFloat(toFloat(dbias[col]) + total);
-    }
-}
