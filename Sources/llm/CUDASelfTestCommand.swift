@@ -144,7 +144,7 @@ struct CUDASelfTestCommand: ParsableCommand {
         model.zeroGradients()
         let half = B / 2 * T
         for k in 0 ..< 2 {
-            _ = try model.trainingForward(inputs: Array(state.inputs[k * half ..< (k + 1) * half]),
+            try model.trainingForward(inputs: Array(state.inputs[k * half ..< (k + 1) * half]),
                                           targets: Array(state.targets[k * half ..< (k + 1) * half]), B: B / 2, T: T,
                                           microSteps: 2)
             try model.backward(microSteps: 2)
@@ -241,7 +241,7 @@ struct CUDASelfTestCommand: ParsableCommand {
                                        + "worst tensor \(d.worstName) \(sci(d.worst))")
                   + (pass ? "" : " FAIL"))
         }
-        _ = try model.trainingForward(inputs: state.inputs, targets: state.targets, B: B, T: T, microSteps: 2)
+        try model.trainingForward(inputs: state.inputs, targets: state.targets, B: B, T: T, microSteps: 2)
         let mismatchThrows = (try? model.backward(microSteps: 1)) == nil
         print("[\(p)] backward(microSteps: 1) after trainingForward(microSteps: 2): "
               + (mismatchThrows ? "throws" : "did not throw FAIL"))
@@ -373,7 +373,7 @@ struct CUDASelfTestCommand: ParsableCommand {
             let (x, y) = batchAt(data, step, B: B, T: T)
             let t0 = now()
             model.zeroGradients()
-            _ = try model.trainingForward(inputs: x, targets: y, B: B, T: T, microSteps: 1)
+            try model.trainingForward(inputs: x, targets: y, B: B, T: T, microSteps: 1)
             let t1 = now()
             try model.backward(microSteps: 1)
             let t2 = now()
