@@ -303,6 +303,12 @@ public final class MatmulEngine {
             try lt.check(lt.descSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &ptr, 8),
                          "cublasLtMatmulDescSetAttribute(EPILOGUE_AUX_POINTER)")
         }
+        var p = Plan(desc: desc!, a: a, b: b, d: d, algo: [])
+        if tune, let kept = choices[choiceKey(s)], fits(kept, p) {  // chosen on an earlier run: no heuristic, no timing
+            p.algo = kept
+            plans[s] = p
+            return p
+        }
         let wanted: Int32 = tune ? 32 : 1
         var result = [UInt8](repeating: 0, count: heuristicResultBytes * Int(wanted))
         var found: Int32 = 0
@@ -310,13 +316,7 @@ public final class MatmulEngine {
                      "cublasLtMatmulAlgoGetHeuristic(\(s))")
         if found == 0 { throw LLMError("cublasLt: no algorithm for matmul \(s)") }
         let list = (0 ..< Int(found)).map { Array(result[$0 * heuristicResultBytes ..< $0 * heuristicResultBytes + algoBytes]) }
-        var p = Plan(desc: desc!, a: a, b: b, d: d, algo: list[0])
-        if !tune { plans[s] = p; return p }
-        if let kept = choices[choiceKey(s)], fits(kept, p) {
-            p.algo = kept
-        } else {
-            p.algo = try fastestAlgorithm(candidates(list, p), s, p, d: dD, a: dA, b: dB)
-        }
+        p.algo = tune ? try fastestAlgorithm(candidates(list, p), s, p, d: dD, a: dA, b: dB) : list[0]
         plans[s] = p
         return p
     }
