@@ -43,10 +43,12 @@ public func listDirectory(_ path: String) throws -> [String] {
     }
     defer { closedir(dir) }
     var names: [String] = []
+    // A record from readdir is only as long as its name (d_reclen), so the name is read in place
+    // through its offset: copying `entry.pointee` reads sizeof(dirent) bytes and can run past the
+    // end of the directory buffer (a crash seen in CI on /usr/lib/x86_64-linux-gnu).
+    let nameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
     while let entry = readdir(dir) {
-        let name = withUnsafePointer(to: &entry.pointee.d_name) {
-            String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self))
-        }
+        let name = String(cString: (UnsafeRawPointer(entry) + nameOffset).assumingMemoryBound(to: CChar.self))
         if name != "." && name != ".." { names.append(name) }
     }
     return names.sorted()

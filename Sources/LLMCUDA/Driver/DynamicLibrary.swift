@@ -33,17 +33,11 @@ public func cudaLibrarySearchDirectories() -> [String] {
 
 /// Versioned file names in `dir` that start with `stem` (e.g. "libnvrtc.so."), newest first.
 func versionedLibraries(in dir: String, stem: String) -> [String] {
-    guard let d = opendir(dir) else { return [] }
-    defer { closedir(d) }
-    var found: [String] = []
-    while let entry = readdir(d) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-            String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
-        }
-        // libnvrtc.so.13 but not libnvrtc-builtins or libnvrtc.alt
-        if name.hasPrefix(stem), name.dropFirst(stem.count).allSatisfy({ $0.isNumber || $0 == "." }) {
-            found.append(name)
-        }
+    // A folder that cannot be listed (missing, no permission) simply holds nothing.
+    guard let names = try? listDirectory(dir) else { return [] }
+    // libnvrtc.so.13 but not libnvrtc-builtins or libnvrtc.alt
+    let found = names.filter { name in
+        name.hasPrefix(stem) && name.dropFirst(stem.count).allSatisfy { $0.isNumber || $0 == "." }
     }
     func version(_ s: String) -> [Int] { s.dropFirst(stem.count).split(separator: ".").compactMap { Int($0) } }
     return found.sorted { version($0).lexicographicallyPrecedes(version($1)) }.reversed()
