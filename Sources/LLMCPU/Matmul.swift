@@ -605,7 +605,7 @@ private func forwardWeightInPlace(_ out: UnsafeMutablePointer<Float>, _ inp: Uns
                                   _ weight: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?,
                                   _ BT: Int, _ C: Int, _ OC: Int) {
     let KC = max(1, min(C, matmulForwardKC))
-    let strips = (BT + FM - 1) / FM, panels = (OC + FR - 1) / FR
+    let strips = (BT + FM - 1) / FM
     let scratch = takeScratch(strips * FM * KC)
     defer { giveScratch(scratch) }
     let packed = scratch.buffer // (strips, KC, FM): inpᵀ in 64-row strips

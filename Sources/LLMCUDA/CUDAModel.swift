@@ -102,6 +102,7 @@ public final class CUDAModel: GPT2Backend {
     let dwteSum: CUdeviceptr     // (Vp, C) fp32, bf16 only: the LM head's dwte summed over the classifier's
                                  // chunks; scratchBT4C where that is large enough (free then), else its own
     let partials: CUdeviceptr    // fp32 per-block partial sums
+    let biasPartials: CUdeviceptr  // bias_backward's part of them
     let partialFloats: Int
     let reductionCounters: CUdeviceptr  // (reductionCounterCount) uint32, zero between launches:
                                         // layernorm_backward's (lnBackwardCounters), then bias_backward's
@@ -194,6 +195,9 @@ public final class CUDAModel: GPT2Backend {
         device = try CUDADevice(ordinal: deviceOrdinal)
         kernels = try KernelLibrary(device: device, precision: precision)
         matmul = try MatmulEngine(device: device, bf16: precision == .bf16)
+        // LLM_SIDE_STREAM=0 queues the backward's weight and bias gradients on the one stream too
+        // (same results; for timing the overlap).
+        device.sideStreamEnabled = getenv("LLM_SIDE_STREAM").map { String(cString: $0) } != "0"
 
         var offsets: [Int] = []
         var total = 0
@@ -251,9 +255,12 @@ public final class CUDAModel: GPT2Backend {
         fchGelu = recompute >= 1 ? scratchBT4C : views[12]
         dwteSum = precision == .bf16 ? (dwteSumOwn ? views[23] : scratchBT4C) : 0
 
-        partialFloats = max((CUDAModel.lnBackwardBlocks + CUDAModel.lnBackwardCounters - 1) * 2 * C,
-                            CUDAModel.maxBiasRowBlocks * 4 * C, CUDAModel.normBlocks + 1)
+        // layernorm_backward's partials, then bias_backward's: apart, as the two run at once when the
+        // bias sums are on the side stream. The gradient norm uses the start (neither runs then).
+        let lnPartialFloats = (CUDAModel.lnBackwardBlocks + CUDAModel.lnBackwardCounters - 1) * 2 * C
+        partialFloats = max(lnPartialFloats + CUDAModel.maxBiasRowBlocks * 4 * C, CUDAModel.normBlocks + 1)
         partials = try device.allocate(bytes: partialFloats * 4, what: "reduction partials")
+        biasPartials = partials + UInt64(4 * lnPartialFloats)
         // Enough column blocks of 32 packs for the widest bias (4C) at the smallest pack (4, fp32).
         reductionCounterCount = CUDAModel.lnBackwardCounters + (4 * C + 127) / 128
         reductionCounters = try device.allocate(bytes: reductionCounterCount * 4, what: "reduction counters")
@@ -423,13 +430,33 @@ public final class CUDAModel: GPT2Backend {
     }
 
     /// dinp (N, K) = dout (N, OC) . weight (OC, K); dweight (OC, K) += dout^T . inp; dbias (OC) += column sums.
-    /// dweight comes first, so dinp may be inp's own buffer (the recomputed GELU output). With
+    /// dweight and dbias are off the backward's critical path: they go to the device's side stream,
+    /// where they overlap the work queued after them (dinp first), and the result is what the caller
+    /// must `device.wait(for:)` before the main stream overwrites dout or inp. They come first, so
+    /// dinp may be inp's own buffer (the recomputed GELU output): then it is waited for here. With
     /// `geluInput` (N, K), the GELU input whose output was inp, dinp becomes the gradient of that input.
+    /// The same kernels run in the same order on each stream with or without the side stream:
+    /// the results are the same bits.
+    @discardableResult
     func matmulBackward(dinp: CUdeviceptr, dweight: CUdeviceptr, dbias: CUdeviceptr?, dout: CUdeviceptr,
                         inp: CUdeviceptr, weight: CUdeviceptr, N: Int, K: Int, OC: Int,
-                        geluInput: CUdeviceptr? = nil) throws {
-        try matmul.run(MatmulShape(m: K, n: OC, k: N, transA: false, transB: true, bias: false, accumulate: true),
-                       d: dweight, a: inp, b: dout)
+                        geluInput: CUdeviceptr? = nil) throws -> CUDADevice.SideWork {
+        let weightGradients = try device.onSideStream {
+            try matmul.run(MatmulShape(m: K, n: OC, k: N, transA: false, transB: true, bias: false, accumulate: true),
+                           d: dweight, a: inp, b: dout)
+            guard let dbias = dbias else { return }
+            // Enough blocks to keep every SM streaming (each reads 32 packs of ~N/256 rows).
+            let rowBlocks = min(CUDAModel.maxBiasRowBlocks, (N + 63) / 64)
+            let rowsPerBlock = (N + rowBlocks - 1) / rowBlocks
+            let columnBlocks = (OC + 32 * pack - 1) / (32 * pack)
+            if CUDAModel.lnBackwardCounters + columnBlocks > reductionCounterCount {
+                throw LLMError("cuda model: a bias of \(OC) columns needs more reduction counters than allocated")
+            }
+            try launch("bias_backward", grid: (columnBlocks, rowBlocks, 1), block: (32, 8, 1),
+                       [.ptr(dbias), .ptr(biasPartials), .ptr(reductionCounters + UInt64(4 * CUDAModel.lnBackwardCounters)),
+                        .ptr(dout), .i32(Int32(N)), .i32(Int32(OC)), .i32(Int32(rowsPerBlock))])
+        }
+        if dinp == inp { try device.wait(for: weightGradients) }
         let dinpShape = MatmulShape(m: K, n: N, k: OC, transA: false, transB: false, bias: false, accumulate: false)
         var geluFused = false
         if let g = geluInput, fusedGELU {
@@ -447,18 +474,7 @@ public final class CUDAModel: GPT2Backend {
         if let g = geluInput, !geluFused {
             try launch1D("gelu_backward", count: N * K / pack, [.ptr(dinp), .ptr(g), .ptr(dinp), .i64(Int64(N * K))])
         }
-        if let dbias = dbias {
-            // Enough blocks to keep every SM streaming (each reads 32 packs of ~N/256 rows).
-            let rowBlocks = min(CUDAModel.maxBiasRowBlocks, (N + 63) / 64)
-            let rowsPerBlock = (N + rowBlocks - 1) / rowBlocks
-            let columnBlocks = (OC + 32 * pack - 1) / (32 * pack)
-            if CUDAModel.lnBackwardCounters + columnBlocks > reductionCounterCount {
-                throw LLMError("cuda model: a bias of \(OC) columns needs more reduction counters than allocated")
-            }
-            try launch("bias_backward", grid: (columnBlocks, rowBlocks, 1), block: (32, 8, 1),
-                       [.ptr(dbias), .ptr(partials), .ptr(reductionCounters + UInt64(4 * CUDAModel.lnBackwardCounters)),
-                        .ptr(dout), .i32(Int32(N)), .i32(Int32(OC)), .i32(Int32(rowsPerBlock))])
-        }
+        return weightGradients
     }
 
     func layerNormForward(_ out: CUdeviceptr, _ mean: CUdeviceptr, _ rstd: CUdeviceptr, _ inp: CUdeviceptr,
@@ -662,6 +678,11 @@ public final class CUDAModel: GPT2Backend {
         try layerNormBackward(dinp: dresidual, dweight: tensor(grads, .lnfw), dbias: tensor(grads, .lnfb),
                               dout: scratchBTC, inp: elements(residual3, (L - 1) * BTmax * C),
                               weight: tensor(params, .lnfw), mean: lnfMean, rstd: lnfRstd, N: N, C: C)
+        // Each matmul's weight and bias gradients run on the side stream (matmulBackward); the main
+        // stream waits for them before it overwrites what they read. Only dresidual, scratchBT4C
+        // (dout of fc and qkv, and the recomputed GELU output) and the recomputed layernorm outputs
+        // are overwritten while a layer's side work may still read them; scratchBTC is main-only.
+        var qkvSide: CUDADevice.SideWork? = nil  // the layer above's qkv gradients (read scratchBT4C)
         for l in stride(from: L - 1, through: 0, by: -1) {
             let residual = l == 0 ? encoded : elements(residual3, (l - 1) * BTmax * C)
             let ln1l = ln1Layer(l), qkvl = elements(qkv, l * BTmax * 3 * C)
@@ -671,37 +692,44 @@ public final class CUDAModel: GPT2Backend {
             func p(_ t: ParameterTensor) -> CUdeviceptr { tensor(params, t, layer: l) }
             func g(_ t: ParameterTensor) -> CUdeviceptr { tensor(grads, t, layer: l) }
 
+            // Before scratchBT4C and the recomputed layernorms are written again (the layer above's
+            // fc and qkv side work read them; the side stream runs in order, so qkv's wait covers fc's).
+            if let w = qkvSide { try device.wait(for: w) }
             // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2))). With recompute >= 1 geluL is
             // scratchBT4C itself: matmulBackward reads it for dweight before dinp overwrites it.
             if recompute >= 1 {
                 try launch1D("gelu_forward", count: N * 4 * C / pack, [.ptr(geluL), .ptr(fchl), .i64(Int64(N * 4 * C))])
             }
-            try matmulBackward(dinp: scratchBT4C, dweight: g(.fcprojw), dbias: g(.fcprojb), dout: dresidual,
-                               inp: geluL, weight: p(.fcprojw), N: N, K: 4 * C, OC: C, geluInput: fchl)
+            let fcprojSide = try matmulBackward(dinp: scratchBT4C, dweight: g(.fcprojw), dbias: g(.fcprojb), dout: dresidual,
+                                                inp: geluL, weight: p(.fcprojw), N: N, K: 4 * C, OC: C, geluInput: fchl)
             if recompute >= 2 {  // ln2 again from the kept residual2 (mean and rstd rewritten with the same values)
                 try layerNormForward(ln2l, floats(ln2Mean, l * BTmax), floats(ln2Rstd, l * BTmax), res2l,
                                      p(.ln2w), p(.ln2b), N: N, C: C)
             }
-            try matmulBackward(dinp: scratchBTC, dweight: g(.fcw), dbias: g(.fcb), dout: scratchBT4C,
-                               inp: ln2l, weight: p(.fcw), N: N, K: C, OC: 4 * C)
+            let fcSide = try matmulBackward(dinp: scratchBTC, dweight: g(.fcw), dbias: g(.fcb), dout: scratchBT4C,
+                                            inp: ln2l, weight: p(.fcw), N: N, K: C, OC: 4 * C)
+            try device.wait(for: fcprojSide)  // it reads dresidual
             try layerNormBackward(dinp: dresidual, dweight: g(.ln2w), dbias: g(.ln2b), dout: scratchBTC, inp: res2l,
                                   weight: p(.ln2w), mean: floats(ln2Mean, l * BTmax), rstd: floats(ln2Rstd, l * BTmax),
                                   N: N, C: C)
             // Attention: residual2 = residual + attproj(attention(qkv(ln1)))
-            try matmulBackward(dinp: scratchBTC, dweight: g(.attprojw), dbias: g(.attprojb), dout: dresidual,
-                               inp: attyl, weight: p(.attprojw), N: N, K: C, OC: C)
+            let attprojSide = try matmulBackward(dinp: scratchBTC, dweight: g(.attprojw), dbias: g(.attprojb),
+                                                 dout: dresidual, inp: attyl, weight: p(.attprojw), N: N, K: C, OC: C)
             let dqkv = scratchBT4C
+            try device.wait(for: fcSide)  // it reads scratchBT4C, which becomes dqkv
             try attentionBackward(dqkv: dqkv, dout: scratchBTC, qkv: qkvl, out: attyl, lse: lsel, dsum: attDsum, B: B, T: T)
             if recompute >= 2 {
                 try layerNormForward(ln1l, floats(ln1Mean, l * BTmax), floats(ln1Rstd, l * BTmax), residual,
                                      p(.ln1w), p(.ln1b), N: N, C: C)
             }
-            try matmulBackward(dinp: scratchBTC, dweight: g(.qkvw), dbias: g(.qkvb), dout: dqkv,
-                               inp: ln1l, weight: p(.qkvw), N: N, K: C, OC: 3 * C)
+            qkvSide = try matmulBackward(dinp: scratchBTC, dweight: g(.qkvw), dbias: g(.qkvb), dout: dqkv,
+                                         inp: ln1l, weight: p(.qkvw), N: N, K: C, OC: 3 * C)
+            try device.wait(for: attprojSide)  // it reads dresidual
             try layerNormBackward(dinp: dresidual, dweight: g(.ln1w), dbias: g(.ln1b), dout: scratchBTC, inp: residual,
                                   weight: p(.ln1w), mean: floats(ln1Mean, l * BTmax), rstd: floats(ln1Rstd, l * BTmax),
                                   N: N, C: C)
         }
+        try device.joinSideStream()  // whatever comes next (the next forward, the optimizer) sees every gradient
         try encoderBackward(B: B, T: T, C: C)
         // No wait for the GPU here: whatever reads its results on the host (gradientNorm,
         // readGradients, trainingLosses) waits for them itself, and the next micro-step's forward

@@ -1,5 +1,6 @@
 // GPU time per kernel over a stretch of work: a CUDA event before and after every kernel launch
-// and matmul on the device's one stream, summed by name (`llm bench train --profile`). Free-running
+// and matmul on the device's main stream (with a profiler attached, the side stream's work queues
+// there too: see CUDADevice.onSideStream), summed by name (`llm bench train --profile`). Free-running
 // clocks and the real launch order, unlike a profiler that replays each kernel alone.
 
 import LLM

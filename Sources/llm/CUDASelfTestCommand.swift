@@ -121,10 +121,13 @@ struct CUDASelfTestCommand: ParsableCommand {
         // the same deterministic kernels in another order, so bit-identical loss and gradients.
         // Except 0 with the GELU epilogue: its fcproj dweight then reads the epilogue's GELU of the
         // fp32 sum, where recompute 1 reads gelu_forward of the bf16-rounded fch.
+        // And recompute 1 with the weight gradients on the main stream instead of the side stream:
+        // the same kernels in the same order on each stream, so bit-identical too.
         var recomputeSame = true
-        for r in [0, 2] {
+        for (r, side) in [(0, true), (2, true), (1, false)] {
             let other = try CUDAModel(config: config, parameters: params, B: B, T: T, precision: p, recompute: r,
                                       classifierRows: B * T)
+            other.device.sideStreamEnabled = side
             let l = try other.forward(inputs: state.inputs, targets: state.targets, B: B, T: T)
             other.zeroGradients()
             try other.backward(microSteps: 1)
@@ -134,7 +137,8 @@ struct CUDASelfTestCommand: ParsableCommand {
             for (x, y) in zip(otherGrads, grads) { d2 += Double(x - y) * Double(x - y); r2 += Double(y) * Double(y) }
             let rel = Float((d2 / max(r2, 1e-30)).squareRoot())
             let ok = same || (r == 0 && model.fusedGELU && rel < 1e-2)
-            print("[\(p)] recompute \(r) vs 1: loss and gradients " + (same ? "bit-identical" : "differ, all-grad rel. \(sci(rel))")
+            print("[\(p)] recompute \(r)\(side ? "" : ", one stream,") vs 1: loss and gradients "
+                  + (same ? "bit-identical" : "differ, all-grad rel. \(sci(rel))")
                   + (ok ? "" : " FAIL"))
             recomputeSame = recomputeSame && ok
         }
@@ -186,7 +190,7 @@ struct CUDASelfTestCommand: ParsableCommand {
             if worstRel > 1e-4 { failures.append("fp32 grads (\(worstName))") }
             if lossDiff > 1e-4 { failures.append("fp32 10 losses") }
             if accRel > 1e-4 { failures.append("fp32 micro-step accumulation") }
-            if !recomputeSame { failures.append("fp32 recompute 0/2 vs 1") }
+            if !recomputeSame { failures.append("fp32 recompute 0/2 or one stream vs 1") }
             if !chunksOK { failures.append("fp32 classifier chunks") }
         } else {
             if logitsMax > 25 { failures.append("bf16 logits") }
@@ -194,7 +198,7 @@ struct CUDASelfTestCommand: ParsableCommand {
             if elementFails > 0 { failures.append("bf16 grads (\(elementFails) elements)") }
             if lossDiff > 0.05 { failures.append("bf16 10 losses") }
             if accRel > 2e-2 { failures.append("bf16 micro-step accumulation") }
-            if !recomputeSame { failures.append("bf16 recompute 0/2 vs 1") }
+            if !recomputeSame { failures.append("bf16 recompute 0/2 or one stream vs 1") }
             if !chunksOK { failures.append("bf16 classifier chunks") }
         }
         let row = "\(p.rawValue) tiny: logits max \(sci(logitsMax)), loss diff \(sci(lossErr)), "
@@ -338,9 +342,12 @@ struct CUDASelfTestCommand: ParsableCommand {
     func determinism() throws -> (String, Bool) {
         let T = 1024, B = batch
         let data = try tokens()
+        // Runs 1 and 2 as training runs them; run 3 with the weight gradients on the main stream,
+        // which must not change a bit either (the side stream only reorders across streams).
         var runs: [[Float]] = []
-        for run in 0 ..< 2 {
+        for run in 0 ..< 3 {
             let model = try d12Model(B: B, T: T, precision: .bf16)
+            if run == 2 { model.device.sideStreamEnabled = false }
             var losses: [Float] = []
             for step in 0 ..< determinismSteps {
                 let (x, y) = batchAt(data, step, B: B, T: T)
@@ -352,11 +359,11 @@ struct CUDASelfTestCommand: ParsableCommand {
                                                gradScale: norm > 1 ? 1 / norm : 1))
                 losses.append(l)
             }
-            print("[determinism] run \(run + 1): " + losses.map { fmt6($0) }.joined(separator: " "))
+            print("[determinism] run \(run + 1)\(run == 2 ? " (one stream)" : ""): " + losses.map { fmt6($0) }.joined(separator: " "))
             runs.append(losses)
         }
-        let same = zip(runs[0], runs[1]).allSatisfy { $0.bitPattern == $1.bitPattern }
-        return ("determinism d12 bf16 B=\(B) T=\(T), \(determinismSteps) steps x2: "
+        let same = runs.dropFirst().allSatisfy { zip(runs[0], $0).allSatisfy { $0.bitPattern == $1.bitPattern } }
+        return ("determinism d12 bf16 B=\(B) T=\(T), \(determinismSteps) steps x3 (one on one stream): "
                 + (same ? "bit-identical PASS" : "DIFFERENT FAIL") + ", loss \(fmt6(runs[0][0])) -> \(fmt6(runs[0].last!))", same)
     }
 

@@ -34,6 +34,7 @@ typealias FnLaunchKernel = @convention(c) (CUhandle?, UInt32, UInt32, UInt32, UI
                                            UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> CUresult
 typealias FnCreateWithFlags = @convention(c) (UnsafeMutablePointer<CUhandle?>, UInt32) -> CUresult
 typealias FnEventRecord = @convention(c) (CUhandle?, CUhandle?) -> CUresult
+typealias FnStreamWaitEvent = @convention(c) (CUhandle?, CUhandle?, UInt32) -> CUresult
 typealias FnEventElapsed = @convention(c) (UnsafeMutablePointer<Float>, CUhandle?, CUhandle?) -> CUresult
 typealias FnGetErrorText = @convention(c) (CUresult, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> CUresult
 
@@ -73,6 +74,7 @@ public final class CUDADriver {
     let cuLaunchKernel: FnLaunchKernel
     let cuStreamCreate: FnCreateWithFlags
     let cuStreamSynchronize: FnHandleIn
+    let cuStreamWaitEvent: FnStreamWaitEvent
     let cuEventCreate: FnCreateWithFlags
     let cuEventRecord: FnEventRecord
     let cuEventSynchronize: FnHandleIn
@@ -107,6 +109,7 @@ public final class CUDADriver {
         cuLaunchKernel = try l.symbol("cuLaunchKernel")
         cuStreamCreate = try l.symbol("cuStreamCreate")
         cuStreamSynchronize = try l.symbol("cuStreamSynchronize")
+        cuStreamWaitEvent = try l.symbol("cuStreamWaitEvent")
         cuEventCreate = try l.symbol("cuEventCreate")
         cuEventRecord = try l.symbol("cuEventRecord")
         cuEventSynchronize = try l.symbol("cuEventSynchronize")
@@ -162,7 +165,8 @@ public final class CUDADriver {
 
 // MARK: - Device and context
 
-/// One GPU with its primary context made current and one stream for all work.
+/// One GPU with its primary context made current, the stream all work goes to, and a side stream
+/// for work off the critical path (`onSideStream`).
 public final class CUDADevice {
     public let driver: CUDADriver
     public let ordinal: Int
@@ -171,7 +175,16 @@ public final class CUDADevice {
     public let multiprocessorCount: Int
     public let maxSharedMemoryPerBlock: Int
     let context: CUhandle
-    public let stream: CUhandle
+    /// The stream work is queued on: the main stream, or the side stream inside `onSideStream`.
+    public var stream: CUhandle { onSide ? sideStream : mainStream }
+    public let mainStream: CUhandle
+    let sideStream: CUhandle
+    /// Whether `onSideStream` uses the side stream (else its work queues on the main stream).
+    public var sideStreamEnabled = false
+    private(set) var onSide = false
+    private let forkEvent: CUhandle
+    private var pendingSide: [CUhandle] = []  // recorded after side work, oldest first, not yet waited for
+    private var freeSideEvents: [CUhandle] = []
     /// When set, every kernel launch and matmul on the stream is timed (KernelProfiler.swift).
     public var profiler: KernelProfiler?
 
@@ -199,16 +212,63 @@ public final class CUDADevice {
         try d.check(d.cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain")
         context = ctx!
         try d.check(d.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
-        var s: CUhandle? = nil
+        var s: CUhandle? = nil, side: CUhandle? = nil
         try d.check(d.cuStreamCreate(&s, 1 /* CU_STREAM_NON_BLOCKING */), "cuStreamCreate")
-        stream = s!
+        try d.check(d.cuStreamCreate(&side, 1), "cuStreamCreate (side)")
+        mainStream = s!
+        sideStream = side!
+        var e: CUhandle? = nil
+        try d.check(d.cuEventCreate(&e, 2 /* CU_EVENT_DISABLE_TIMING */), "cuEventCreate")
+        forkEvent = e!
     }
 
     /// "sm_90" for an H100.
     public var arch: String { "sm_\(computeCapability.major)\(computeCapability.minor)" }
 
+    /// Waits until all work queued on both streams is done.
     public func synchronize() throws {
-        try driver.check(driver.cuStreamSynchronize(stream), "cuStreamSynchronize")
+        try driver.check(driver.cuStreamSynchronize(mainStream), "cuStreamSynchronize")
+        try driver.check(driver.cuStreamSynchronize(sideStream), "cuStreamSynchronize (side)")
+    }
+
+    // MARK: Side stream
+
+    /// Work queued on the side stream by `onSideStream`; `wait(for:)` makes the main stream wait for it.
+    public struct SideWork { fileprivate let event: CUhandle? }
+
+    /// Queues the work `body` launches on the side stream, after everything queued on the main
+    /// stream so far, so that it overlaps what the main stream does next. The caller must
+    /// `wait(for:)` the result before the main stream overwrites anything the work reads or reads
+    /// anything it writes. Without `sideStreamEnabled`, with a profiler attached (its marks time one
+    /// stream), or nested, `body` runs on the current stream and the result needs no wait.
+    public func onSideStream(_ body: () throws -> Void) throws -> SideWork {
+        guard sideStreamEnabled, profiler == nil, !onSide else {
+            try body()
+            return SideWork(event: nil)
+        }
+        try driver.check(driver.cuEventRecord(forkEvent, mainStream), "cuEventRecord (fork)")
+        try driver.check(driver.cuStreamWaitEvent(sideStream, forkEvent, 0), "cuStreamWaitEvent (side after main)")
+        onSide = true
+        defer { onSide = false }
+        try body()
+        let done = try freeSideEvents.popLast() ?? makeEvent(timing: false)
+        try driver.check(driver.cuEventRecord(done, sideStream), "cuEventRecord (side)")
+        pendingSide.append(done)
+        return SideWork(event: done)
+    }
+
+    /// Work queued on the main stream from now on waits until `work` is done.
+    public func wait(for work: SideWork) throws {
+        guard let e = work.event, let i = pendingSide.firstIndex(of: e) else { return }  // none, or waited for already
+        try driver.check(driver.cuStreamWaitEvent(mainStream, e, 0), "cuStreamWaitEvent (main after side)")
+        // The side stream runs in order: the work recorded before this one is done too.
+        freeSideEvents += pendingSide[...i]
+        pendingSide.removeFirst(i + 1)
+    }
+
+    /// Work queued on the main stream from now on waits until all side work queued so far is done.
+    public func joinSideStream() throws {
+        if let last = pendingSide.last { try wait(for: SideWork(event: last)) }
     }
 
     /// (free, total) bytes of device memory.

@@ -212,6 +212,7 @@ public final class MatmulEngine {
     let handle: OpaquePointer
     let dataType: CudaDataType
     let workspace: CUdeviceptr
+    let sideWorkspace: CUdeviceptr  // for matmuls on the side stream, which may run beside one on the main stream
     let workspaceBytes = 32 << 20
     struct Plan { let desc: OpaquePointer; let a: OpaquePointer; let b: OpaquePointer; let d: OpaquePointer; var algo: [UInt8] }
     var plans: [MatmulShape: Plan] = [:]
@@ -230,6 +231,7 @@ public final class MatmulEngine {
         try lt.check(lt.create(&h), "cublasLtCreate")
         handle = h!
         workspace = try device.allocate(bytes: workspaceBytes, what: "cublasLt workspace")
+        sideWorkspace = try device.allocate(bytes: workspaceBytes, what: "cublasLt side-stream workspace")
         let gpu = String(device.name.map { $0.isLetter || $0.isNumber ? $0 : "-" })
         choicesPath = KernelCache.directory() + "/matmul-algorithms-\(gpu)-cublasLt\(lt.getVersion?() ?? 0).txt"
         if tune, let bytes = try? readFileBytes(choicesPath) {
@@ -249,6 +251,7 @@ public final class MatmulEngine {
 
     deinit {
         device.free(workspace)
+        device.free(sideWorkspace)
         _ = lt.destroy(handle)  // descriptors are small and live as long as the process
     }
 
@@ -376,6 +379,8 @@ public final class MatmulEngine {
             target = scratch
         }
         defer { device.free(scratch) }
+        // Nothing else may run while the candidates are timed (work on the other stream would).
+        try device.synchronize()
         let start = try device.makeEvent(), end = try device.makeEvent()
         var alpha: Float = 1, beta: Float = s.accumulate ? 1 : 0
         func time(_ algo: [UInt8], runs: Int) throws -> Float {
@@ -433,8 +438,8 @@ public final class MatmulEngine {
         var alpha: Float = 1, beta: Float = s.accumulate ? 1 : 0
         try device.profiled("matmul \(s.profileName)") {
             try p.algo.withUnsafeBytes { algo in
-                try lt.check(lt.matmul(handle, p.desc, &alpha, a, p.a, b, p.b, &beta, d, p.d, d, p.d,
-                                       algo.baseAddress, workspace, workspaceBytes, device.stream),
+                try lt.check(lt.matmul(handle, p.desc, &alpha, a, p.a, b, p.b, &beta, d, p.d, d, p.d, algo.baseAddress,
+                                       device.onSide ? sideWorkspace : workspace, workspaceBytes, device.stream),
                              "cublasLtMatmul(m \(s.m) n \(s.n) k \(s.k))")
             }
         }
