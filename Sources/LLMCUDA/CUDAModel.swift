@@ -163,7 +163,7 @@ public final class CUDAModel: GPT2Backend {
         var rows = CUDAModel.defaultClassifierRows
         if let r = classifierRows {
             rows = r
-        } else if let text = getenv("LLM_CLASSIFIER_ROWS").map({ String(cString: $0) }), !text.isEmpty {
+        } else if let text = environmentValue("LLM_CLASSIFIER_ROWS") {
             guard let r = Int(text) else { throw LLMError("LLM_CLASSIFIER_ROWS: '\(text)' is not a number of rows") }
             rows = r
         }
@@ -189,15 +189,15 @@ public final class CUDAModel: GPT2Backend {
         }
         E = precision.elementBytes
         // LLM_ATTENTION=scalar keeps the old kernels, for timing them against the flash ones.
-        let scalarAttention = getenv("LLM_ATTENTION").map { String(cString: $0) } == "scalar"
+        let scalarAttention = environmentValue("LLM_ATTENTION") == "scalar"
         useFlashAttention = precision == .bf16 && hs == 64 && !scalarAttention
-        fusedGELU = precision == .bf16 && getenv("LLM_EPILOGUES").map { String(cString: $0) } != "0"
+        fusedGELU = precision == .bf16 && environmentValue("LLM_EPILOGUES") != "0"
         device = try CUDADevice(ordinal: deviceOrdinal)
         kernels = try KernelLibrary(device: device, precision: precision)
         matmul = try MatmulEngine(device: device, bf16: precision == .bf16)
         // LLM_SIDE_STREAM=0 queues the backward's weight and bias gradients on the one stream too
         // (same results; for timing the overlap).
-        device.sideStreamEnabled = getenv("LLM_SIDE_STREAM").map { String(cString: $0) } != "0"
+        device.sideStreamEnabled = environmentValue("LLM_SIDE_STREAM") != "0"
 
         var offsets: [Int] = []
         var total = 0

@@ -57,10 +57,9 @@ public enum KernelSources {
 public enum KernelCache {
     /// $LLM_KERNEL_CACHE, else $XDG_CACHE_HOME/llm-swift/kernels, else ~/.cache/llm-swift/kernels.
     public static func directory() -> String {
-        func env(_ n: String) -> String? { getenv(n).map { String(cString: $0) }.flatMap { $0.isEmpty ? nil : $0 } }
-        if let d = env("LLM_KERNEL_CACHE") { return d }
-        if let x = env("XDG_CACHE_HOME") { return x + "/llm-swift/kernels" }
-        if let home = env("HOME") { return home + "/.cache/llm-swift/kernels" }
+        if let d = environmentValue("LLM_KERNEL_CACHE") { return d }
+        if let x = environmentValue("XDG_CACHE_HOME") { return x + "/llm-swift/kernels" }
+        if let home = environmentValue("HOME") { return home + "/.cache/llm-swift/kernels" }
         return "/tmp/llm-swift-kernels"
     }
 

@@ -216,8 +216,8 @@ public final class MatmulEngine {
     let workspaceBytes = 32 << 20
     struct Plan { let desc: OpaquePointer; let a: OpaquePointer; let b: OpaquePointer; let d: OpaquePointer; var algo: [UInt8] }
     var plans: [MatmulShape: Plan] = [:]
-    let tune = getenv("LLM_MATMUL_TUNE").map { String(cString: $0) } != "0"
-    let verbose = getenv("LLM_MATMUL_TUNE").map { String(cString: $0) } == "verbose"
+    let tune = environmentValue("LLM_MATMUL_TUNE") != "0"
+    let verbose = environmentValue("LLM_MATMUL_TUNE") == "verbose"
     /// Chosen algorithms, by `choiceKey`, from and to `choicesPath`.
     var choices: [String: [UInt8]] = [:]
     let choicesPath: String

@@ -8,23 +8,27 @@ import Darwin
 #endif
 import LLM
 
+// MARK: - Environment
+
+/// The value of the environment variable `name`; unset and empty are both nil.
+func environmentValue(_ name: String) -> String? {
+    guard let p = getenv(name) else { return nil }
+    let s = String(cString: p)
+    return s.isEmpty ? nil : s
+}
+
 // MARK: - Search path
 
 /// Folders searched, in order: the CUDA toolkit variables, /usr/local/cuda, LD_LIBRARY_PATH, then
 /// the standard library folders. `dlopen` of the bare name (the loader's own cache) comes last.
 public func cudaLibrarySearchDirectories() -> [String] {
     var dirs: [String] = []
-    func env(_ name: String) -> String? {
-        guard let p = getenv(name) else { return nil }
-        let s = String(cString: p)
-        return s.isEmpty ? nil : s
-    }
-    if let d = env("LLM_CUDA_LIB_DIR") { dirs.append(d) }
+    if let d = environmentValue("LLM_CUDA_LIB_DIR") { dirs.append(d) }
     for name in ["CUDA_HOME", "CUDA_PATH"] {
-        if let root = env(name) { dirs += [root + "/lib64", root + "/lib", root + "/targets/x86_64-linux/lib"] }
+        if let root = environmentValue(name) { dirs += [root + "/lib64", root + "/lib", root + "/targets/x86_64-linux/lib"] }
     }
     dirs += ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"]
-    if let ld = env("LD_LIBRARY_PATH") { dirs += ld.split(separator: ":").map(String.init) }
+    if let ld = environmentValue("LD_LIBRARY_PATH") { dirs += ld.split(separator: ":").map(String.init) }
     dirs += ["/usr/local/nvidia/lib64", "/usr/local/nvidia/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib64",
              "/lib/x86_64-linux-gnu", "/lib64", "/usr/lib/wsl/lib", "/usr/lib"]
     var seen = Set<String>()
