@@ -7,6 +7,7 @@
 // backward split so that every output has one writer: query-major for dq (it also writes D), and
 // key-major for dk and dv. What makes them fast:
 // - the 1/8 * log2(e) score scale folds into the exponent's FFMA (the maximum is taken on raw scores);
+// - the forward's row sums are one more tensor-core product (P times ones), not FADDs;
 // - the diagonal tile is a separate instantiation (the causal compare only there), and on it the
 //   work masked for a whole warp is skipped (keys past the warp's last row);
 // - the backward walks a 64-row streamed tile as two 32-row parts, which halves the score
@@ -182,7 +183,7 @@ __device__ __forceinline__ void storeRows(bf16* dst, int stride, const float (&a
 // The online softmax of a warp's scores s (raw, 16 rows x 64 keys) and o += P v; vBT = v tile +
 // laneRowsBT. DIAGONAL: keys past a row are masked, and the k-steps (16 keys) past `warp` skipped.
 // The row sums come from the tensor cores: P times a column of ones, one more m16n8k16 per k-step
-// in place of 32 FADD per lane and tile (3 ms of the forward's 54 per step on an H200, run S5-10).
+// in place of 32 FADD per lane and tile (~2-3 ms of the forward's ~53 per step: docs/gpu-performance.md).
 // They sum the bf16 P that multiplies v, so o is normalised by exactly its weights' sum; rowSum is
 // that accumulator (rows g and g + 8 in elements 0 and 2, every column holding the row's sum).
 template <bool DIAGONAL>
