@@ -1,5 +1,6 @@
 // Runs the three flash-attention kernels on the CPU through emu.h and compares out, lse, dq, dk and dv
-// with a float64 reference (Scripts/flash-emu/run.sh builds it). Usage: emu T [B]
+// with a float64 reference (Scripts/flash-emu/run.sh builds it); exits 1 past llm cuda-selftest's
+// limits. Usage: emu T [B]
 #include "fa_emu.cpp"
 #include <cstdio>
 #include <functional>
@@ -76,10 +77,18 @@ int main(int argc, char** argv) {
     std::vector<bf16> out(B * T * C, B16(99)); std::vector<float> lse(B * NH * T, 99);
     launch(gx, NH, B, [&] { flash_attention_forward(out.data(), lse.data(), qkv.data(), T, NH); });
     double lmax = 0; for (size_t i = 0; i < lse.size(); i++) lmax = std::max(lmax, fabs(lse[i] - rlse[i]));
-    printf("%-12s out %.3e lse max %.3e\n", "forward", rel(out, rout, C, 0, C), lmax);
+    const double eOut = rel(out, rout, C, 0, C);
+    printf("%-12s out %.3e lse max %.3e\n", "forward", eOut, lmax);
     std::vector<bf16> dqkv(B * T * C3, B16(99)); std::vector<float> dsum(B * NH * T, 99);
     launch(gx, NH, B, [&] { flash_attention_backward_query(dqkv.data(), dsum.data(), qkv.data(), out.data(), dout.data(), lse.data(), T, NH); });
-    printf("%-12s dq %.3e\n", "query", rel(dqkv, rdq, C3, 0, C));
+    const double eDq = rel(dqkv, rdq, C3, 0, C);
+    printf("%-12s dq %.3e\n", "query", eDq);
     launch(gx, NH, B, [&] { flash_attention_backward_key_value(dqkv.data(), qkv.data(), dout.data(), lse.data(), dsum.data(), T, NH); });
-    printf("%-12s dk %.3e dv %.3e\n", "key/value", rel(dqkv, rdq, C3, C, 2 * C), rel(dqkv, rdq, C3, 2 * C, 3 * C));
+    const double eDk = rel(dqkv, rdq, C3, C, 2 * C), eDv = rel(dqkv, rdq, C3, 2 * C, 3 * C);
+    printf("%-12s dk %.3e dv %.3e\n", "key/value", eDk, eDv);
+    // The limits of llm cuda-selftest's attention check: bf16 rounding gives ~2-3e-3, a wrong
+    // fragment or mask gives errors near 1 (or NaN, which fails every comparison).
+    const bool ok = eOut < 1e-2 && eDq < 1e-2 && eDk < 1e-2 && eDv < 1e-2 && lmax < 1e-2;
+    printf("%s\n", ok ? "PASS" : "FAIL (limit 1e-2)");
+    return ok ? 0 : 1;
 }
