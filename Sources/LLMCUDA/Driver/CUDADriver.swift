@@ -183,7 +183,9 @@ public final class CUDADevice {
     public var sideStreamEnabled = false
     private(set) var onSide = false
     private let forkEvent: CUhandle
-    private var pendingSide: [CUhandle] = []  // recorded after side work, oldest first, not yet waited for
+    private var sideCount = 0      // side works queued so far; the last one's number
+    private var waitedThrough = 0  // the main stream waits for every side work up to this number
+    private var pendingSide: [(number: Int, event: CUhandle)] = []  // recorded after side work, oldest first, not yet waited for
     private var freeSideEvents: [CUhandle] = []
     /// When set, every kernel launch and matmul on the stream is timed (KernelProfiler.swift).
     public var profiler: KernelProfiler?
@@ -234,7 +236,9 @@ public final class CUDADevice {
     // MARK: Side stream
 
     /// Work queued on the side stream by `onSideStream`; `wait(for:)` makes the main stream wait for it.
-    public struct SideWork { fileprivate let event: CUhandle? }
+    /// Known by its number, not its event: events are reused once waited for, so a handle kept after
+    /// its wait must not name later work.
+    public struct SideWork { fileprivate let number: Int }  // 0: ran on the main stream, nothing to wait for
 
     /// Queues the work `body` launches on the side stream, after everything queued on the main
     /// stream so far, so that it overlaps what the main stream does next. The caller must
@@ -244,7 +248,7 @@ public final class CUDADevice {
     public func onSideStream(_ body: () throws -> Void) throws -> SideWork {
         guard sideStreamEnabled, profiler == nil, !onSide else {
             try body()
-            return SideWork(event: nil)
+            return SideWork(number: 0)
         }
         try driver.check(driver.cuEventRecord(forkEvent, mainStream), "cuEventRecord (fork)")
         try driver.check(driver.cuStreamWaitEvent(sideStream, forkEvent, 0), "cuStreamWaitEvent (side after main)")
@@ -253,22 +257,26 @@ public final class CUDADevice {
         try body()
         let done = try freeSideEvents.popLast() ?? makeEvent(timing: false)
         try driver.check(driver.cuEventRecord(done, sideStream), "cuEventRecord (side)")
-        pendingSide.append(done)
-        return SideWork(event: done)
+        sideCount += 1
+        pendingSide.append((sideCount, done))
+        return SideWork(number: sideCount)
     }
 
     /// Work queued on the main stream from now on waits until `work` is done.
     public func wait(for work: SideWork) throws {
-        guard let e = work.event, let i = pendingSide.firstIndex(of: e) else { return }  // none, or waited for already
-        try driver.check(driver.cuStreamWaitEvent(mainStream, e, 0), "cuStreamWaitEvent (main after side)")
+        guard work.number > waitedThrough, let i = pendingSide.firstIndex(where: { $0.number == work.number }) else {
+            return  // none, or waited for already
+        }
+        try driver.check(driver.cuStreamWaitEvent(mainStream, pendingSide[i].event, 0), "cuStreamWaitEvent (main after side)")
         // The side stream runs in order: the work recorded before this one is done too.
-        freeSideEvents += pendingSide[...i]
+        freeSideEvents += pendingSide[...i].map(\.event)
         pendingSide.removeFirst(i + 1)
+        waitedThrough = work.number
     }
 
     /// Work queued on the main stream from now on waits until all side work queued so far is done.
     public func joinSideStream() throws {
-        if let last = pendingSide.last { try wait(for: SideWork(event: last)) }
+        if let last = pendingSide.last { try wait(for: SideWork(number: last.number)) }
     }
 
     /// (free, total) bytes of device memory.
