@@ -16,6 +16,8 @@ struct dim3e { unsigned x = 0, y = 0, z = 0; };
 extern thread_local dim3e threadIdx, blockIdx;
 extern dim3e gridDim;
 struct uint4 { unsigned x, y, z, w; };
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+
 struct float2 { float x, y; };
 inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
@@ -23,6 +25,7 @@ inline float __int_as_float(int u) { float f; memcpy(&f, &u, 4); return f; }
 #define NEG_INFINITY __int_as_float(0xff800000)
 struct bf16 { unsigned short bits; };
 typedef bf16 floatX;
+inline void storeStreaming(bf16* p, uint4 v) { memcpy(p, &v, 16); }
 inline float toFloat(floatX x) { return __uint_as_float(((unsigned)x.bits) << 16); }
 inline unsigned short roundBF16(float f) {  // round to nearest even
     unsigned u = __float_as_uint(f);
@@ -129,3 +132,18 @@ inline void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1)
     }
 }
 inline unsigned packPair(float lo, float hi) { return roundBF16(lo) | ((unsigned)roundBF16(hi) << 16); }
+// movmatrix.m8n8.trans.b16: lane l holds (row l / 4, columns 2 (l % 4), +1) of the matrix and gets
+// the same elements of its transpose.
+inline unsigned transposeMatrix(unsigned a) {
+    Warp& w = myWarp(); int lane = threadIdx.x % 32;
+    w.slot[lane][0] = a;
+    w.bar.arrive_and_wait();
+    unsigned short e[2];
+    for (int j = 0; j < 2; j++) {  // transpose (r, c) = matrix (c, r), r = lane / 4, c = 2 (lane % 4) + j
+        int r = lane / 4, c = 2 * (lane % 4) + j;
+        unsigned src = (unsigned)w.slot[c * 4 + r / 2][0];
+        e[j] = (unsigned short)(r % 2 ? src >> 16 : src & 0xffff);
+    }
+    w.bar.arrive_and_wait();
+    return e[0] | ((unsigned)e[1] << 16);
+}

@@ -5,7 +5,7 @@ import re, sys
 s = open(sys.argv[1]).read()
 s = s.replace('#include "common.cuh"', '#include "emu.h"')
 names = ['sharedAddress', 'copyAsync16', 'commitCopies', 'waitAllButLatest', 'waitAll', 'loadMatrices', 'loadMatricesTransposed',
-         'mma', 'packPair']
+         'mma', 'packPair', 'transposeMatrix', 'storeStreaming']
 for n in names:
     m = re.search(r'__device__ __forceinline__ \w+ ' + n + r'\(', s)
     assert m, n

@@ -47,6 +47,7 @@ extension CUDAModel {
         let dsum = try allocate(B * NH * T * 4)                                           // (B, NH, T)
         let out = try allocate(B * T * C * 2), lse = try allocate(B * NH * T * 4)         // (B, T, C), (B, NH, T)
         let dqkv = try allocate(B * T * 3 * C * 2)                                        // (B, T, 3C)
+        let dS = storedDS ? try allocate(CUDAModel.flashDSBytes(B: B, T: T, NH: NH)) : 0  // the model's choice of backward
         try device.upload(qkvIn, qkvHost)
         try device.upload(dout, doutHost)
         let start = try device.makeEvent(), end = try device.makeEvent()
@@ -70,7 +71,7 @@ extension CUDAModel {
                 try device.record(end)
                 forward.append(try device.elapsedMilliseconds(start, end))
                 try device.record(start)
-                try attentionBackward(dqkv: dqkv, dout: dout, qkv: qkvIn, out: out, lse: lse, dsum: dsum, B: B, T: T)
+                try attentionBackward(dqkv: dqkv, dout: dout, qkv: qkvIn, out: out, lse: lse, dsum: dsum, dS: dS, B: B, T: T)
                 try device.record(end)
                 backward.append(try device.elapsedMilliseconds(start, end))
                 if i == 0 || i == repeats - 1 {

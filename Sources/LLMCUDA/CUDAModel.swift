@@ -42,6 +42,8 @@ public final class CUDAModel: GPT2Backend {
     /// Tensor-core flash attention (flash_attention.cu: bf16, head size 64); off, the scalar kernels
     /// of attention.cu, which are also its reference in `attentionParity`. Off when $LLM_ATTENTION is "scalar".
     public var useFlashAttention: Bool
+    /// The flash backward's dq from the dS that the key/value kernel stores (attDS), not recomputed.
+    let storedDS: Bool
     /// What the backward recomputes instead of keeping from the forward (llm.c's `-r`): 0 nothing;
     /// 1 GELU: its output lives in the (B, T, 4C) backward scratch, one layer at a time, and is
     /// recomputed from fch before the fcproj backward; 2 also both layernorm outputs (one (B, T, C)
@@ -99,6 +101,7 @@ public final class CUDAModel: GPT2Backend {
     let scratchBTC: CUdeviceptr  // (B, T, C)
     let scratchBT4C: CUdeviceptr // (B, T, 4C), also dqkv (B, T, 3C) and dwteSum
     let attDsum: CUdeviceptr     // (B, NH, T) fp32
+    let attDS: CUdeviceptr       // (B, NH, pairs, 64 x 64) bf16: the flash backward's dS (flashDSBytes), or 0
     let dwteSum: CUdeviceptr     // (Vp, C) fp32, bf16 only: the LM head's dwte summed over the classifier's
                                  // chunks; scratchBT4C where that is large enough (free then), else its own
     let partials: CUdeviceptr    // fp32 per-block partial sums
@@ -191,6 +194,9 @@ public final class CUDAModel: GPT2Backend {
         // LLM_ATTENTION=scalar keeps the old kernels, for timing them against the flash ones.
         let scalarAttention = environmentValue("LLM_ATTENTION") == "scalar"
         useFlashAttention = precision == .bf16 && hs == 64 && !scalarAttention
+        // LLM_FLASH_DQ=0 keeps the query kernel (dq from recomputed scores) instead of dq from the dS
+        // that the key/value kernel stores: no dS buffer, for timing one against the other.
+        storedDS = useFlashAttention && environmentValue("LLM_FLASH_DQ") != "0"
         fusedGELU = precision == .bf16 && environmentValue("LLM_EPILOGUES") != "0"
         device = try CUDADevice(ordinal: deviceOrdinal)
         kernels = try KernelLibrary(device: device, precision: precision)
@@ -239,6 +245,7 @@ public final class CUDAModel: GPT2Backend {
             BT * C * x, BT * C * x, BT * 4 * C * x,  // dresidual, scratchBTC, scratchBT4C
             B * NH * T * f,                  // attDsum
             dwteSumOwn ? Vp * C * f : 0,     // dwteSum
+            storedDS ? CUDAModel.flashDSBytes(B: B, T: T, NH: NH) : 0,  // attDS
         ]
         let aligned = plan.map { ($0 + 255) / 256 * 256 }
         activationBytes = aligned.reduce(0, +)
@@ -254,6 +261,7 @@ public final class CUDAModel: GPT2Backend {
         dresidual = views[19]; scratchBTC = views[20]; scratchBT4C = views[21]; attDsum = views[22]
         fchGelu = recompute >= 1 ? scratchBT4C : views[12]
         dwteSum = precision == .bf16 ? (dwteSumOwn ? views[23] : scratchBT4C) : 0
+        attDS = storedDS ? views[24] : 0
 
         // layernorm_backward's partials, then bias_backward's: apart, as the two run at once when the
         // bias sums are on the side stream. The gradient norm uses the start (neither runs then).
@@ -377,12 +385,29 @@ public final class CUDAModel: GPT2Backend {
         }
     }
 
+    /// Bytes of the flash backward's dS: each head's causal (key tile, query tile) pairs of 64 x 64 bf16.
+    static func flashDSBytes(B: Int, T: Int, NH: Int) -> Int {
+        let tiles = (T + 63) / 64
+        return B * NH * (tiles * (tiles + 1) / 2) * 64 * 64 * 2
+    }
+
     /// dqkv (B, T, 3C) from dout (B, T, C); overwrites dsum (B, NH, T) with rowsum(dout * out) per head.
+    /// dS: flashDSBytes of scratch for the flash kernels' dS, or 0 to recompute the scores for dq.
     func attentionBackward(dqkv: CUdeviceptr, dout: CUdeviceptr, qkv: CUdeviceptr, out: CUdeviceptr, lse: CUdeviceptr,
-                           dsum: CUdeviceptr, B: Int, T: Int) throws {
+                           dsum: CUdeviceptr, dS: CUdeviceptr, B: Int, T: Int) throws {
         let NH = config.numHeads, hs = config.headSize
         let grid = ((T + 63) / 64, NH, B)
-        if useFlashAttention {  // the query kernel also writes dsum, which the key/value kernel reads
+        if useFlashAttention && dS != 0 {
+            // D first; then the key/value kernel, which also stores dS; then dq = dS k from it: 5
+            // products in all, where the query kernel would recompute s and dp (7).
+            try launch("flash_attention_backward_rowsum", grid: ((B * T * NH + 15) / 16, 1, 1), block: (128, 1, 1),
+                       [.ptr(dsum), .ptr(out), .ptr(dout), .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(NH))])
+            try launch("flash_attention_backward_key_value_ds", grid: grid, block: (128, 1, 1),
+                       shared: 6 * CUDAModel.flashTileBytes + 2 * 2 * 64 * 4,
+                       [.ptr(dqkv), .ptr(dS), .ptr(qkv), .ptr(dout), .ptr(lse), .ptr(dsum), .i32(Int32(T)), .i32(Int32(NH))])
+            try launch("flash_attention_backward_dq", grid: grid, block: (128, 1, 1), shared: 2 * CUDAModel.flashTileBytes,
+                       [.ptr(dqkv), .ptr(dS), .ptr(qkv), .i32(Int32(T)), .i32(Int32(NH))])
+        } else if useFlashAttention {  // the query kernel also writes dsum, which the key/value kernel reads
             // Query kernel: 3 x (k, v) tiles (q and dout in the third until loaded) + D of its 64 rows.
             try launch("flash_attention_backward_query", grid: grid, block: (128, 1, 1),
                        shared: 6 * CUDAModel.flashTileBytes + 64 * 4,
@@ -717,7 +742,8 @@ public final class CUDAModel: GPT2Backend {
                                                  dout: dresidual, inp: attyl, weight: p(.attprojw), N: N, K: C, OC: C)
             let dqkv = scratchBT4C
             try device.wait(for: fcSide)  // it reads scratchBT4C, which becomes dqkv
-            try attentionBackward(dqkv: dqkv, dout: scratchBTC, qkv: qkvl, out: attyl, lse: lsel, dsum: attDsum, B: B, T: T)
+            try attentionBackward(dqkv: dqkv, dout: scratchBTC, qkv: qkvl, out: attyl, lse: lsel, dsum: attDsum, dS: attDS,
+                                  B: B, T: T)
             if recompute >= 2 {
                 try layerNormForward(ln1l, floats(ln1Mean, l * BTmax), floats(ln1Rstd, l * BTmax), residual,
                                      p(.ln1w), p(.ln1b), N: N, C: C)

@@ -27,6 +27,11 @@ public enum KernelSources {
     public static func options(arch: String, precision: GPUPrecision) -> [String] {
         var o = ["--gpu-architecture=\(arch)", "--std=c++17", precision.define]
         if precision == .bf16 { o.append("--use_fast_math") }
+        // $LLM_KERNEL_DEFINES: more -D options (NAME or NAME=VALUE, separated by spaces or commas),
+        // for timing kernel variants without a rebuild; part of the cache key like every option.
+        for d in (environmentValue("LLM_KERNEL_DEFINES") ?? "").split(whereSeparator: { $0 == " " || $0 == "," }) {
+            o.append("-D" + d)
+        }
         return o
     }
 

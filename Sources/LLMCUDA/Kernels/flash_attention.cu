@@ -3,9 +3,13 @@
 // Same contract as attention.cu: qkv (B, T, 3C) in, out (B, T, C), lse (B, NH, T) natural-log row
 // statistics; the backward recomputes the scores and writes dqkv without atomics (deterministic).
 //
-// Three kernels, each a block of 4 warps on a 64-row tile (a warp owns 16 rows): the forward, and a
-// backward split so that every output has one writer: query-major for dq (it also writes D), and
-// key-major for dk and dv. What makes them fast:
+// Each kernel is a block of 4 warps on a 64-row tile (a warp owns 16 rows): the forward, and a
+// backward split so that every output has one writer: key-major for dk and dv, query-major for dq.
+// The backward runs D = rowsum(dout * out) first, then the key/value kernel, which also stores each
+// (key tile, query tile) pair's dS in bf16, then the dq kernel, one product per pair over that dS:
+// 5 products in all, at the price of dS through memory (~0.8 GiB at d12, B=64, T=1024). The query
+// kernel, which recomputes s and dp for dq (7 products, no dS buffer, writes D itself), remains for
+// LLM_FLASH_DQ=0. What makes them fast:
 // - the 1/8 * log2(e) score scale folds into the exponent's FFMA (the maximum is taken on raw scores);
 // - the forward's row sums are one more tensor-core product (P times ones), not FADDs;
 // - the diagonal tile is a separate instantiation (the causal compare only there), and on it the
@@ -68,6 +72,20 @@ __device__ __forceinline__ unsigned packPair(float lo, float hi) {
     unsigned r;
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
+}
+
+// An 8x8 bf16 matrix transposed across the warp: each lane's pair (row lane / 4, columns
+// 2 (lane % 4) and +1) in, the same pair of the transpose out.
+__device__ __forceinline__ unsigned transposeMatrix(unsigned a) {
+    unsigned r;
+    asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(r) : "r"(a));
+    return r;
+}
+
+// 16 bytes to global memory marked streaming (evict first): dS, written once and read once, then
+// does not push the q, k, v and dout tiles that blocks share out of the L2 (-3 ms per step, run S6-3).
+__device__ __forceinline__ void storeStreaming(bf16* p, uint4 v) {
+    asm volatile("st.global.cs.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
 }
 
 // MARK: - Tiles and fragments
@@ -464,7 +482,8 @@ flash_attention_backward_query(bf16* dqkv, float* dsum, const bf16* qkv, const b
 template <bool MASKED>
 __device__ __forceinline__ void keyValueTile(float (&dk)[8][4], float (&dv)[8][4], const unsigned (&k)[4][4], const unsigned (&v)[4][4],
                                              unsigned qB, unsigned gB, unsigned qBT, unsigned gBT, const float* rowLse, const float* rowD,
-                                             bool diagonal, int queryBase, int keyBase, int T, int warp, int lane) {
+                                             bool diagonal, int queryBase, int keyBase, int T, int warp, int lane,
+                                             bf16* pairDS) {
     const float scale = 0.125f * FA_LOG2E;
 #pragma unroll
     for (int half = 0; half < 2; half++) {
@@ -491,6 +510,12 @@ __device__ __forceinline__ void keyValueTile(float (&dk)[8][4], float (&dv)[8][4
         unsigned pT[2][4], dsT[2][4];
         toFragments<2>(pT, sT);
         toFragments<2>(dsT, dpT);
+        if (pairDS) {  // (16 keys, 16 queries) fragments f = warp * 4 + query group, 16 bytes per lane
+#pragma unroll
+            for (int kk = 0; kk < 2; kk++)
+                storeStreaming(pairDS + ((warp * 4 + half * 2 + kk) * 32 + lane) * 8,
+                               make_uint4(dsT[kk][0], dsT[kk][1], dsT[kk][2], dsT[kk][3]));
+        }
         multiplyAccumulate<2>(dv, pT, gBT + rows);
         multiplyAccumulate<2>(dk, dsT, qBT + rows);
     }
@@ -500,10 +525,10 @@ __device__ __forceinline__ void keyValueTile(float (&dk)[8][4], float (&dv)[8][4
 // rows (k and v fragments) and their (16, 64) dk and dv in registers and walks the query tiles at
 // or after its own. Shared 6 tiles and 2 x 2 x 64 floats = 56320 bytes: k, v, and q, dout and their
 // row statistics (lse in base 2, D) double-buffered.
-extern "C" __global__ void __launch_bounds__(FA_THREADS, 3)  // 168 registers (8 bytes of stack on sm_90): 3 blocks per SM
-flash_attention_backward_key_value(bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse, const float* dsum,
-                                   int T, int NH) {
-    extern __shared__ __align__(16) bf16 flashShared[];
+// STORE_DS: also write each (key tile, query tile) pair's dS^T to dS, for the dq kernel.
+template <bool STORE_DS>
+__device__ __forceinline__ void keyValueBlock(bf16* flashShared, bf16* dqkv, bf16* dS, const bf16* qkv, const bf16* dout,
+                                              const float* lse, const float* dsum, int T, int NH) {
     bf16* kTile = flashShared;
     bf16* vTile = kTile + FA_TILE;
     bf16* qTiles = vTile + FA_TILE;
@@ -562,17 +587,129 @@ flash_attention_backward_key_value(bf16* dqkv, const bf16* qkv, const bf16* dout
         }
         const float* rowLse = lseTiles + buf * FA_ROWS;
         const float* rowD = dTiles + buf * FA_ROWS;
+        bf16* pairDS = STORE_DS ? dS + ((((long long)b * NH + h) * (tiles * (tiles + 1) / 2) + qt * (qt + 1) / 2 + kt) << 12)
+                                : nullptr;
         if (qt == kt || (qt + 1) * FA_ROWS > T)
             keyValueTile<true>(dk, dv, k, v, qB + buffer, gB + buffer, qBT + buffer, gBT + buffer, rowLse, rowD,
-                               qt == kt, qt * FA_ROWS, keyBase, T, warp, lane);
+                               qt == kt, qt * FA_ROWS, keyBase, T, warp, lane, pairDS);
         else
             keyValueTile<false>(dk, dv, k, v, qB + buffer, gB + buffer, qBT + buffer, gBT + buffer, rowLse, rowD,
-                                false, qt * FA_ROWS, keyBase, T, warp, lane);
+                                false, qt * FA_ROWS, keyBase, T, warp, lane, pairDS);
         __syncthreads();
     }
     bf16* dst = dqkv + (long long)b * T * C3 + h * FA_HS;
     storeRows(dst + C, C3, dk, 0.125f, kt * FA_ROWS + warp * 16, T, lane);
     storeRows(dst + 2 * C, C3, dv, 1.0f, kt * FA_ROWS + warp * 16, T, lane);
+}
+
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 3)  // 168 registers (8 bytes of stack on sm_90): 3 blocks per SM
+flash_attention_backward_key_value(bf16* dqkv, const bf16* qkv, const bf16* dout, const float* lse, const float* dsum,
+                                   int T, int NH) {
+    extern __shared__ __align__(16) bf16 flashShared[];
+    keyValueBlock<false>(flashShared, dqkv, nullptr, qkv, dout, lse, dsum, T, NH);
+}
+
+// The key/value kernel that also writes dS (B, NH, pairs, 64 x 64) bf16, pairs = tiles (tiles + 1) / 2
+// in query-tile-major order (pair qt (qt + 1) / 2 + kt), each pair as 16 (16, 16) A fragments of
+// dS^T (fragment warp * 4 + query group: 32 lanes x 16 bytes). Fragments that the kernel skips on
+// the diagonal (all queries before all keys) are left unwritten.
+extern "C" __global__ void __launch_bounds__(FA_THREADS, 3)
+flash_attention_backward_key_value_ds(bf16* dqkv, bf16* dS, const bf16* qkv, const bf16* dout, const float* lse,
+                                      const float* dsum, int T, int NH) {
+    extern __shared__ __align__(16) bf16 flashShared[];
+    keyValueBlock<true>(flashShared, dqkv, dS, qkv, dout, lse, dsum, T, NH);
+}
+
+// MARK: dq from the stored dS
+
+// dq (the q part of dqkv) = dS k / 8 from the key/value kernel's dS: one product per pair, no
+// scores recomputed. Grid (ceil(T / 64), NH, B), block 128, the last query tiles first; each warp
+// owns 16 query rows. Its dS (16 queries, 64 keys) per key tile is 4 stored dS^T fragments (key
+// groups 0..3, its query group), read straight into registers one tile ahead and transposed with
+// movmatrix; k tiles are double-buffered in shared memory (2 tiles = 18432 bytes).
+extern "C" __global__ void __launch_bounds__(FA_THREADS)
+flash_attention_backward_dq(bf16* dqkv, const bf16* dS, const bf16* qkv, int T, int NH) {
+    extern __shared__ __align__(16) bf16 flashShared[];
+    const int C = NH * FA_HS, C3 = 3 * C;
+    const int h = blockIdx.y, b = blockIdx.z, tiles = gridDim.x;
+    const int qt = tiles - 1 - blockIdx.x;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const bf16* kBase = qkv + (long long)b * T * C3 + C + h * FA_HS;
+    const unsigned kBT = sharedAddress(flashShared) + laneRowsBT(lane);
+    // This warp's fragment of pair (qt, 0) key group 0; key group g is 4 * 32 * 8 elements further.
+    const bf16* pairs = dS + (((((long long)b * NH + h) * (tiles * (tiles + 1) / 2) + qt * (qt + 1) / 2) << 12)
+                              + (warp * 32 + lane) * 8);
+    loadTile(flashShared, kBase, C3, 0, T);
+    commitCopies();
+    // The fragments of pair j (on the diagonal only key groups <= warp: the others are not written).
+    auto loadPair = [&](uint4 (&f)[4], int j) {
+#pragma unroll
+        for (int g = 0; g < 4; g++)
+            if (j < qt || g <= warp) f[g] = *(const uint4*)(pairs + (long long)j * 4096 + g * 4 * 32 * 8);
+    };
+    uint4 next[4] = {};
+    loadPair(next, 0);
+    float dq[8][4];
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dq[n][e] = 0.0f;
+    for (int kt = 0; kt <= qt; kt++) {
+        const unsigned cur = (kt % 2) * FA_TILE * 2;
+        if (kt < qt) {  // k tile kt + 1 into the other buffer (free: the barrier closing step kt - 1)
+            const int row = (kt + 1) * FA_ROWS;
+            loadTileAt(sharedAddress(flashShared) + ((kt + 1) % 2) * FA_TILE * 2 + tileChunk(),
+                       kBase + (long long)row * C3 + streamChunk(C3), kBase, C3, T - row);
+        }
+        commitCopies();
+        // dS (16 queries, 16 keys of group g) = the stored dS^T fragment transposed: its 8x8 parts
+        // (keys, queries) [0 2; 1 3] become (queries, keys) [0^T 1^T; 2^T 3^T].
+        unsigned a[4][4];
+#pragma unroll
+        for (int g = 0; g < 4; g++) {
+            a[g][0] = transposeMatrix(next[g].x);
+            a[g][1] = transposeMatrix(next[g].z);
+            a[g][2] = transposeMatrix(next[g].y);
+            a[g][3] = transposeMatrix(next[g].w);
+        }
+        const bool diagonal = kt == qt;
+        if (kt < qt) loadPair(next, kt + 1);  // in flight during this tile's product
+        waitAllButLatest();  // k tile kt
+        __syncthreads();
+        // On the diagonal, key groups past the warp's own hold keys after all its queries (zero dS,
+        // never written).
+        multiplyAccumulate<4>(dq, a, kBT + cur, diagonal ? warp : 4);
+        __syncthreads();  // every warp is done with buffer kt % 2 before tile kt + 2 goes there
+    }
+    storeRows(dqkv + (long long)b * T * C3 + h * FA_HS, C3, dq, 0.125f, qt * FA_ROWS + warp * 16, T, lane);
+}
+
+// dsum (B, NH, T) = D, the rowsum of dout * out over each head's 64 channels, which the key/value
+// kernel reads (the query kernel writes it itself). Eight lanes per (b, t, h) row, 8 channels (16
+// bytes of each input) apiece; rows in memory order. Block 128 (16 rows), grid ceil(B T NH / 16).
+extern "C" __global__ void __launch_bounds__(FA_THREADS)
+flash_attention_backward_rowsum(float* dsum, const bf16* out, const bf16* dout, int B, int T, int NH) {
+    const long long row = ((long long)blockIdx.x * FA_THREADS + threadIdx.x) / 8;  // (b * T + t) * NH + h
+    const bool valid = row < (long long)B * T * NH;
+    const int part = threadIdx.x % 8;
+    float d = 0.0f;
+    if (valid) {
+        const uint4 o = *(const uint4*)(out + row * FA_HS + part * 8), g = *(const uint4*)(dout + row * FA_HS + part * 8);
+        const unsigned ow[4] = {o.x, o.y, o.z, o.w}, gw[4] = {g.x, g.y, g.z, g.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            d += __uint_as_float(ow[i] << 16) * __uint_as_float(gw[i] << 16);
+            d += __uint_as_float(ow[i] & 0xffff0000U) * __uint_as_float(gw[i] & 0xffff0000U);
+        }
+    }
+    d += __shfl_xor_sync(0xffffffffU, d, 4);
+    d += __shfl_xor_sync(0xffffffffU, d, 2);
+    d += __shfl_xor_sync(0xffffffffU, d, 1);
+    if (valid && part == 0) {
+        const int h = (int)(row % NH), t = (int)((row / NH) % T);
+        const long long b = row / ((long long)NH * T);
+        dsum[(b * NH + h) * T + t] = d;
+    }
 }
 
 #endif
