@@ -56,7 +56,9 @@ enum AlgoConfig: Int32, CaseIterable {
 let CUBLASLT_ALGO_CAP_SPLITK_SUPPORT: Int32 = 0
 let CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK: Int32 = 1
 let CUBLASLT_ALGO_CAP_CTA_SWIZZLING_SUPPORT: Int32 = 2
+let CUBLASLT_ALGO_CAP_TILE_IDS: Int32 = 6          // uint32 array
 let CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX: Int32 = 7
+let CUBLASLT_ALGO_CAP_STAGES_IDS: Int32 = 13       // uint32 array
 /// Split-K partial products summed in the compute type (fp32) in the workspace: one rounding, as without a split.
 let CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE: UInt32 = 2
 
@@ -104,6 +106,21 @@ public final class CuBLASLt {
         var value: UInt32 = 0
         let r = algo.withUnsafeBytes { a in withUnsafeMutableBytes(of: &value) { algoCapGetAttribute(a.baseAddress!, attribute, $0.baseAddress!, 4, nil) } }
         return r == 0 ? value : 0
+    }
+
+    /// An array capability of an algorithm (its tile or stages ids; empty where cuBLASLt does not answer).
+    func capabilities(_ algo: [UInt8], _ attribute: Int32) -> [UInt32] {
+        var written = 0
+        let r = algo.withUnsafeBytes { a -> Int32 in
+            var none: UInt32 = 0
+            return withUnsafeMutableBytes(of: &none) { algoCapGetAttribute(a.baseAddress!, attribute, $0.baseAddress!, 0, &written) }
+        }
+        guard r == 0, written >= 4 else { return [] }
+        var values = [UInt32](repeating: 0, count: written / 4)
+        let r2 = algo.withUnsafeBytes { a in
+            values.withUnsafeMutableBytes { algoCapGetAttribute(a.baseAddress!, attribute, $0.baseAddress!, written, nil) }
+        }
+        return r2 == 0 ? values : []
     }
 
     /// One configuration attribute of an algorithm (0 where cuBLASLt does not answer).
@@ -217,7 +234,9 @@ public final class MatmulEngine {
     struct Plan { let desc: OpaquePointer; let a: OpaquePointer; let b: OpaquePointer; let d: OpaquePointer; var algo: [UInt8] }
     var plans: [MatmulShape: Plan] = [:]
     let tune = environmentValue("LLM_MATMUL_TUNE") != "0"
-    let verbose = environmentValue("LLM_MATMUL_TUNE") == "verbose"
+    let verbose = environmentValue("LLM_MATMUL_TUNE")?.contains("verbose") ?? false
+    /// Also every tile, stages and cluster shape cuBLASLt accepts for the heuristic's algorithm ids.
+    let wide = environmentValue("LLM_MATMUL_TUNE")?.contains("wide") ?? false
     /// Chosen algorithms, by `choiceKey`, from and to `choicesPath`.
     var choices: [String: [UInt8]] = [:]
     let choicesPath: String
@@ -362,6 +381,28 @@ public final class MatmulEngine {
             }
             for case let v? in variants where fits(v, p) && seen.insert(lt.describe(v)).inserted { out.append(v) }
         }
+        if wide {
+            // The heuristic proposes a few tile and stage counts per algorithm id; the kernels that
+            // cuBLASLt has for a shape are many more (tiles x stages x cluster shapes). Each id's
+            // first proposal is the base whose other settings the variants keep.
+            var ids = Set<UInt32>()
+            for base in heuristic where ids.insert(lt.config(base, .id)).inserted {
+                let tiles = lt.capabilities(base, CUBLASLT_ALGO_CAP_TILE_IDS)
+                let stages = lt.capabilities(base, CUBLASLT_ALGO_CAP_STAGES_IDS)
+                // cublasLtClusterShape_t: 0 auto, 2 1x1x1, 3 2x1x1, 4 4x1x1, 5 1x2x1, 6 2x2x1; 1 is undefined.
+                let clusters: [UInt32] = lt.config(base, .clusterShape) == 0 ? [0] : [0, 2, 3, 4, 5, 6]
+                for tile in tiles.isEmpty ? [lt.config(base, .tile)] : tiles {
+                    for stage in stages.isEmpty ? [lt.config(base, .stages)] : stages {
+                        for cluster in clusters {
+                            guard let t = lt.configured(base, .tile, tile), let st = lt.configured(t, .stages, stage),
+                                  let v = cluster == lt.config(base, .clusterShape) ? st : lt.configured(st, .clusterShape, cluster),
+                                  seen.insert(lt.describe(v)).inserted, fits(v, p) else { continue }
+                            out.append(v)
+                        }
+                    }
+                }
+            }
+        }
         return out
     }
 
@@ -396,7 +437,12 @@ public final class MatmulEngine {
             try device.record(end)
             return try device.elapsedMilliseconds(start, end) / Float(runs)
         }
-        var times = try list.map { try time($0, runs: 2) }
+        var times = try list.map { try time($0, runs: list.count > 64 ? 1 : 2) }
+        if list.count > 64 {  // a wide search: the best 16 of one run each get two more
+            for i in times.indices.sorted(by: { times[$0] < times[$1] }).prefix(16) where times[i].isFinite {
+                times[i] = try time(list[i], runs: 2)
+            }
+        }
         let finalists = times.indices.sorted { times[$0] < times[$1] }.prefix(4)
         for i in finalists where times[i].isFinite { times[i] = try time(list[i], runs: 10) }
         let best = finalists.min { times[$0] < times[$1] }!
