@@ -221,8 +221,9 @@ extension MatmulShape {
 /// The chosen algorithm (its opaque bytes, which cuBLASLt lets a program keep and reuse with the same
 /// library version) is written to the kernel cache, `matmul-algorithms-<GPU>-cublasLt<version>.txt`,
 /// and later runs on the machine take it from there: the same algorithms, so the same bits run to
-/// run and across a resume. $LLM_MATMUL_TUNE=0 keeps the heuristic's first choice; =verbose prints
-/// each shape's timings.
+/// run and across a resume. $LLM_MATMUL_TUNE=0 keeps the heuristic's first choice; =wide also times
+/// every tile x stages x cluster shape of the heuristic's algorithm ids (about a minute at d12, so
+/// not the default); =verbose (or wide,verbose) prints each shape's timings.
 public final class MatmulEngine {
     let lt: CuBLASLt
     let device: CUDADevice
