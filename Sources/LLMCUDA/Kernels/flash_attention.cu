@@ -7,7 +7,8 @@
 // backward split so that every output has one writer: key-major for dk and dv, query-major for dq.
 // The backward runs D = rowsum(dout * out) first, then the key/value kernel, which also stores each
 // (key tile, query tile) pair's dS in bf16, then the dq kernel, one product per pair over that dS:
-// 5 products in all, at the price of dS through memory (~0.8 GiB at d12, B=64, T=1024). The query
+// 5 products in all, at the price of dS through memory (~0.8 GiB at d12, B=64, T=1024, which the
+// model keeps in its logits buffer, free during the layers' backward). The query
 // kernel, which recomputes s and dp for dq (7 products, no dS buffer, writes D itself), remains for
 // LLM_FLASH_DQ=0. What makes them fast:
 // - the 1/8 * log2(e) score scale folds into the exponent's FFMA (the maximum is taken on raw scores);
