@@ -8,8 +8,8 @@
 // The backward runs D = rowsum(dout * out) first, then the key/value kernel, which also stores each
 // (key tile, query tile) pair's dS in bf16, then the dq kernel, one product per pair over that dS:
 // 5 products in all, at the price of dS through memory (~0.8 GiB at d12, B=64, T=1024, which the
-// model keeps in its logits buffer, free during the layers' backward). The query
-// kernel, which recomputes s and dp for dq (7 products, no dS buffer, writes D itself), remains for
+// model keeps in its logits buffer, free during the layers' backward). The query kernel, which
+// recomputes s and dp for dq (7 products, no dS buffer, writes D itself), remains for
 // LLM_FLASH_DQ=0. What makes them fast:
 // - the 1/8 * log2(e) score scale folds into the exponent's FFMA (the maximum is taken on raw scores);
 // - the forward's row sums are one more tensor-core product (P times ones), not FADDs;
@@ -83,8 +83,8 @@ __device__ __forceinline__ unsigned transposeMatrix(unsigned a) {
     return r;
 }
 
-// 16 bytes to global memory marked streaming (evict first): dS, written once and read once, then
-// does not push the q, k, v and dout tiles that blocks share out of the L2 (-3 ms per step, run S6-3).
+// 16 bytes to global memory marked streaming (evict first): dS is written once and read once, and
+// so does not push the q, k, v and dout tiles that blocks share out of the L2 (-3 ms per step, run S6-3).
 __device__ __forceinline__ void storeStreaming(bf16* p, uint4 v) {
     asm volatile("st.global.cs.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
 }
