@@ -67,6 +67,16 @@ let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().delet
     }
 }
 
+@Test func flashBackwardDSBufferHoldsEveryCausalTilePair() {
+    // One 64 x 64 bf16 tile (8 KiB) per (key tile, query tile) pair with key tile <= query tile.
+    #expect(CUDAModel.flashDSBytes(B: 1, T: 64, NH: 1) == 8192)
+    #expect(CUDAModel.flashDSBytes(B: 1, T: 65, NH: 1) == 3 * 8192)         // 2 tiles: 3 pairs
+    #expect(CUDAModel.flashDSBytes(B: 2, T: 1024, NH: 12) == 2 * 12 * 136 * 8192)  // 16 tiles: 136 pairs
+    // d12 at B=64, T=1024: what the logits buffer grows to from one chunk of 8192 rows of the
+    // padded vocabulary (824.2 MB).
+    #expect(CUDAModel.flashDSBytes(B: 64, T: 1024, NH: 12) == 855_638_016)
+}
+
 @Test func pointerAlignmentForCuBLASLt() {
     #expect(pointerAlignment(0) == 256)
     #expect(pointerAlignment(0x7f00_0000_0000) == 256)
