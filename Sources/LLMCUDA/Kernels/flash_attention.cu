@@ -89,6 +89,13 @@ __device__ __forceinline__ void storeStreaming(bf16* p, uint4 v) {
     asm volatile("st.global.cs.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
 }
 
+// Offset (elements) of pair (kt, qt)'s 64 x 64 dS in the stored-dS buffer of head b * NH + h:
+// (B, NH, pairs, 4096), pairs = tiles (tiles + 1) / 2 in query-tile-major order. CUDAModel's
+// flashDSBytes sizes the buffer the same way.
+__device__ __forceinline__ long long dsPair(int b, int h, int NH, int tiles, int qt, int kt) {
+    return ((((long long)b * NH + h) * (tiles * (tiles + 1) / 2) + qt * (qt + 1) / 2 + kt) << 12);
+}
+
 // MARK: - Tiles and fragments
 //
 // A warp owns 16 rows of a 64-row block. Its (16, 64) fp32 accumulators are 8 "n-tiles" of 8
@@ -588,8 +595,7 @@ __device__ __forceinline__ void keyValueBlock(bf16* flashShared, bf16* dqkv, bf1
         }
         const float* rowLse = lseTiles + buf * FA_ROWS;
         const float* rowD = dTiles + buf * FA_ROWS;
-        bf16* pairDS = STORE_DS ? dS + ((((long long)b * NH + h) * (tiles * (tiles + 1) / 2) + qt * (qt + 1) / 2 + kt) << 12)
-                                : nullptr;
+        bf16* pairDS = STORE_DS ? dS + dsPair(b, h, NH, tiles, qt, kt) : nullptr;
         if (qt == kt || (qt + 1) * FA_ROWS > T)
             keyValueTile<true>(dk, dv, k, v, qB + buffer, gB + buffer, qBT + buffer, gBT + buffer, rowLse, rowD,
                                qt == kt, qt * FA_ROWS, keyBase, T, warp, lane, pairDS);
@@ -610,10 +616,9 @@ flash_attention_backward_key_value(bf16* dqkv, const bf16* qkv, const bf16* dout
     keyValueBlock<false>(flashShared, dqkv, nullptr, qkv, dout, lse, dsum, T, NH);
 }
 
-// The key/value kernel that also writes dS (B, NH, pairs, 64 x 64) bf16, pairs = tiles (tiles + 1) / 2
-// in query-tile-major order (pair qt (qt + 1) / 2 + kt), each pair as 16 (16, 16) A fragments of
-// dS^T (fragment warp * 4 + query group: 32 lanes x 16 bytes). Fragments that the kernel skips on
-// the diagonal (all queries before all keys) are left unwritten.
+// The key/value kernel that also writes dS (dsPair's layout), each pair as 16 (16, 16) A fragments
+// of dS^T (fragment warp * 4 + query group: 32 lanes x 16 bytes). Fragments that the kernel skips
+// on the diagonal (all queries before all keys) are left unwritten.
 extern "C" __global__ void __launch_bounds__(FA_THREADS, 3)
 flash_attention_backward_key_value_ds(bf16* dqkv, bf16* dS, const bf16* qkv, const bf16* dout, const float* lse,
                                       const float* dsum, int T, int NH) {
@@ -638,8 +643,7 @@ flash_attention_backward_dq(bf16* dqkv, const bf16* dS, const bf16* qkv, int T, 
     const bf16* kBase = qkv + (long long)b * T * C3 + C + h * FA_HS;
     const unsigned kBT = sharedAddress(flashShared) + laneRowsBT(lane);
     // This warp's fragment of pair (qt, 0) key group 0; key group g is 4 * 32 * 8 elements further.
-    const bf16* pairs = dS + (((((long long)b * NH + h) * (tiles * (tiles + 1) / 2) + qt * (qt + 1) / 2) << 12)
-                              + (warp * 32 + lane) * 8);
+    const bf16* pairs = dS + dsPair(b, h, NH, tiles, qt, 0) + (warp * 32 + lane) * 8;
     loadTile(flashShared, kBase, C3, 0, T);
     commitCopies();
     // The fragments of pair j (on the diagonal only key groups <= warp: the others are not written).
