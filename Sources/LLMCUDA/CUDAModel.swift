@@ -101,8 +101,8 @@ public final class CUDAModel: GPT2Backend {
     let scratchBTC: CUdeviceptr  // (B, T, C)
     let scratchBT4C: CUdeviceptr // (B, T, 4C), also dqkv (B, T, 3C) and dwteSum
     let attDsum: CUdeviceptr     // (B, NH, T) fp32
-    let attDS: CUdeviceptr       // (B, NH, pairs, 64 x 64) bf16: the flash backward's dS (flashDSBytes) in
-                                 // logitsBuffer, or 0
+    /// (B, NH, pairs, 64 x 64) bf16: the flash backward's dS (flashDSBytes), in logitsBuffer, or 0.
+    var attDS: CUdeviceptr { storedDS ? logitsBuffer : 0 }
     let dwteSum: CUdeviceptr     // (Vp, C) fp32, bf16 only: the LM head's dwte summed over the classifier's
                                  // chunks; scratchBT4C where that is large enough (free then), else its own
     let partials: CUdeviceptr    // fp32 per-block partial sums
@@ -264,7 +264,6 @@ public final class CUDAModel: GPT2Backend {
         dresidual = views[19]; scratchBTC = views[20]; scratchBT4C = views[21]; attDsum = views[22]
         fchGelu = recompute >= 1 ? scratchBT4C : views[12]
         dwteSum = precision == .bf16 ? (dwteSumOwn ? views[23] : scratchBT4C) : 0
-        attDS = storedDS ? logitsBuffer : 0
 
         // layernorm_backward's partials, then bias_backward's: apart, as the two run at once when the
         // bias sums are on the side stream. The gradient norm uses the start (neither runs then).
