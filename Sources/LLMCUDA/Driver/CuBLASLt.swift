@@ -408,9 +408,9 @@ public final class MatmulEngine {
     }
 
     /// Times each candidate algorithm of a new shape on its real operands (D is written: the
-    /// products that accumulate get a scratch D): all of them twice, then the four fastest ten
-    /// times each (one noisy pair of runs should not decide). Remembers the fastest in the choices
-    /// file and returns it.
+    /// products that accumulate get a scratch D): all of them twice (a wide search, hundreds of
+    /// candidates: once, then the best 16 twice more), then the four fastest ten times each (one
+    /// noisy pair of runs should not decide). Remembers the fastest in the choices file and returns it.
     func fastestAlgorithm(_ list: [[UInt8]], _ s: MatmulShape, _ plan: Plan, d: CUdeviceptr, a: CUdeviceptr,
                           b: CUdeviceptr) throws -> [UInt8] {
         var target = d, scratch: CUdeviceptr = 0
@@ -438,8 +438,8 @@ public final class MatmulEngine {
             try device.record(end)
             return try device.elapsedMilliseconds(start, end) / Float(runs)
         }
-        var times = try list.map { try time($0, runs: list.count > 64 ? 1 : 2) }
-        if list.count > 64 {  // a wide search: the best 16 of one run each get two more
+        var times = try list.map { try time($0, runs: wide ? 1 : 2) }
+        if wide {  // the best 16 of one run each get two more
             for i in times.indices.sorted(by: { times[$0] < times[$1] }).prefix(16) where times[i].isFinite {
                 times[i] = try time(list[i], runs: 2)
             }
