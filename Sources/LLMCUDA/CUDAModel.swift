@@ -536,9 +536,15 @@ public final class CUDAModel: GPT2Backend {
     func layerNormBackward(dinp: CUdeviceptr, dweight: CUdeviceptr, dbias: CUdeviceptr, dout: CUdeviceptr,
                            inp: CUdeviceptr, weight: CUdeviceptr, mean: CUdeviceptr, rstd: CUdeviceptr,
                            N: Int, C: Int) throws {
-        let warps = 8  // 512 blocks x 8 warps: up to 4 blocks (32 rows in flight) per SM, as its shared memory allows at C=768
-        let blocks = min(CUDAModel.lnBackwardBlocks, (N + warps - 1) / warps)
-        try launch("layernorm_backward", grid: (blocks, 1, 1), block: (32 * warps, 1, 1), shared: warps * 2 * C * 4,
+        // 8 warps per block; at most 512 blocks, and no more than fit on the GPU at once: each block's
+        // sums take 2C floats per warp of shared memory, so an H100 holds 4 blocks per SM at C=768
+        // (512 blocks in one wave) but 3 at C=1024, where 512 blocks would make a second, mostly
+        // empty wave (d24's layernorm backward ran 0.168 ms a call, no faster than d12's with 1.5x
+        // the bytes).
+        let warps = 8, shared = warps * 2 * C * 4
+        let resident = device.multiprocessorCount * device.blocksPerMultiprocessor(sharedBytes: shared)
+        let blocks = min(CUDAModel.lnBackwardBlocks, resident, (N + warps - 1) / warps)
+        try launch("layernorm_backward", grid: (blocks, 1, 1), block: (32 * warps, 1, 1), shared: shared,
                    [.ptr(dinp), .ptr(dweight), .ptr(dbias), .ptr(partials), .ptr(reductionCounters), .ptr(dout),
                     .ptr(inp), .ptr(weight), .ptr(mean), .ptr(rstd), .i32(Int32(N)), .i32(Int32(C)),
                     .i32(Int32(CUDAModel.lnBackwardGroupBlocks))])

@@ -43,7 +43,9 @@ public enum CUDeviceAttribute: Int32 {
     case multiprocessorCount = 16
     case computeCapabilityMajor = 75
     case computeCapabilityMinor = 76
+    case maxSharedMemoryPerMultiprocessor = 81
     case maxSharedMemoryPerBlockOptin = 97
+    case reservedSharedMemoryPerBlock = 111
 }
 
 // MARK: - Driver
@@ -174,6 +176,9 @@ public final class CUDADevice {
     public let computeCapability: (major: Int, minor: Int)
     public let multiprocessorCount: Int
     public let maxSharedMemoryPerBlock: Int
+    /// Shared memory of one SM, and what the driver reserves of it for each resident block.
+    public let sharedMemoryPerMultiprocessor: Int
+    public let reservedSharedMemoryPerBlock: Int
     let context: CUhandle
     /// The stream work is queued on: the main stream, or the side stream inside `onSideStream`.
     public var stream: CUhandle { onSide ? sideStream : mainStream }
@@ -210,6 +215,8 @@ public final class CUDADevice {
         computeCapability = (try attr(.computeCapabilityMajor), try attr(.computeCapabilityMinor))
         multiprocessorCount = try attr(.multiprocessorCount)
         maxSharedMemoryPerBlock = try attr(.maxSharedMemoryPerBlockOptin)
+        sharedMemoryPerMultiprocessor = try attr(.maxSharedMemoryPerMultiprocessor)
+        reservedSharedMemoryPerBlock = try attr(.reservedSharedMemoryPerBlock)
         var ctx: CUhandle? = nil
         try d.check(d.cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain")
         context = ctx!
@@ -222,6 +229,12 @@ public final class CUDADevice {
         var e: CUhandle? = nil
         try d.check(d.cuEventCreate(&e, 2 /* CU_EVENT_DISABLE_TIMING */), "cuEventCreate")
         forkEvent = e!
+    }
+
+    /// How many blocks that each use `sharedBytes` of dynamic shared memory fit on one SM at once,
+    /// as far as shared memory decides (at least 1).
+    public func blocksPerMultiprocessor(sharedBytes: Int) -> Int {
+        max(1, sharedMemoryPerMultiprocessor / (sharedBytes + reservedSharedMemoryPerBlock))
     }
 
     /// "sm_90" for an H100.
