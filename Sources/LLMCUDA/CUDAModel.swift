@@ -490,8 +490,19 @@ public final class CUDAModel: GPT2Backend {
             var fused = dinpShape
             fused.epilogue = .geluGradient
             do {
-                try matmul.run(fused, d: dinp, a: weight, b: dout, aux: g)
-                geluFused = true
+                // The DGELU epilogue saves gelu_backward's pass over dinp, but cuBLASLt's kernels
+                // with it are not fast for every shape (H100, run S7-4: d24's 0.86 ms against 0.37
+                // for the plain product + 0.26 for the kernel; d12's 0.64 against ~0.83): the
+                // faster way is timed once per shape and kept with the matmul choices.
+                try matmul.fastest("bf16 " + fused.profileName, [
+                    { try self.matmul.run(fused, d: dinp, a: weight, b: dout, aux: g) },
+                    {
+                        try self.matmul.run(dinpShape, d: dinp, a: weight, b: dout)
+                        try self.launch1D("gelu_backward", count: N * K / self.pack,
+                                          [.ptr(dinp), .ptr(g), .ptr(dinp), .i64(Int64(N * K))])
+                    },
+                ])
+                geluFused = true  // either way dinp is now the GELU input's gradient
             } catch let e as LLMError {
                 fusedGELU = false
                 fputs("cuda model: GELU epilogues off (\(e.message))\n", stderr)

@@ -21,6 +21,24 @@ let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().delet
     #expect(KernelSources.headers.map(\.name) == ["common.cuh"])
 }
 
+@Test func matmulChoicesFileKeepsAlgorithmsAndWays() {
+    let algo = (0 ..< 64).map { UInt8($0 * 3 % 256) }
+    let algorithms = ["0 4096x32768x1024 NN align 16 16 16 16 16": algo]
+    let ways = ["bf16 4096x32768x1024 NN dgelu": 1, "bf16 3072x65536x768 NN dgelu": 0]
+    let text = MatmulEngine.formatChoices(algorithms: algorithms, ways: ways)
+    // Algorithms first, then the ways, each sorted: the file is the same bits for the same choices.
+    #expect(text.split(separator: "\n").map { String($0.prefix(4)) } == ["0 40", "way ", "way "])
+    #expect(text.hasSuffix("way bf16 3072x65536x768 NN dgelu 0\nway bf16 4096x32768x1024 NN dgelu 1\n"))
+    let back = MatmulEngine.parseChoices(text)
+    #expect(back.algorithms == algorithms)
+    #expect(back.ways == ways)
+    // Lines that do not parse are dropped (retuned), not fatal: a short algorithm, a way that is not
+    // a non-negative index, no space at all.
+    let damaged = MatmulEngine.parseChoices(text + "k 0a0b\nway k x\nway k -1\nnospace\n")
+    #expect(damaged.algorithms == algorithms)
+    #expect(damaged.ways == ways)
+}
+
 @Test func cacheKeyDependsOnEverythingThatMakesTheCubin() {
     let o = KernelSources.options(arch: "sm_90", precision: .bf16)
     let k = KernelSources.cacheKey(module: "a.cu", source: "x", options: o, arch: "sm_90")

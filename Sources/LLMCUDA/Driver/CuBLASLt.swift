@@ -240,6 +240,8 @@ public final class MatmulEngine {
     let wide = environmentValue("LLM_MATMUL_TUNE")?.contains("wide") ?? false
     /// Chosen algorithms, by `choiceKey`, from and to `choicesPath`.
     var choices: [String: [UInt8]] = [:]
+    /// `fastest`'s choices (the index of the way chosen), by its key; in the same file.
+    var ways: [String: Int] = [:]
     let choicesPath: String
 
     /// `bf16`: bf16 in/out; else fp32 in/out. Both accumulate in fp32 (CUBLAS_COMPUTE_32F, no TF32).
@@ -255,13 +257,70 @@ public final class MatmulEngine {
         let gpu = String(device.name.map { $0.isLetter || $0.isNumber ? $0 : "-" })
         choicesPath = KernelCache.directory() + "/matmul-algorithms-\(gpu)-cublasLt\(lt.getVersion?() ?? 0).txt"
         if tune, let bytes = try? readFileBytes(choicesPath) {
-            // "<key> <128 hex digits>" per line; a line that does not parse is retuned.
-            for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
-                guard let space = line.lastIndex(of: " "), let algo = bytesFromHex(line[line.index(after: space)...]),
-                      algo.count == algoBytes else { continue }
-                choices[String(line[..<space])] = algo
+            (choices, ways) = MatmulEngine.parseChoices(String(decoding: bytes, as: UTF8.self))
+        }
+    }
+
+    /// The choices file: "<key> <128 hex digits>" per chosen algorithm, "way <key> <index>" per
+    /// `fastest` choice, sorted. A line that does not parse is dropped (that shape is retuned).
+    static func parseChoices(_ text: String) -> (algorithms: [String: [UInt8]], ways: [String: Int]) {
+        var algorithms: [String: [UInt8]] = [:], ways: [String: Int] = [:]
+        for line in text.split(separator: "\n") {
+            guard let space = line.lastIndex(of: " ") else { continue }
+            let key = String(line[..<space]), value = line[line.index(after: space)...]
+            if key.hasPrefix("way ") {
+                if let index = Int(value), index >= 0 { ways[String(key.dropFirst(4))] = index }
+            } else if let algo = bytesFromHex(value), algo.count == algoBytes {
+                algorithms[key] = algo
             }
         }
+        return (algorithms, ways)
+    }
+    static func formatChoices(algorithms: [String: [UInt8]], ways: [String: Int]) -> String {
+        algorithms.keys.sorted().map { "\($0) \(hexFromBytes(algorithms[$0]!))\n" }.joined()
+            + ways.keys.sorted().map { "way \($0) \(ways[$0]!)\n" }.joined()
+    }
+
+    /// Writes every choice to the choices file (atomically; a read-only cache only costs a retune).
+    func saveChoices() {
+        KernelCache.makeDirectories(KernelCache.directory())
+        try? writeFileAtomically(choicesPath, Array(MatmulEngine.formatChoices(algorithms: choices, ways: ways).utf8))
+    }
+
+    /// Runs the fastest of several ways to compute the same outputs from the same inputs (each a
+    /// closure that queues its work on the device's stream) and returns its index. Which is fastest
+    /// is timed once (a warm-up and 5 runs each, nothing else running) and kept in the choices file
+    /// under `key`, so that later runs make the same choice and give the same bits; the chosen way
+    /// runs last, so the outputs are its own. Untuned, the first way.
+    @discardableResult
+    public func fastest(_ key: String, _ options: [() throws -> Void]) throws -> Int {
+        if let kept = ways[key], options.indices.contains(kept) {
+            try options[kept]()
+            return kept
+        }
+        guard tune, options.count > 1 else {
+            try options[0]()
+            return 0
+        }
+        try device.synchronize()
+        let start = try device.makeEvent(), end = try device.makeEvent()
+        var times: [Float] = []
+        for option in options {
+            try option()
+            try device.record(start)
+            for _ in 0 ..< 5 { try option() }
+            try device.record(end)
+            times.append(try device.elapsedMilliseconds(start, end) / 5)
+        }
+        let best = times.indices.min { times[$0] < times[$1] }!
+        ways[key] = best
+        saveChoices()
+        if verbose {
+            fputs("matmul tune \(key): " + times.map { format("%.4f", Double($0)) }.joined(separator: " / ")
+                  + " ms, way \(best) chosen\n", stderr)
+        }
+        try options[best]()
+        return best
     }
 
     /// Everything that decides which algorithms can run a shape.
@@ -448,9 +507,7 @@ public final class MatmulEngine {
         for i in finalists where times[i].isFinite { times[i] = try time(list[i], runs: 10) }
         let best = finalists.min { times[$0] < times[$1] }!
         choices[choiceKey(s)] = list[best]
-        let text = choices.keys.sorted().map { "\($0) \(hexFromBytes(choices[$0]!))\n" }.joined()
-        KernelCache.makeDirectories(KernelCache.directory())
-        try? writeFileAtomically(choicesPath, Array(text.utf8))  // a read-only cache only costs a retune
+        saveChoices()
         if verbose {  // the first 8 of the heuristic's list were the whole search before the variants
             let firstEight = times.prefix(8).min()!
             fputs("matmul tune " + s.profileName
