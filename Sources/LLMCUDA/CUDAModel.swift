@@ -491,9 +491,9 @@ public final class CUDAModel: GPT2Backend {
             fused.epilogue = .geluGradient
             do {
                 // The DGELU epilogue saves gelu_backward's pass over dinp, but cuBLASLt's kernels
-                // with it are not fast for every shape (H100, run S7-4: d24's 0.86 ms against 0.37
-                // for the plain product + 0.26 for the kernel; d12's 0.64 against ~0.83): the
-                // faster way is timed once per shape and kept with the matmul choices.
+                // with it are not fast for every shape (H100, run S7-7: d24's 0.83 ms against 0.60
+                // for the plain product + the kernel; d12's 0.62 against 0.78): the faster way is
+                // timed once per shape and kept with the matmul choices.
                 try matmul.fastest("bf16 " + fused.profileName, [
                     { try self.matmul.run(fused, d: dinp, a: weight, b: dout, aux: g) },
                     {

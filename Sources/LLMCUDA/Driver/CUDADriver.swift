@@ -357,6 +357,9 @@ public final class CUDADevice {
         return e!
     }
 
+    /// Frees an event of makeEvent (queued work that records it may still be running).
+    public func destroyEvent(_ e: CUhandle) { _ = driver.cuEventDestroy(e) }
+
     public func record(_ e: CUhandle) throws {
         try driver.check(driver.cuEventRecord(e, stream), "cuEventRecord")
     }

@@ -304,6 +304,7 @@ public final class MatmulEngine {
         }
         try device.synchronize()
         let start = try device.makeEvent(), end = try device.makeEvent()
+        defer { device.destroyEvent(start); device.destroyEvent(end) }
         var times: [Float] = []
         for option in options {
             try option()
@@ -483,6 +484,7 @@ public final class MatmulEngine {
         // Nothing else may run while the candidates are timed (work on the other stream would).
         try device.synchronize()
         let start = try device.makeEvent(), end = try device.makeEvent()
+        defer { device.destroyEvent(start); device.destroyEvent(end) }
         var alpha: Float = 1, beta: Float = s.accumulate ? 1 : 0
         func time(_ algo: [UInt8], runs: Int) throws -> Float {
             func once() -> Bool {  // an algorithm that fails here is simply not chosen
