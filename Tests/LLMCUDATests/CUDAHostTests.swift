@@ -37,6 +37,13 @@ let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().delet
     let damaged = MatmulEngine.parseChoices(text + "k 0a0b\nway k x\nway k -1\nnospace\n")
     #expect(damaged.algorithms == algorithms)
     #expect(damaged.ways == ways)
+    // Saving over a file that another engine wrote since keeps its shapes; ours win where both chose.
+    let other = [UInt8](repeating: 7, count: 64)
+    let theirs = MatmulEngine.formatChoices(algorithms: ["1 768x768x65536 NT +=": other],
+                                            ways: ["bf16 4096x32768x1024 NN dgelu": 0, "fp32 x": 1])
+    let merged = MatmulEngine.parseChoices(MatmulEngine.mergedChoices(theirs, algorithms: algorithms, ways: ways))
+    #expect(merged.algorithms == ["1 768x768x65536 NT +=": other, "0 4096x32768x1024 NN align 16 16 16 16 16": algo])
+    #expect(merged.ways == ["bf16 4096x32768x1024 NN dgelu": 1, "bf16 3072x65536x768 NN dgelu": 0, "fp32 x": 1])
 }
 
 @Test func cacheKeyDependsOnEverythingThatMakesTheCubin() {

@@ -281,10 +281,21 @@ public final class MatmulEngine {
             + ways.keys.sorted().map { "way \($0) \(ways[$0]!)\n" }.joined()
     }
 
-    /// Writes every choice to the choices file (atomically; a read-only cache only costs a retune).
+    /// Writes every choice to the choices file (atomically; a read-only cache only costs a retune),
+    /// over what the file holds now: another engine (the self-test's bf16 and fp32 models, another
+    /// process) may have added shapes since this one read it, and they stay.
     func saveChoices() {
+        let now = (try? readFileBytes(choicesPath)).map { String(decoding: $0, as: UTF8.self) } ?? ""
         KernelCache.makeDirectories(KernelCache.directory())
-        try? writeFileAtomically(choicesPath, Array(MatmulEngine.formatChoices(algorithms: choices, ways: ways).utf8))
+        try? writeFileAtomically(choicesPath, Array(MatmulEngine.mergedChoices(now, algorithms: choices, ways: ways).utf8))
+    }
+
+    /// The choices file's text `file` with these choices added (where both have a key, these win).
+    static func mergedChoices(_ file: String, algorithms: [String: [UInt8]], ways: [String: Int]) -> String {
+        var (a, w) = parseChoices(file)
+        a.merge(algorithms) { _, ours in ours }
+        w.merge(ways) { _, ours in ours }
+        return formatChoices(algorithms: a, ways: w)
     }
 
     /// Runs the fastest of several ways to compute the same outputs from the same inputs (each a
