@@ -485,33 +485,32 @@ public final class CUDAModel: GPT2Backend {
         }
         if dinp == inp { try device.wait(for: weightGradients) }
         let dinpShape = MatmulShape(m: K, n: N, k: OC, transA: false, transB: false, bias: false, accumulate: false)
-        var geluFused = false
+        // The plain way: the product, then (with geluInput) gelu_backward over it.
+        func plainInputGradient() throws {
+            try matmul.run(dinpShape, d: dinp, a: weight, b: dout)
+            if let g = geluInput {
+                try launch1D("gelu_backward", count: N * K / pack, [.ptr(dinp), .ptr(g), .ptr(dinp), .i64(Int64(N * K))])
+            }
+        }
         if let g = geluInput, fusedGELU {
             var fused = dinpShape
             fused.epilogue = .geluGradient
             do {
                 // The DGELU epilogue saves gelu_backward's pass over dinp, but cuBLASLt's kernels
                 // with it are not fast for every shape (H100, run S7-7: d24's 0.83 ms against 0.60
-                // for the plain product + the kernel; d12's 0.62 against 0.78): the faster way is
-                // timed once per shape and kept with the matmul choices.
+                // for the plain way; d12's 0.62 against 0.78): the faster way is timed once per
+                // shape and kept with the matmul choices. Either way dinp is the GELU input's gradient.
                 try matmul.fastest("bf16 " + fused.profileName, [
                     { try self.matmul.run(fused, d: dinp, a: weight, b: dout, aux: g) },
-                    {
-                        try self.matmul.run(dinpShape, d: dinp, a: weight, b: dout)
-                        try self.launch1D("gelu_backward", count: N * K / self.pack,
-                                          [.ptr(dinp), .ptr(g), .ptr(dinp), .i64(Int64(N * K))])
-                    },
+                    plainInputGradient,
                 ])
-                geluFused = true  // either way dinp is now the GELU input's gradient
+                return weightGradients
             } catch let e as LLMError {
                 fusedGELU = false
                 fputs("cuda model: GELU epilogues off (\(e.message))\n", stderr)
             }
         }
-        if !geluFused { try matmul.run(dinpShape, d: dinp, a: weight, b: dout) }
-        if let g = geluInput, !geluFused {
-            try launch1D("gelu_backward", count: N * K / pack, [.ptr(dinp), .ptr(g), .ptr(dinp), .i64(Int64(N * K))])
-        }
+        try plainInputGradient()
         return weightGradients
     }
 

@@ -318,11 +318,8 @@ public final class MatmulEngine {
         defer { device.destroyEvent(start); device.destroyEvent(end) }
         var times: [Float] = []
         for option in options {
-            try option()
-            try device.record(start)
-            for _ in 0 ..< 5 { try option() }
-            try device.record(end)
-            times.append(try device.elapsedMilliseconds(start, end) / 5)
+            try option()  // the warm-up
+            times.append(try averageMilliseconds(start, end, runs: 5, option))
         }
         let best = times.indices.min { times[$0] < times[$1] }!
         ways[key] = best
@@ -333,6 +330,15 @@ public final class MatmulEngine {
         }
         try options[best]()
         return best
+    }
+
+    /// The mean time of `runs` runs of `body` (work queued on the device's stream), between the
+    /// events start and end; waits for them.
+    func averageMilliseconds(_ start: CUhandle, _ end: CUhandle, runs: Int, _ body: () throws -> Void) throws -> Float {
+        try device.record(start)
+        for _ in 0 ..< runs { try body() }
+        try device.record(end)
+        return try device.elapsedMilliseconds(start, end) / Float(runs)
     }
 
     /// Everything that decides which algorithms can run a shape.
@@ -505,10 +511,7 @@ public final class MatmulEngine {
                 }
             }
             guard once() else { return .infinity }  // also the warm-up
-            try device.record(start)
-            for _ in 0 ..< runs { _ = once() }
-            try device.record(end)
-            return try device.elapsedMilliseconds(start, end) / Float(runs)
+            return try averageMilliseconds(start, end, runs: runs) { _ = once() }
         }
         var times = try list.map { try time($0, runs: wide ? 1 : 2) }
         if wide {  // the best 16 of one run each get two more
