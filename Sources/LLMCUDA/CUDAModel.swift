@@ -106,11 +106,18 @@ public final class CUDAModel: GPT2Backend {
     let dwteSum: CUdeviceptr     // (Vp, C) fp32, bf16 only: the LM head's dwte summed over the classifier's
                                  // chunks; scratchBT4C where that is large enough (free then), else its own
     let partials: CUdeviceptr    // fp32 per-block partial sums
-    let biasPartials: CUdeviceptr  // bias_backward's part of them
     let partialFloats: Int
     let reductionCounters: CUdeviceptr  // (reductionCounterCount) uint32, zero between launches:
-                                        // layernorm_backward's (lnBackwardCounters), then bias_backward's
+                                        // layernorm_backward's (lnBackwardCounters), then the column sums'
     let reductionCounterCount: Int
+    /// The bias-gradient kernels' partials and counters (in partials and reductionCounters): one
+    /// set for the side stream's bias_backward, one for the main stream's gelu_backward_bias (and
+    /// the timing of the ways that use them), as the two may run at once.
+    let sideColumnSums: ColumnSumSpace
+    let mainColumnSums: ColumnSumSpace
+    /// (4C) floatX, in partials: the bias gradient that `matmul.fastest`'s timing runs add into,
+    /// as only the chosen way's last run may change the real one.
+    let timingBias: CUdeviceptr
     let tokens: CUdeviceptr      // (B, T) int32 inputs
     let targetsBuffer: CUdeviceptr  // (B, T) int32
     let buckets: CUdeviceptr     // 3 * B * T + 1 int32: wte-gradient buckets for the encoder backward
@@ -154,6 +161,9 @@ public final class CUDAModel: GPT2Backend {
     static let lnBackwardCounters = 1 + (lnBackwardBlocks + lnBackwardGroupBlocks - 1) / lnBackwardGroupBlocks
     static let normBlocks = 512
     static let maxBiasRowBlocks = 256
+
+    /// Partials (maxBiasRowBlocks, 4C) fp32 and counters (one per column block) of a column-sum kernel.
+    struct ColumnSumSpace { let partials: CUdeviceptr; let counters: CUdeviceptr; let counterCount: Int }
 
     /// `parameters`: N fp32 values in checkpoint order (these become the master weights).
     /// `classifierRows`: nil takes $LLM_CLASSIFIER_ROWS, else 8192.
@@ -265,16 +275,23 @@ public final class CUDAModel: GPT2Backend {
         fchGelu = recompute >= 1 ? scratchBT4C : views[12]
         dwteSum = precision == .bf16 ? (dwteSumOwn ? views[23] : scratchBT4C) : 0
 
-        // layernorm_backward's partials, then bias_backward's: apart, as the two run at once when the
-        // bias sums are on the side stream. The gradient norm uses the start (neither runs then).
+        // layernorm_backward's partials, then the side and main streams' column sums, then the
+        // timing bias: apart, as layernorm_backward and the bias sums run at once when the bias sums
+        // are on the side stream. The gradient norm uses the start (none of them runs then).
         let lnPartialFloats = (CUDAModel.lnBackwardBlocks + CUDAModel.lnBackwardCounters - 1) * 2 * C
-        partialFloats = max(lnPartialFloats + CUDAModel.maxBiasRowBlocks * 4 * C, CUDAModel.normBlocks + 1)
+        let columnSumFloats = CUDAModel.maxBiasRowBlocks * 4 * C
+        partialFloats = max(lnPartialFloats + 2 * columnSumFloats + 4 * C, CUDAModel.normBlocks + 1)
         partials = try device.allocate(bytes: partialFloats * 4, what: "reduction partials")
-        biasPartials = partials + UInt64(4 * lnPartialFloats)
         // Enough column blocks of 32 packs for the widest bias (4C) at the smallest pack (4, fp32).
-        reductionCounterCount = CUDAModel.lnBackwardCounters + (4 * C + 127) / 128
+        let columnBlocks = (4 * C + 127) / 128
+        reductionCounterCount = CUDAModel.lnBackwardCounters + 2 * columnBlocks
         reductionCounters = try device.allocate(bytes: reductionCounterCount * 4, what: "reduction counters")
         try device.zero(reductionCounters, bytes: reductionCounterCount * 4)
+        let sums = partials + UInt64(4 * lnPartialFloats), counters = reductionCounters + UInt64(4 * CUDAModel.lnBackwardCounters)
+        sideColumnSums = ColumnSumSpace(partials: sums, counters: counters, counterCount: columnBlocks)
+        mainColumnSums = ColumnSumSpace(partials: sums + UInt64(4 * columnSumFloats), counters: counters + UInt64(4 * columnBlocks),
+                                        counterCount: columnBlocks)
+        timingBias = sums + UInt64(4 * 2 * columnSumFloats)
         tokens = try device.allocate(bytes: BT * 4, what: "input tokens")
         targetsBuffer = try device.allocate(bytes: BT * 4, what: "target tokens")
         buckets = try device.allocate(bytes: (3 * BT + 1) * 4, what: "encoder buckets")
@@ -458,37 +475,37 @@ public final class CUDAModel: GPT2Backend {
 
     /// dinp (N, K) = dout (N, OC) . weight (OC, K); dweight (OC, K) += dout^T . inp; dbias (OC) += column sums.
     /// dweight and dbias are off the backward's critical path: they go to the device's side stream,
-    /// where they overlap the work queued after them (dinp first), and the result is what the caller
+    /// where they overlap the work queued after them (dinp first), and `side` is what the caller
     /// must `device.wait(for:)` before the main stream overwrites dout or inp. They come first, so
     /// dinp may be inp's own buffer (the recomputed GELU output): then it is waited for here. With
-    /// `geluInput` (N, K), the GELU input whose output was inp, dinp becomes the gradient of that input.
-    /// The same kernels run in the same order on each stream with or without the side stream:
-    /// the results are the same bits.
+    /// `geluInput` (N, K), the GELU input whose output was inp, dinp becomes the gradient of that
+    /// input; with `geluBias` (K) too, the bias gradient of the layer that made geluInput, the way
+    /// that applies GELU's backward in a kernel of its own also adds dinp's column sums to it
+    /// (gelu_backward_bias), which saves that layer's bias_backward a pass over dinp: `biasDone`
+    /// says whether it did. The same kernels run in the same order on each stream with or without
+    /// the side stream, and the bias sums in the same order in either kernel: the same bits.
     @discardableResult
     func matmulBackward(dinp: CUdeviceptr, dweight: CUdeviceptr, dbias: CUdeviceptr?, dout: CUdeviceptr,
                         inp: CUdeviceptr, weight: CUdeviceptr, N: Int, K: Int, OC: Int,
-                        geluInput: CUdeviceptr? = nil) throws -> CUDADevice.SideWork {
+                        geluInput: CUdeviceptr? = nil, geluBias: CUdeviceptr? = nil) throws
+        -> (side: CUDADevice.SideWork, biasDone: Bool) {
         let weightGradients = try device.onSideStream {
             try matmul.run(MatmulShape(m: K, n: OC, k: N, transA: false, transB: true, bias: false, accumulate: true),
                            d: dweight, a: inp, b: dout)
             guard let dbias = dbias else { return }
-            // Enough blocks to keep every SM streaming (each reads 32 packs of ~N/256 rows).
-            let rowBlocks = min(CUDAModel.maxBiasRowBlocks, (N + 63) / 64)
-            let rowsPerBlock = (N + rowBlocks - 1) / rowBlocks
-            let columnBlocks = (OC + 32 * pack - 1) / (32 * pack)
-            if CUDAModel.lnBackwardCounters + columnBlocks > reductionCounterCount {
-                throw LLMError("cuda model: a bias of \(OC) columns needs more reduction counters than allocated")
-            }
-            try launch("bias_backward", grid: (columnBlocks, rowBlocks, 1), block: (32, 8, 1),
-                       [.ptr(dbias), .ptr(biasPartials), .ptr(reductionCounters + UInt64(4 * CUDAModel.lnBackwardCounters)),
-                        .ptr(dout), .i32(Int32(N)), .i32(Int32(OC)), .i32(Int32(rowsPerBlock))])
+            try columnSums("bias_backward", space: sideColumnSums, dbias: dbias, N: N, OC: OC, [.ptr(dout)])
         }
         if dinp == inp { try device.wait(for: weightGradients) }
         let dinpShape = MatmulShape(m: K, n: N, k: OC, transA: false, transB: false, bias: false, accumulate: false)
-        // The plain way: the product, then (with geluInput) gelu_backward over it.
-        func plainInputGradient() throws {
+        // The plain way: the product, then (with geluInput) GELU's backward over it, adding the
+        // column sums to `bias` if given.
+        func plainInputGradient(bias: CUdeviceptr?) throws {
             try matmul.run(dinpShape, d: dinp, a: weight, b: dout)
-            if let g = geluInput {
+            guard let g = geluInput else { return }
+            if let bias {
+                try columnSums("gelu_backward_bias", space: mainColumnSums, dbias: bias, N: N, OC: K,
+                               [.ptr(dinp), .ptr(g), .ptr(dinp)])
+            } else {
                 try launch1D("gelu_backward", count: N * K / pack, [.ptr(dinp), .ptr(g), .ptr(dinp), .i64(Int64(N * K))])
             }
         }
@@ -498,20 +515,47 @@ public final class CUDAModel: GPT2Backend {
             do {
                 // The DGELU epilogue saves gelu_backward's pass over dinp, but cuBLASLt's kernels
                 // with it are not fast for every shape (H100, run S7-7: d24's 0.83 ms against 0.60
-                // for the plain way; d12's 0.62 against 0.78): the faster way is timed once per
-                // shape and kept with the matmul choices. Either way dinp is the GELU input's gradient.
-                try matmul.fastest("bf16 " + fused.profileName, [
-                    { try self.matmul.run(fused, d: dinp, a: weight, b: dout, aux: g) },
-                    plainInputGradient,
+                // for the plain way; d12's 0.62 against 0.78), and the plain way's GELU kernel also
+                // takes geluBias's sums, which the epilogue leaves to a bias_backward: the faster
+                // way, timed with its bias sums (into timingBias: only the final run's count), is
+                // chosen once per shape and kept with the matmul choices. Either way dinp is the
+                // GELU input's gradient.
+                let bias = geluBias
+                let way = try matmul.fastest("bf16 " + fused.profileName + (bias == nil ? "" : " bias"), [
+                    { final in
+                        try self.matmul.run(fused, d: dinp, a: weight, b: dout, aux: g)
+                        if !final, bias != nil {
+                            try self.columnSums("bias_backward", space: self.mainColumnSums, dbias: self.timingBias,
+                                                N: N, OC: K, [.ptr(dinp)])
+                        }
+                    },
+                    { final in try plainInputGradient(bias: bias.map { final ? $0 : self.timingBias }) },
                 ])
-                return weightGradients
+                return (weightGradients, bias != nil && way == 1)
             } catch let e as LLMError {
                 fusedGELU = false
                 fputs("cuda model: GELU epilogues off (\(e.message))\n", stderr)
             }
         }
-        try plainInputGradient()
-        return weightGradients
+        try plainInputGradient(bias: geluBias)
+        return (weightGradients, geluBias != nil && geluInput != nil)
+    }
+
+    /// dbias (OC) += column sums of an (N, OC) matrix, by `kernel` (bias_backward or
+    /// gelu_backward_bias: addColumnSums in common.cuh) with the partials and counters of `space`;
+    /// `args` are the kernel's own, between (dbias, partial, counters) and (N, OC, rowsPerBlock).
+    func columnSums(_ kernel: String, space: ColumnSumSpace, dbias: CUdeviceptr, N: Int, OC: Int,
+                    _ args: [KernelArgument]) throws {
+        // Enough blocks to keep every SM streaming (each reads 32 packs of ~N/256 rows).
+        let rowBlocks = min(CUDAModel.maxBiasRowBlocks, (N + 63) / 64)
+        let rowsPerBlock = (N + rowBlocks - 1) / rowBlocks
+        let columnBlocks = (OC + 32 * pack - 1) / (32 * pack)
+        if columnBlocks > space.counterCount {
+            throw LLMError("cuda model: a bias of \(OC) columns needs more reduction counters than allocated")
+        }
+        try launch(kernel, grid: (columnBlocks, rowBlocks, 1), block: (32, 8, 1),
+                   [.ptr(dbias), .ptr(space.partials), .ptr(space.counters)] + args
+                   + [.i32(Int32(N)), .i32(Int32(OC)), .i32(Int32(rowsPerBlock))])
     }
 
     func layerNormForward(_ out: CUdeviceptr, _ mean: CUdeviceptr, _ rstd: CUdeviceptr, _ inp: CUdeviceptr,
@@ -743,21 +787,23 @@ public final class CUDAModel: GPT2Backend {
             if recompute >= 1 {
                 try launch1D("gelu_forward", count: N * 4 * C / pack, [.ptr(geluL), .ptr(fchl), .i64(Int64(N * 4 * C))])
             }
-            let fcprojSide = try matmulBackward(dinp: scratchBT4C, dweight: g(.fcprojw), dbias: g(.fcprojb), dout: dresidual,
-                                                inp: geluL, weight: p(.fcprojw), N: N, K: 4 * C, OC: C, geluInput: fchl)
+            // fc's bias gradient is summed here if fcproj's dinp takes the GELU kernel (gelu_backward_bias).
+            let (fcprojSide, fcBiasDone) = try matmulBackward(dinp: scratchBT4C, dweight: g(.fcprojw), dbias: g(.fcprojb),
+                                                              dout: dresidual, inp: geluL, weight: p(.fcprojw), N: N,
+                                                              K: 4 * C, OC: C, geluInput: fchl, geluBias: g(.fcb))
             if recompute >= 2 {  // ln2 again from the kept residual2 (mean and rstd rewritten with the same values)
                 try layerNormForward(ln2l, floats(ln2Mean, l * BTmax), floats(ln2Rstd, l * BTmax), res2l,
                                      p(.ln2w), p(.ln2b), N: N, C: C)
             }
-            let fcSide = try matmulBackward(dinp: scratchBTC, dweight: g(.fcw), dbias: g(.fcb), dout: scratchBT4C,
-                                            inp: ln2l, weight: p(.fcw), N: N, K: C, OC: 4 * C)
+            let fcSide = try matmulBackward(dinp: scratchBTC, dweight: g(.fcw), dbias: fcBiasDone ? nil : g(.fcb),
+                                            dout: scratchBT4C, inp: ln2l, weight: p(.fcw), N: N, K: C, OC: 4 * C).side
             try device.wait(for: fcprojSide)  // it reads dresidual
             try layerNormBackward(dinp: dresidual, dweight: g(.ln2w), dbias: g(.ln2b), dout: scratchBTC, inp: res2l,
                                   weight: p(.ln2w), mean: floats(ln2Mean, l * BTmax), rstd: floats(ln2Rstd, l * BTmax),
                                   N: N, C: C)
             // Attention: residual2 = residual + attproj(attention(qkv(ln1)))
             let attprojSide = try matmulBackward(dinp: scratchBTC, dweight: g(.attprojw), dbias: g(.attprojb),
-                                                 dout: dresidual, inp: attyl, weight: p(.attprojw), N: N, K: C, OC: C)
+                                                 dout: dresidual, inp: attyl, weight: p(.attprojw), N: N, K: C, OC: C).side
             let dqkv = scratchBT4C
             try device.wait(for: fcSide)  // it reads scratchBT4C, which becomes dqkv
             try attentionBackward(dqkv: dqkv, dout: scratchBTC, qkv: qkvl, out: attyl, lse: lsel, dsum: attDsum, dS: attDS,
@@ -767,7 +813,7 @@ public final class CUDAModel: GPT2Backend {
                                      p(.ln1w), p(.ln1b), N: N, C: C)
             }
             qkvSide = try matmulBackward(dinp: scratchBTC, dweight: g(.qkvw), dbias: g(.qkvb), dout: dqkv,
-                                         inp: ln1l, weight: p(.qkvw), N: N, K: C, OC: 3 * C)
+                                         inp: ln1l, weight: p(.qkvw), N: N, K: C, OC: 3 * C).side
             try device.wait(for: attprojSide)  // it reads dresidual
             try layerNormBackward(dinp: dresidual, dweight: g(.ln1w), dbias: g(.ln1b), dout: scratchBTC, inp: residual,
                                   weight: p(.ln1w), mean: floats(ln1Mean, l * BTmax), rstd: floats(ln1Rstd, l * BTmax),

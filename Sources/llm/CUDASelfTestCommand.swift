@@ -142,6 +142,8 @@ struct CUDASelfTestCommand: ParsableCommand {
                   + (ok ? "" : " FAIL"))
             recomputeSame = recomputeSame && ok
         }
+        let (geluBiasRow, geluBiasOK) = try model.checkGeluBiasKernel()
+        print("[\(p)] " + geluBiasRow)
         let (chunkRows, chunksOK) = try classifierChunks(p, config: config, params: params, state: state,
                                                          loss: loss, grads: grads)
         // Gradient accumulation: the batch as two micro-batches of B/2 gives the same gradients.
@@ -192,6 +194,7 @@ struct CUDASelfTestCommand: ParsableCommand {
             if accRel > 1e-4 { failures.append("fp32 micro-step accumulation") }
             if !recomputeSame { failures.append("fp32 recompute 0/2 or one stream vs 1") }
             if !chunksOK { failures.append("fp32 classifier chunks") }
+            if !geluBiasOK { failures.append("fp32 gelu_backward_bias") }
         } else {
             if logitsMax > 25 { failures.append("bf16 logits") }
             if lossErr > 0.05 { failures.append("bf16 loss") }
@@ -200,12 +203,14 @@ struct CUDASelfTestCommand: ParsableCommand {
             if accRel > 2e-2 { failures.append("bf16 micro-step accumulation") }
             if !recomputeSame { failures.append("bf16 recompute 0/2 or one stream vs 1") }
             if !chunksOK { failures.append("bf16 classifier chunks") }
+            if !geluBiasOK { failures.append("bf16 gelu_backward_bias") }
         }
         let row = "\(p.rawValue) tiny: logits max \(sci(logitsMax)), loss diff \(sci(lossErr)), "
             + "worst grad rel \(sci(worstRel)) (\(worstName)), llm.c grad tol fails \(elementFails), "
             + "10-step loss max diff \(sci(lossDiff)), 2-micro-step grads rel \(sci(accRel)), "
             + "recompute 0/1/2 \(recomputeSame ? "agree" : "differ"), "
-            + "classifier in chunks of \(chunkRows) rows \(chunksOK ? "agrees" : "differs")  \(failures.isEmpty ? "PASS" : "FAIL")"
+            + "classifier in chunks of \(chunkRows) rows \(chunksOK ? "agrees" : "differs"), "
+            + "gelu_backward_bias \(geluBiasOK ? "bit-identical" : "differs")  \(failures.isEmpty ? "PASS" : "FAIL")"
         return ([row], failures)
     }
 

@@ -302,15 +302,16 @@ public final class MatmulEngine {
     /// closure that queues its work on the device's stream) and returns its index. Which is fastest
     /// is timed once (a warm-up and 5 runs each, nothing else running) and kept in the choices file
     /// under `key`, so that later runs make the same choice and give the same bits; the chosen way
-    /// runs last, so the outputs are its own. Untuned, the first way.
+    /// runs last, so the outputs are its own. A way's argument is true on that last run only: one
+    /// that adds into an output must add somewhere else before. Untuned, the first way.
     @discardableResult
-    public func fastest(_ key: String, _ options: [() throws -> Void]) throws -> Int {
+    public func fastest(_ key: String, _ options: [(_ final: Bool) throws -> Void]) throws -> Int {
         if let kept = ways[key], options.indices.contains(kept) {
-            try options[kept]()
+            try options[kept](true)
             return kept
         }
         guard tune, options.count > 1 else {
-            try options[0]()
+            try options[0](true)
             return 0
         }
         try device.synchronize()
@@ -318,8 +319,8 @@ public final class MatmulEngine {
         defer { device.destroyEvent(start); device.destroyEvent(end) }
         var times: [Float] = []
         for option in options {
-            try option()  // the warm-up
-            times.append(try averageMilliseconds(start, end, runs: 5, option))
+            try option(false)  // the warm-up
+            times.append(try averageMilliseconds(start, end, runs: 5) { try option(false) })
         }
         let best = times.indices.min { times[$0] < times[$1] }!
         ways[key] = best
@@ -328,7 +329,7 @@ public final class MatmulEngine {
             fputs("matmul tune \(key): " + times.map { format("%.4f", Double($0)) }.joined(separator: " / ")
                   + " ms, way \(best) chosen\n", stderr)
         }
-        try options[best]()
+        try options[best](true)
         return best
     }
 

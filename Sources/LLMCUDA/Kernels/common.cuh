@@ -134,3 +134,50 @@ __device__ __forceinline__ float4 sumPartialColumns4(const float* partial, int r
     }
     return sum;
 }
+
+// MARK: - Column sums (bias gradients)
+
+// dbias (OC) += column sums of an (N, OC) matrix whose values `packAt(i)` / `valueAt(i)` give at
+// element offset i (one 16-byte pack at a PACK-aligned column, or one element), for a kernel with
+// grid (column blocks of 32 * PACK columns, row blocks) and block (32, 8). Block (x, y) sums rows
+// [y*rowsPerBlock, ...) of its columns into partial (gridDim.y, OC); the last row block of column
+// block x to finish (counters[x], zero before and after the launch) then adds its columns'
+// partials, row blocks in order, to dbias. A lane reads one pack of a row (a warp: 512 bytes of
+// it), the 8 warps every 8th row; the warps' sums meet in shared memory in a fixed order. Every
+// kernel built on this (bias_backward, gelu_backward_bias) sums in the same order: same bits.
+template <typename PackAt, typename ValueAt>
+__device__ __forceinline__ void addColumnSums(floatX* dbias, float* partial, unsigned* counters, int N, int OC,
+                                              int rowsPerBlock, PackAt packAt, ValueAt valueAt) {
+    __shared__ float sums[8][32 * PACK + 1];
+    const int col0 = (blockIdx.x * 32 + threadIdx.x) * PACK;
+    const int rowStart = blockIdx.y * rowsPerBlock;
+    const int rowEnd = min(N, rowStart + rowsPerBlock);
+    float acc[PACK];
+#pragma unroll
+    for (int i = 0; i < PACK; i++) acc[i] = 0.0f;
+    if (col0 + PACK <= OC) {
+        for (int r = rowStart + threadIdx.y; r < rowEnd; r += 8) {
+            Pack p = packAt((long long)r * OC + col0);
+#pragma unroll
+            for (int i = 0; i < PACK; i++) acc[i] += toFloat(p.v[i]);
+        }
+    } else if (col0 < OC) {  // a row length that is not a multiple of PACK: the last columns one by one
+        for (int r = rowStart + threadIdx.y; r < rowEnd; r += 8)
+            for (int i = 0; col0 + i < OC; i++) acc[i] += valueAt((long long)r * OC + col0 + i);
+    }
+#pragma unroll
+    for (int i = 0; i < PACK; i++) sums[threadIdx.y][threadIdx.x * PACK + i] = acc[i];
+    __syncthreads();
+    const int c = threadIdx.y * 32 + threadIdx.x;  // 256 threads, 32 * PACK <= 256 columns: one each
+    const int col = blockIdx.x * 32 * PACK + c;
+    if (c < 32 * PACK && col < OC) {
+        float total = 0.0f;
+        for (int y = 0; y < 8; y++) total += sums[y][c];
+        partial[(long long)blockIdx.y * OC + col] = total;
+    }
+    if (!lastBlockToArrive(&counters[blockIdx.x], gridDim.y)) return;
+    if (c < 32 * PACK && col < OC) {
+        float sum = sumPartialColumn(partial + col, gridDim.y, OC);
+        dbias[col] = fromFloat(toFloat(dbias[col]) + sum);
+    }
+}
