@@ -155,16 +155,33 @@ public final class KernelLibrary {
         throw LLMError("cuda: no kernel named \(name) in the embedded sources")
     }
 
+    /// Raises `f`'s limit of dynamic shared memory above the 48 KB default to `shared` bytes, once.
+    func allowSharedMemory(_ f: CUDAFunction, _ shared: Int) throws {
+        if shared > 48 * 1024, (sharedLimitSet[f.name] ?? 0) < shared {
+            try device.driver.check(device.driver.cuFuncSetAttribute(f.handle, 8 /* MAX_DYNAMIC_SHARED_SIZE_BYTES */,
+                                                                     Int32(shared)),
+                                    "cuFuncSetAttribute(\(f.name), \(shared) bytes of shared memory)")
+            sharedLimitSet[f.name] = shared
+        }
+    }
+
+    /// How many blocks of `f` (`threads` each, `shared` bytes of dynamic shared memory) one SM holds
+    /// at once, as the driver counts registers, shared memory and threads (at least 1).
+    public func blocksPerMultiprocessor(_ f: CUDAFunction, threads: Int, shared: Int) throws -> Int {
+        try allowSharedMemory(f, shared)
+        var blocks: Int32 = 0
+        try device.driver.check(device.driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, f.handle, Int32(threads),
+                                                                                          shared),
+                                "cuOccupancyMaxActiveBlocksPerMultiprocessor(\(f.name))")
+        return max(1, Int(blocks))
+    }
+
     /// Launches `f` on the device's stream. `shared` bytes of dynamic shared memory (raised above
     /// the 48 KB default for the function on first use).
     public func launch(_ f: CUDAFunction, grid: (Int, Int, Int), block: (Int, Int, Int), shared: Int = 0,
                        _ args: [KernelArgument]) throws {
         let d = device.driver
-        if shared > 48 * 1024, (sharedLimitSet[f.name] ?? 0) < shared {
-            try d.check(d.cuFuncSetAttribute(f.handle, 8 /* MAX_DYNAMIC_SHARED_SIZE_BYTES */, Int32(shared)),
-                        "cuFuncSetAttribute(\(f.name), \(shared) bytes of shared memory)")
-            sharedLimitSet[f.name] = shared
-        }
+        try allowSharedMemory(f, shared)
         if grid.0 <= 0 || grid.1 <= 0 || grid.2 <= 0 { return }  // nothing to do (empty tensor)
         try withUnsafeTemporaryAllocation(of: UInt64.self, capacity: max(args.count, 1)) { slots in
             try withUnsafeTemporaryAllocation(of: UnsafeMutableRawPointer?.self, capacity: max(args.count, 1)) { ptrs in

@@ -29,6 +29,7 @@ typealias FnMemGetInfo = @convention(c) (UnsafeMutablePointer<Int>, UnsafeMutabl
 typealias FnModuleLoadData = @convention(c) (UnsafeMutablePointer<CUhandle?>, UnsafeRawPointer) -> CUresult
 typealias FnModuleGetFunction = @convention(c) (UnsafeMutablePointer<CUhandle?>, CUhandle?, UnsafePointer<CChar>) -> CUresult
 typealias FnFuncSetAttribute = @convention(c) (CUhandle?, Int32, Int32) -> CUresult
+typealias FnOccupancy = @convention(c) (UnsafeMutablePointer<Int32>, CUhandle?, Int32, Int) -> CUresult
 typealias FnLaunchKernel = @convention(c) (CUhandle?, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32,
                                            CUhandle?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
                                            UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> CUresult
@@ -43,9 +44,7 @@ public enum CUDeviceAttribute: Int32 {
     case multiprocessorCount = 16
     case computeCapabilityMajor = 75
     case computeCapabilityMinor = 76
-    case maxSharedMemoryPerMultiprocessor = 81
     case maxSharedMemoryPerBlockOptin = 97
-    case reservedSharedMemoryPerBlock = 111
 }
 
 // MARK: - Driver
@@ -73,6 +72,7 @@ public final class CUDADriver {
     let cuModuleLoadData: FnModuleLoadData
     let cuModuleGetFunction: FnModuleGetFunction
     let cuFuncSetAttribute: FnFuncSetAttribute
+    let cuOccupancyMaxActiveBlocksPerMultiprocessor: FnOccupancy
     let cuLaunchKernel: FnLaunchKernel
     let cuStreamCreate: FnCreateWithFlags
     let cuStreamSynchronize: FnHandleIn
@@ -108,6 +108,7 @@ public final class CUDADriver {
         cuModuleLoadData = try l.symbol("cuModuleLoadData")
         cuModuleGetFunction = try l.symbol("cuModuleGetFunction")
         cuFuncSetAttribute = try l.symbol("cuFuncSetAttribute")
+        cuOccupancyMaxActiveBlocksPerMultiprocessor = try l.symbol("cuOccupancyMaxActiveBlocksPerMultiprocessor")
         cuLaunchKernel = try l.symbol("cuLaunchKernel")
         cuStreamCreate = try l.symbol("cuStreamCreate")
         cuStreamSynchronize = try l.symbol("cuStreamSynchronize")
@@ -176,9 +177,6 @@ public final class CUDADevice {
     public let computeCapability: (major: Int, minor: Int)
     public let multiprocessorCount: Int
     public let maxSharedMemoryPerBlock: Int
-    /// Shared memory of one SM, and what the driver reserves of it for each resident block.
-    public let sharedMemoryPerMultiprocessor: Int
-    public let reservedSharedMemoryPerBlock: Int
     let context: CUhandle
     /// The stream work is queued on: the main stream, or the side stream inside `onSideStream`.
     public var stream: CUhandle { onSide ? sideStream : mainStream }
@@ -215,8 +213,6 @@ public final class CUDADevice {
         computeCapability = (try attr(.computeCapabilityMajor), try attr(.computeCapabilityMinor))
         multiprocessorCount = try attr(.multiprocessorCount)
         maxSharedMemoryPerBlock = try attr(.maxSharedMemoryPerBlockOptin)
-        sharedMemoryPerMultiprocessor = try attr(.maxSharedMemoryPerMultiprocessor)
-        reservedSharedMemoryPerBlock = try attr(.reservedSharedMemoryPerBlock)
         var ctx: CUhandle? = nil
         try d.check(d.cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain")
         context = ctx!
@@ -229,12 +225,6 @@ public final class CUDADevice {
         var e: CUhandle? = nil
         try d.check(d.cuEventCreate(&e, 2 /* CU_EVENT_DISABLE_TIMING */), "cuEventCreate")
         forkEvent = e!
-    }
-
-    /// How many blocks that each use `sharedBytes` of dynamic shared memory fit on one SM at once,
-    /// as far as shared memory decides (at least 1).
-    public func blocksPerMultiprocessor(sharedBytes: Int) -> Int {
-        max(1, sharedMemoryPerMultiprocessor / (sharedBytes + reservedSharedMemoryPerBlock))
     }
 
     /// "sm_90" for an H100.

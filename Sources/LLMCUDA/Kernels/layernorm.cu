@@ -100,16 +100,50 @@ extern "C" __global__ void residual_forward(floatX* out, const floatX* a, const 
     storePack(out + i, z);
 }
 
+// One pack of a row, first pass: the sums of dnorm = weight * dout and of dnorm * norm.
+__device__ __forceinline__ void layerNormBackwardSums(float& dnormSum, float& dnormNormSum, const Pack& gp,
+                                                      const Pack& xp, const Pack& wp, float m, float s) {
+#pragma unroll
+    for (int i = 0; i < PACK; i++) {
+        float norm = (toFloat(xp.v[i]) - m) * s;
+        float dnorm = toFloat(wp.v[i]) * toFloat(gp.v[i]);
+        dnormSum += dnorm;
+        dnormNormSum += dnorm * norm;
+    }
+}
+
+// One pack of a row, second pass: the weight and bias sums (element-major in shared memory, see
+// below) and dinp's pack p += its input gradient.
+__device__ __forceinline__ void layerNormBackwardPack(floatX* d, float* dweightAcc, float* dbiasAcc, int p, int packs,
+                                                      const Pack& gp, const Pack& xp, const Pack& wp, float m, float s,
+                                                      float dnormMean, float dnormNormMean) {
+    Pack dp = loadPack(d + p * PACK);
+#pragma unroll
+    for (int i = 0; i < PACK; i++) {
+        float gc = toFloat(gp.v[i]);
+        float norm = (toFloat(xp.v[i]) - m) * s;
+        float dnorm = toFloat(wp.v[i]) * gc;
+        dweightAcc[i * packs + p] += gc * norm;
+        dbiasAcc[i * packs + p] += gc;
+        dp.v[i] = fromFloat(toFloat(dp.v[i]) + (dnorm - dnormMean - norm * dnormNormMean) * s);
+    }
+    storePack(d + p * PACK, dp);
+}
+
 // dinp (N, C) += layernorm input gradient; dweight (C) += sum of dout * norm, dbias (C) += sum of
 // dout over rows. Each block stores its rows' sums in partial (gridDim.x, 2C), dweight's then
 // dbias's; the sum over blocks follows in two stages (see the end). One warp per row, each lane on
 // 16-byte packs of channels (C % PACK == 0). Dynamic shared memory: warps * 2C floats, each warp's
 // sums stored element-major (acc[i * packs + p] is element i of pack p) so that the 32 lanes touch
 // 32 different banks. counters (1 + groups): zero before and after the launch.
-extern "C" __global__ void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* partial,
-                                              unsigned* counters, const floatX* dout, const floatX* inp,
-                                              const floatX* weight, const float* mean, const float* rstd,
-                                              int N, int C, int groupBlocks) {
+// P > 0 (C <= 32 * PACK * P): a lane keeps its packs of dout and inp in registers from the first
+// pass to the second; P = 0: the second pass reads them again, from the L2 at best, as the shared
+// sums leave the L1 little room. The same arithmetic in the same order either way: the same bits.
+template <int P>
+__device__ __forceinline__ void layerNormBackward(floatX* dinp, floatX* dweight, floatX* dbias, float* partial,
+                                                  unsigned* counters, const floatX* dout, const floatX* inp,
+                                                  const floatX* weight, const float* mean, const float* rstd,
+                                                  int N, int C, int groupBlocks) {
     extern __shared__ float shared[];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int packs = C / PACK;
@@ -123,31 +157,35 @@ extern "C" __global__ void layernorm_backward(floatX* dinp, floatX* dweight, flo
         floatX* d = dinp + (long long)row * C;
         float m = mean[row], s = rstd[row];
         float dnormMean = 0.0f, dnormNormMean = 0.0f;
-        for (int p = lane; p < packs; p += 32) {
-            Pack gp = loadPack(g + p * PACK), xp = loadPack(x + p * PACK), wp = loadPack(weight + p * PACK);
+        if constexpr (P > 0) {
+            Pack gs[P], xs[P];
 #pragma unroll
-            for (int i = 0; i < PACK; i++) {
-                float norm = (toFloat(xp.v[i]) - m) * s;
-                float dnorm = toFloat(wp.v[i]) * toFloat(gp.v[i]);
-                dnormMean += dnorm;
-                dnormNormMean += dnorm * norm;
+            for (int k = 0; k < P; k++) {
+                int p = lane + 32 * k;
+                if (p < packs) {
+                    gs[k] = loadPack(g + p * PACK);
+                    xs[k] = loadPack(x + p * PACK);
+                    layerNormBackwardSums(dnormMean, dnormNormMean, gs[k], xs[k], loadPack(weight + p * PACK), m, s);
+                }
             }
-        }
-        dnormMean = warpSum(dnormMean) / C;
-        dnormNormMean = warpSum(dnormNormMean) / C;
-        for (int p = lane; p < packs; p += 32) {  // the second read of the row comes from L1/L2
-            Pack gp = loadPack(g + p * PACK), xp = loadPack(x + p * PACK), wp = loadPack(weight + p * PACK);
-            Pack dp = loadPack(d + p * PACK);
+            dnormMean = warpSum(dnormMean) / C;
+            dnormNormMean = warpSum(dnormNormMean) / C;
 #pragma unroll
-            for (int i = 0; i < PACK; i++) {
-                float gc = toFloat(gp.v[i]);
-                float norm = (toFloat(xp.v[i]) - m) * s;
-                float dnorm = toFloat(wp.v[i]) * gc;
-                dweightAcc[i * packs + p] += gc * norm;
-                dbiasAcc[i * packs + p] += gc;
-                dp.v[i] = fromFloat(toFloat(dp.v[i]) + (dnorm - dnormMean - norm * dnormNormMean) * s);
+            for (int k = 0; k < P; k++) {
+                int p = lane + 32 * k;
+                if (p < packs)
+                    layerNormBackwardPack(d, dweightAcc, dbiasAcc, p, packs, gs[k], xs[k], loadPack(weight + p * PACK),
+                                          m, s, dnormMean, dnormNormMean);
             }
-            storePack(d + p * PACK, dp);
+        } else {
+            for (int p = lane; p < packs; p += 32)
+                layerNormBackwardSums(dnormMean, dnormNormMean, loadPack(g + p * PACK), loadPack(x + p * PACK),
+                                      loadPack(weight + p * PACK), m, s);
+            dnormMean = warpSum(dnormMean) / C;
+            dnormNormMean = warpSum(dnormNormMean) / C;
+            for (int p = lane; p < packs; p += 32)
+                layerNormBackwardPack(d, dweightAcc, dbiasAcc, p, packs, loadPack(g + p * PACK), loadPack(x + p * PACK),
+                                      loadPack(weight + p * PACK), m, s, dnormMean, dnormNormMean);
         }
     }
     __syncthreads();
@@ -178,4 +216,22 @@ extern "C" __global__ void layernorm_backward(floatX* dinp, floatX* dweight, flo
         d[2] = fromFloat(toFloat(d[2]) + sum.z);
         d[3] = fromFloat(toFloat(d[3]) + sum.w);
     }
+}
+
+// Any C (C % PACK == 0).
+extern "C" __global__ void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* partial,
+                                              unsigned* counters, const floatX* dout, const floatX* inp,
+                                              const floatX* weight, const float* mean, const float* rstd,
+                                              int N, int C, int groupBlocks) {
+    layerNormBackward<0>(dinp, dweight, dbias, partial, counters, dout, inp, weight, mean, rstd, N, C, groupBlocks);
+}
+
+// C <= 1024 (GPT-2 up to 350M): the row in registers between the passes. Registers for 3 blocks of
+// 256 threads per SM, as many as the shared sums allow at C = 1024.
+extern "C" __global__ void __launch_bounds__(256, 3) layernorm_backward_1024(floatX* dinp, floatX* dweight, floatX* dbias, float* partial,
+                                                   unsigned* counters, const floatX* dout, const floatX* inp,
+                                                   const floatX* weight, const float* mean, const float* rstd,
+                                                   int N, int C, int groupBlocks) {
+    layerNormBackward<1024 / (32 * PACK)>(dinp, dweight, dbias, partial, counters, dout, inp, weight, mean, rstd, N, C,
+                                          groupBlocks);
 }
