@@ -593,18 +593,22 @@ public final class CUDAModel: GPT2Backend {
         // 8 warps per block; at most 512 blocks, and no more than fit on the GPU at once: each block's
         // sums take 2C floats per warp of shared memory, so an H100 holds 3 blocks per SM at C=1024,
         // where 512 blocks would make a second, mostly empty wave (d24's layernorm backward ran
-        // 0.168 ms a call, no faster than d12's with 1.5x the bytes). The kernel with the row in
-        // registers where that costs no resident blocks: H100, S8-4, d24 0.1195 ms a call against
-        // 0.1270 (3 blocks per SM either way), but d12 0.1719 against 0.1687 (its 80 registers a
-        // thread allow 3 blocks, the shared memory at C=768 4).
+        // 0.168 ms a call, no faster than d12's with 1.5x the bytes). A kernel with the row in
+        // registers where one fits C and costs no resident blocks: H100, S8-4, d24 0.1195 ms a call
+        // against 0.1270 (3 blocks per SM either way), but at d12 the 1024 kernel took 0.1719
+        // against 0.1687 (its 80 registers a thread allow 3 blocks, the shared memory at C=768 4),
+        // hence one for 768 in 64 registers.
         let warps = 8, shared = warps * 2 * C * 4
         let loop = try kernels.function("layernorm_backward")
         var function = loop
         var perSM = try kernels.blocksPerMultiprocessor(loop, threads: 32 * warps, shared: shared)
-        if C <= 1024 {
-            let rows = try kernels.function("layernorm_backward_1024")
+        for (width, name) in [(768, "layernorm_backward_768"), (1024, "layernorm_backward_1024")] where C <= width {
+            let rows = try kernels.function(name)
             let rowsPerSM = try kernels.blocksPerMultiprocessor(rows, threads: 32 * warps, shared: shared)
-            if rowsPerSM >= perSM { (function, perSM) = (rows, rowsPerSM) }
+            if rowsPerSM >= perSM {
+                (function, perSM) = (rows, rowsPerSM)
+                break
+            }
         }
         let blocks = min(CUDAModel.lnBackwardBlocks, device.multiprocessorCount * perSM, (N + warps - 1) / warps)
         try kernels.launch(function, grid: (blocks, 1, 1), block: (32 * warps, 1, 1), shared: shared,
