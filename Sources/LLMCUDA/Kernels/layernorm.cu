@@ -228,21 +228,19 @@ extern "C" __global__ void layernorm_backward(floatX* dinp, floatX* dweight, flo
 
 // C <= 1024 (GPT-2 up to 350M): the row in registers between the passes. Registers for 3 blocks of
 // 256 threads per SM, as many as the shared sums allow at C = 1024.
-extern "C" __global__ void __launch_bounds__(256, 3) layernorm_backward_1024(floatX* dinp, floatX* dweight, floatX* dbias, float* partial,
-                                                   unsigned* counters, const floatX* dout, const floatX* inp,
-                                                   const floatX* weight, const float* mean, const float* rstd,
-                                                   int N, int C, int groupBlocks) {
+extern "C" __global__ void __launch_bounds__(256, 3)
+layernorm_backward_1024(floatX* dinp, floatX* dweight, floatX* dbias, float* partial, unsigned* counters,
+                        const floatX* dout, const floatX* inp, const floatX* weight, const float* mean, const float* rstd,
+                        int N, int C, int groupBlocks) {
     layerNormBackward<1024 / (32 * PACK)>(dinp, dweight, dbias, partial, counters, dout, inp, weight, mean, rstd, N, C,
                                           groupBlocks);
 }
 
 // C <= 768 (GPT-2 124M): as above, in registers for 4 blocks per SM (the shared sums allow 4 at 768).
-extern "C" __global__ void __launch_bounds__(256, 4) layernorm_backward_768(floatX* dinp, floatX* dweight, floatX* dbias,
-                                                                            float* partial, unsigned* counters,
-                                                                            const floatX* dout, const floatX* inp,
-                                                                            const floatX* weight, const float* mean,
-                                                                            const float* rstd, int N, int C,
-                                                                            int groupBlocks) {
+extern "C" __global__ void __launch_bounds__(256, 4)
+layernorm_backward_768(floatX* dinp, floatX* dweight, floatX* dbias, float* partial, unsigned* counters,
+                       const floatX* dout, const floatX* inp, const floatX* weight, const float* mean, const float* rstd,
+                       int N, int C, int groupBlocks) {
     layerNormBackward<768 / (32 * PACK)>(dinp, dweight, dbias, partial, counters, dout, inp, weight, mean, rstd, N, C,
                                          groupBlocks);
 }
