@@ -153,6 +153,8 @@ public final class CUDAModel: GPT2Backend {
     var rngState: UInt64 = 13371337
     /// Key/value cache of cached generation (CUDAGeneration.swift), made by beginGeneration.
     var generationState: CUDAGenerationState?
+    /// layerNormBackward's kernel for rows of C channels and how many of its blocks an SM holds.
+    var layerNormBackwardKernel: (C: Int, function: CUDAFunction, perSM: Int)?
 
     static let lnBackwardBlocks = 512
     /// layernorm_backward's blocks whose partials its first stage sums together: 16 of 512 blocks
@@ -520,18 +522,17 @@ public final class CUDAModel: GPT2Backend {
                 // way, timed with its bias sums (into timingBias: only the final run's count), is
                 // chosen once per shape and kept with the matmul choices. Either way dinp is the
                 // GELU input's gradient.
-                let bias = geluBias
-                let way = try matmul.fastest("bf16 " + fused.profileName + (bias == nil ? "" : " bias"), [
+                let way = try matmul.fastest("bf16 " + fused.profileName + (geluBias == nil ? "" : " bias"), [
                     { final in
                         try self.matmul.run(fused, d: dinp, a: weight, b: dout, aux: g)
-                        if !final, bias != nil {
+                        if !final, geluBias != nil {
                             try self.columnSums("bias_backward", space: self.mainColumnSums, dbias: self.timingBias,
                                                 N: N, OC: K, [.ptr(dinp)])
                         }
                     },
-                    { final in try plainInputGradient(bias: bias.map { final ? $0 : self.timingBias }) },
+                    { final in try plainInputGradient(bias: geluBias.map { final ? $0 : self.timingBias }) },
                 ])
-                return (weightGradients, bias != nil && way == 1)
+                return (weightGradients, geluBias != nil && way == 1)
             } catch let e as LLMError {
                 fusedGELU = false
                 fputs("cuda model: GELU epilogues off (\(e.message))\n", stderr)
@@ -599,17 +600,21 @@ public final class CUDAModel: GPT2Backend {
         // against 0.1687 (its 80 registers a thread allow 3 blocks, the shared memory at C=768 4),
         // hence one for 768 in 64 registers.
         let warps = 8, shared = warps * 2 * C * 4
-        let loop = try kernels.function("layernorm_backward")
-        var function = loop
-        var perSM = try kernels.blocksPerMultiprocessor(loop, threads: 32 * warps, shared: shared)
-        for (width, name) in [(768, "layernorm_backward_768"), (1024, "layernorm_backward_1024")] where C <= width {
-            let rows = try kernels.function(name)
-            let rowsPerSM = try kernels.blocksPerMultiprocessor(rows, threads: 32 * warps, shared: shared)
-            if rowsPerSM >= perSM {
-                (function, perSM) = (rows, rowsPerSM)
-                break
+        if layerNormBackwardKernel?.C != C {  // chosen once per width: the driver's answer does not change
+            let loop = try kernels.function("layernorm_backward")
+            var function = loop
+            var perSM = try kernels.blocksPerMultiprocessor(loop, threads: 32 * warps, shared: shared)
+            for (width, name) in [(768, "layernorm_backward_768"), (1024, "layernorm_backward_1024")] where C <= width {
+                let rows = try kernels.function(name)
+                let rowsPerSM = try kernels.blocksPerMultiprocessor(rows, threads: 32 * warps, shared: shared)
+                if rowsPerSM >= perSM {
+                    (function, perSM) = (rows, rowsPerSM)
+                    break
+                }
             }
+            layerNormBackwardKernel = (C, function, perSM)
         }
+        let (_, function, perSM) = layerNormBackwardKernel!
         let blocks = min(CUDAModel.lnBackwardBlocks, device.multiprocessorCount * perSM, (N + warps - 1) / warps)
         try kernels.launch(function, grid: (blocks, 1, 1), block: (32 * warps, 1, 1), shared: shared,
                    [.ptr(dinp), .ptr(dweight), .ptr(dbias), .ptr(partials), .ptr(reductionCounters), .ptr(dout),
