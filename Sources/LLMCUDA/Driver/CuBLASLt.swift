@@ -223,7 +223,8 @@ extension MatmulShape {
 /// and later runs on the machine take it from there: the same algorithms, so the same bits run to
 /// run and across a resume. $LLM_MATMUL_TUNE=0 keeps the heuristic's first choice; =wide also times
 /// every tile x stages x cluster shape of the heuristic's algorithm ids (about a minute at d12, so
-/// not the default); =verbose (or wide,verbose) prints each shape's timings.
+/// not the default); =verbose (or wide,verbose) prints each shape's timings, =verbose,every also
+/// every candidate's.
 public final class MatmulEngine {
     let lt: CuBLASLt
     let device: CUDADevice
@@ -238,6 +239,8 @@ public final class MatmulEngine {
     let verbose = environmentValue("LLM_MATMUL_TUNE")?.contains("verbose") ?? false
     /// Also every tile, stages and cluster shape cuBLASLt accepts for the heuristic's algorithm ids.
     let wide = environmentValue("LLM_MATMUL_TUNE")?.contains("wide") ?? false
+    /// =verbose,every: also every candidate's time, fastest first.
+    let listEvery = environmentValue("LLM_MATMUL_TUNE")?.contains("every") ?? false
     /// Chosen algorithms, by `choiceKey`, from and to `choicesPath`.
     var choices: [String: [UInt8]] = [:]
     /// `fastest`'s choices (the index of the way chosen), by its key; in the same file.
@@ -433,8 +436,8 @@ public final class MatmulEngine {
     /// What a new shape's timing chooses from: the heuristic's list (up to 32; its order is its
     /// guess of their speed), then variants of its first 8 that the heuristic does not propose
     /// itself: split-K in 2, 3 or 4 parts with fp32 partials (more blocks where the output has few
-    /// tiles, as in the weight gradients), the other CTA swizzling, the algorithm's custom options
-    /// (1-3). Each variant is kept only where cublasLtMatmulAlgoCheck accepts it.
+    /// tiles, as in the weight gradients), the other CTA swizzling, each of the algorithm's custom
+    /// options. Each variant is kept only where cublasLtMatmulAlgoCheck accepts it.
     func candidates(_ heuristic: [[UInt8]], _ p: Plan) -> [[UInt8]] {
         var out = heuristic
         var seen = Set(heuristic.map { lt.describe($0) })
@@ -452,7 +455,7 @@ public final class MatmulEngine {
             if lt.capability(base, CUBLASLT_ALGO_CAP_CTA_SWIZZLING_SUPPORT) != 0 {
                 variants.append(lt.configured(base, .ctaSwizzling, lt.config(base, .ctaSwizzling) == 0 ? 1 : 0))
             }
-            let customMax = min(3, lt.capability(base, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX))
+            let customMax = lt.capability(base, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX)
             if customMax > 0 {
                 for option in 0 ... customMax where option != lt.config(base, .customOption) {
                     variants.append(lt.configured(base, .customOption, option))
@@ -485,10 +488,37 @@ public final class MatmulEngine {
         return out
     }
 
+    /// The settings one step from `base` that cuBLASLt accepts for the plan: each other custom
+    /// option (the kernel's variants for one tile: in S9-1 options 4-7 ran up to 12 % faster,
+    /// isolated, on the weight gradients and the LM head), cluster shape (cublasLtClusterShape_t
+    /// 2 ... 10: 1x1x1 to 4x4x1) and split-K in 1 ... 8 parts (fp32 partials).
+    func neighbours(_ base: [UInt8], _ p: Plan) -> [[UInt8]] {
+        var out: [[UInt8]?] = []
+        let customMax = lt.capability(base, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX)
+        for option in 0 ... customMax where option != lt.config(base, .customOption) {
+            out.append(lt.configured(base, .customOption, option))
+        }
+        if lt.config(base, .clusterShape) != 0 {  // 0: the kernel chooses (no cluster setting to change)
+            for shape: UInt32 in 2 ... 10 where shape != lt.config(base, .clusterShape) {
+                out.append(lt.configured(base, .clusterShape, shape))
+            }
+        }
+        if lt.capability(base, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT) != 0,
+           lt.capability(base, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK) & CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE != 0 {
+            for parts: UInt32 in 1 ... 8 where parts != max(1, lt.config(base, .splitK)) {
+                out.append(lt.configured(base, .splitK, parts).flatMap {
+                    lt.configured($0, .reductionScheme, parts == 1 ? 0 : CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE)
+                })
+            }
+        }
+        return out.compactMap { $0 }.filter { fits($0, p) }
+    }
+
     /// Times each candidate algorithm of a new shape on its real operands (D is written: the
     /// products that accumulate get a scratch D): all of them twice (a wide search, hundreds of
-    /// candidates: once, then the best 16 twice more), then the four fastest ten times each (one
-    /// noisy pair of runs should not decide). Remembers the fastest in the choices file and returns it.
+    /// candidates: once, then the best 16 twice more), then the neighbours of the fastest (two
+    /// steps of a local search), then the six fastest in interleaved rounds (one noisy pair of runs
+    /// should not decide). Remembers the fastest in the choices file and returns it.
     func fastestAlgorithm(_ list: [[UInt8]], _ s: MatmulShape, _ plan: Plan, d: CUdeviceptr, a: CUdeviceptr,
                           b: CUdeviceptr) throws -> [UInt8] {
         var target = d, scratch: CUdeviceptr = 0
@@ -514,17 +544,43 @@ public final class MatmulEngine {
             guard once() else { return .infinity }  // also the warm-up
             return try averageMilliseconds(start, end, runs: runs) { _ = once() }
         }
+        var list = list
         var times = try list.map { try time($0, runs: wide ? 1 : 2) }
         if wide {  // the best 16 of one run each get two more
             for i in times.indices.sorted(by: { times[$0] < times[$1] }).prefix(16) where times[i].isFinite {
                 times[i] = try time(list[i], runs: 2)
             }
         }
-        let finalists = times.indices.sorted { times[$0] < times[$1] }.prefix(4)
-        for i in finalists where times[i].isFinite { times[i] = try time(list[i], runs: 10) }
+        // Two steps of a local search around the four fastest: their neighbours (one setting
+        // changed), which neither the heuristic nor the tile search proposes; then the neighbours
+        // of the four fastest after that.
+        var seen = Set(list.map { lt.describe($0) })
+        for _ in 0 ..< 2 {
+            for i in times.indices.sorted(by: { times[$0] < times[$1] }).prefix(4) where times[i].isFinite {
+                for v in neighbours(list[i], plan) where seen.insert(lt.describe(v)).inserted {
+                    list.append(v)
+                    times.append(try time(v, runs: 2))
+                }
+            }
+        }
+        // The six fastest again in five interleaved rounds (a round times each of them once, 3
+        // runs), and each one's median round decides: the GPU's clock drifts while it is timed (a
+        // cold GPU starts at its top clock, a training step runs at its power cap, S9-1), so
+        // finalists timed one after another were not timed alike.
+        let finalists = Array(times.indices.sorted { times[$0] < times[$1] }.prefix(6))
+        var rounds = [[Float]](repeating: [], count: finalists.count)
+        for _ in 0 ..< 5 {
+            for (j, i) in finalists.enumerated() where times[i].isFinite { rounds[j].append(try time(list[i], runs: 3)) }
+        }
+        for (j, i) in finalists.enumerated() where !rounds[j].isEmpty { times[i] = rounds[j].sorted()[rounds[j].count / 2] }
         let best = finalists.min { times[$0] < times[$1] }!
         choices[choiceKey(s)] = list[best]
         saveChoices()
+        if listEvery {
+            for i in times.indices.sorted(by: { times[$0] < times[$1] }) {
+                fputs("matmul tune " + s.profileName + format("   %.4f ms  #%ld: ", Double(times[i]), i) + lt.describe(list[i]) + "\n", stderr)
+            }
+        }
         if verbose {  // the first 8 of the heuristic's list were the whole search before the variants
             let firstEight = times.prefix(8).min()!
             fputs("matmul tune " + s.profileName
