@@ -44,13 +44,30 @@ bash Scripts/gpu-resume-check.sh "$d" > "$out/resume.txt" 2>&1
 row "kill at step 6 and resume (d4, bf16)" "$(tail -1 "$out/resume.txt")"
 
 bench() { "$llm" bench train --device cuda --seq-len 1024 --total-batch 524288 --warmup-steps 1 "$@"; }
-bench --model d12 --batch 64 --steps 10 --profile > "$out/bench-d12.txt" 2>&1
+# The issue's commands (20 steps), with the SM clock and the power sampled every 250 ms: a step
+# runs at the 700 W power cap, and the clock it gets there decides every kernel's time (S9-1).
+nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader,nounits -lms 250 > "$out/smi-d12.csv" 2>/dev/null &
+smi=$!
+bench --model d12 --batch 64 --steps 20 --profile > "$out/bench-d12.txt" 2>&1
+kill $smi 2>/dev/null
 bench --model d12 --batch 64 --steps 5 --recompute 1 > /tmp/bench-r1.txt 2>&1
 bench --model d12 --batch 64 --steps 5 --recompute 2 > /tmp/bench-r2.txt 2>&1
-bench --model d24 --batch 32 --steps 3 > "$out/bench-d24.txt" 2>&1
+bench --model d24 --batch 32 --steps 20 > "$out/bench-d24.txt" 2>&1
 cat /tmp/bench-r1.txt /tmp/bench-r2.txt > "$out/bench-recompute.txt"
 for f in "$out/bench-d12.txt" /tmp/bench-r1.txt /tmp/bench-r2.txt "$out/bench-d24.txt"; do
     row "$(basename "$f" .txt)" "$(grep -E '^median ms/step|^tokens/s|^MFU|^peak GPU' "$f" | tr -s ' ' | tr '\n' ';')"
 done
+# Samples drawn under load (over 400 W): their median SM clock, power and the hottest temperature.
+row "d12 bench under load (nvidia-smi, 250 ms)" "$(python3 - "$out/smi-d12.csv" <<'PY'
+import statistics, sys
+rows = [[float(v) for v in line.split(",")] for line in open(sys.argv[1]) if line.count(",") == 2]
+hot = [r for r in rows if r[1] > 400]
+if hot:
+    print(f"{len(hot)} samples: SM clock median {statistics.median(r[0] for r in hot):.0f} MHz, "
+          f"power median {statistics.median(r[1] for r in hot):.0f} W, up to {max(r[2] for r in hot):.0f} C")
+else:
+    print("no samples")
+PY
+)"
 sed -n '/^kernel (one/,/^GPU idle/p' "$out/bench-d12.txt"
 echo; echo "== summary"; cat "$summary"
