@@ -570,15 +570,20 @@ public final class MatmulEngine {
         let finalists = Array(times.indices.sorted { times[$0] < times[$1] }.prefix(6))
         var rounds = [[Float]](repeating: [], count: finalists.count)
         for _ in 0 ..< 5 {
-            for (j, i) in finalists.enumerated() where times[i].isFinite { rounds[j].append(try time(list[i], runs: 3)) }
+            for (j, i) in finalists.enumerated() where times[i].isFinite {
+                rounds[j].append(try time(list[i], runs: 3))
+            }
         }
-        for (j, i) in finalists.enumerated() where !rounds[j].isEmpty { times[i] = rounds[j].sorted()[rounds[j].count / 2] }
+        for (j, i) in finalists.enumerated() where !rounds[j].isEmpty {
+            times[i] = rounds[j].sorted()[rounds[j].count / 2]
+        }
         let best = finalists.min { times[$0] < times[$1] }!
         choices[choiceKey(s)] = list[best]
         saveChoices()
         if listEvery {
             for i in times.indices.sorted(by: { times[$0] < times[$1] }) {
-                fputs("matmul tune " + s.profileName + format("   %.4f ms  #%ld: ", Double(times[i]), i) + lt.describe(list[i]) + "\n", stderr)
+                fputs("matmul tune " + s.profileName + format("   %.4f ms  #%ld: ", Double(times[i]), i)
+                      + lt.describe(list[i]) + "\n", stderr)
             }
         }
         if verbose {  // the first 8 of the heuristic's list were the whole search before the variants
