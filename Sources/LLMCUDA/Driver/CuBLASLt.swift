@@ -442,25 +442,11 @@ public final class MatmulEngine {
         var out = heuristic
         var seen = Set(heuristic.map { lt.describe($0) })
         for base in heuristic.prefix(8) {
-            var variants: [[UInt8]?] = []
-            if lt.capability(base, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT) != 0,
-               lt.capability(base, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK) & CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE != 0,
-               lt.config(base, .splitK) <= 1 {
-                for parts: UInt32 in [2, 3, 4] {
-                    variants.append(lt.configured(base, .splitK, parts).flatMap {
-                        lt.configured($0, .reductionScheme, CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE)
-                    })
-                }
-            }
+            var variants = lt.config(base, .splitK) <= 1 ? splitVariants(base, [2, 3, 4]) : []
             if lt.capability(base, CUBLASLT_ALGO_CAP_CTA_SWIZZLING_SUPPORT) != 0 {
                 variants.append(lt.configured(base, .ctaSwizzling, lt.config(base, .ctaSwizzling) == 0 ? 1 : 0))
             }
-            let customMax = lt.capability(base, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX)
-            if customMax > 0 {
-                for option in 0 ... customMax where option != lt.config(base, .customOption) {
-                    variants.append(lt.configured(base, .customOption, option))
-                }
-            }
+            variants += customOptionVariants(base)
             for case let v? in variants where fits(v, p) && seen.insert(lt.describe(v)).inserted { out.append(v) }
         }
         if wide {
@@ -493,25 +479,35 @@ public final class MatmulEngine {
     /// isolated, on the weight gradients and the LM head), cluster shape (cublasLtClusterShape_t
     /// 2 ... 10: 1x1x1 to 4x4x1) and split-K in 1 ... 8 parts (fp32 partials).
     func neighbours(_ base: [UInt8], _ p: Plan) -> [[UInt8]] {
-        var out: [[UInt8]?] = []
-        let customMax = lt.capability(base, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX)
-        for option in 0 ... customMax where option != lt.config(base, .customOption) {
-            out.append(lt.configured(base, .customOption, option))
-        }
+        var out = customOptionVariants(base)
         if lt.config(base, .clusterShape) != 0 {  // 0: the kernel chooses (no cluster setting to change)
             for shape: UInt32 in 2 ... 10 where shape != lt.config(base, .clusterShape) {
                 out.append(lt.configured(base, .clusterShape, shape))
             }
         }
-        if lt.capability(base, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT) != 0,
-           lt.capability(base, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK) & CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE != 0 {
-            for parts: UInt32 in 1 ... 8 where parts != max(1, lt.config(base, .splitK)) {
-                out.append(lt.configured(base, .splitK, parts).flatMap {
-                    lt.configured($0, .reductionScheme, parts == 1 ? 0 : CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE)
-                })
+        out += splitVariants(base, Array(1 ... 8).filter { $0 != max(1, lt.config(base, .splitK)) })
+        return out.compactMap { $0 }.filter { fits($0, p) }
+    }
+
+    /// `base` with each other custom option its algorithm has (nil where cuBLASLt refuses one).
+    func customOptionVariants(_ base: [UInt8]) -> [[UInt8]?] {
+        let current = lt.config(base, .customOption)
+        return (0 ... lt.capability(base, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX)).filter { $0 != current }.map {
+            lt.configured(base, .customOption, $0)
+        }
+    }
+
+    /// `base` split in each of `parts` (1: not split; more: fp32 partials summed in the workspace),
+    /// where its algorithm can split; nil where cuBLASLt refuses one.
+    func splitVariants(_ base: [UInt8], _ parts: [UInt32]) -> [[UInt8]?] {
+        guard lt.capability(base, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT) != 0,
+              lt.capability(base, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK) & CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE != 0
+        else { return [] }
+        return parts.map { n in
+            lt.configured(base, .splitK, n).flatMap {
+                lt.configured($0, .reductionScheme, n == 1 ? 0 : CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE)
             }
         }
-        return out.compactMap { $0 }.filter { fits($0, p) }
     }
 
     /// Times each candidate algorithm of a new shape on its real operands (D is written: the
