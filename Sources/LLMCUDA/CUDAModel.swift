@@ -52,8 +52,11 @@ public final class CUDAModel: GPT2Backend {
     public let recompute: Int
     /// Rows of logits computed at a time (CUDAClassifier.swift): the logits buffer holds this many
     /// rows of Vp, not B*T of them. $LLM_CLASSIFIER_ROWS overrides the default, for experiments.
+    /// 16384 rows (1.57 GiB of bf16 logits at GPT-2's vocabulary) rather than 8192: each chunk reads
+    /// and writes dwte's fp32 sum once (2 x 147 MiB), so half the chunks are -3 to -4 ms per d12
+    /// step for +0.74 GiB (docs/gpu-performance.md, ninth and tenth rounds).
     public let classifierRows: Int
-    static let defaultClassifierRows = 8192
+    static let defaultClassifierRows = 16384
     /// GELU in cuBLASLt epilogues instead of separate kernels: in the fc matmul (its input kept as
     /// fch) and its gradient in the fcproj dinp matmul. bf16 only (fp32 stays the exact path);
     /// $LLM_EPILOGUES=0 turns it off for timing; it turns itself off, with one line on stderr, if
@@ -168,7 +171,7 @@ public final class CUDAModel: GPT2Backend {
     struct ColumnSumSpace { let partials: CUdeviceptr; let counters: CUdeviceptr; let counterCount: Int }
 
     /// `parameters`: N fp32 values in checkpoint order (these become the master weights).
-    /// `classifierRows`: nil takes $LLM_CLASSIFIER_ROWS, else 8192.
+    /// `classifierRows`: nil takes $LLM_CLASSIFIER_ROWS, else 16384.
     public init(config: GPT2Config, parameters: [Float], B: Int, T: Int, precision: GPUPrecision = .bf16,
                 recompute: Int = 0, classifierRows: Int? = nil, deviceOrdinal: Int = 0) throws {
         try config.validate(source: "cuda model")
@@ -984,8 +987,8 @@ public final class CUDAModel: GPT2Backend {
         rngState = state[0]
     }
 
-    /// "parameters+grads+AdamW 1899 MiB, activations 20037 MiB (recompute 0; logits in chunks of 8192
-    /// of 65536 rows: 786 MiB), ..." for the start-up message.
+    /// "parameters+grads+AdamW 1899 MiB, activations 20823 MiB (recompute 0; logits in chunks of 16384
+    /// of 65536 rows: 1572 MiB), ..." for the start-up message.
     public var memorySummary: String {
         func mib(_ b: Int) -> String { "\(b >> 20) MiB" }
         let logitsRows = min(classifierRows, batchSize * sequenceLength)

@@ -24,7 +24,7 @@ struct CUDASelfTestCommand: ParsableCommand {
     @Option(name: .long, help: "Batch of the flash-attention check against the scalar kernels (d12 heads, bf16); 0 skips it.")
     var attentionBatch = 4
 
-    @Option(name: .long, help: "Batch of the d12 check of the classifier in chunks of 8192 rows against one chunk (bf16, T = 1024); 0 skips it.")
+    @Option(name: .long, help: "Batch of the d12 check of the classifier in chunks (16384 rows) against one chunk (bf16, T = 1024); 0 skips it.")
     var classifierBatch = 32
 
     @Option(name: .long, help: "Steps of the determinism run (two runs, d12 shape, bf16); 0 skips it.")
@@ -258,7 +258,7 @@ struct CUDASelfTestCommand: ParsableCommand {
     }
 
     /// d12 (bf16, random weights, tinyshakespeare batch): trainingForward + backward with the
-    /// classifier in chunks (LLM_CLASSIFIER_ROWS or 8192 rows; from B = 25 on, dwte's fp32 sum
+    /// classifier in chunks (LLM_CLASSIFIER_ROWS or 16384 rows; from B = 25 on, dwte's fp32 sum
     /// lives in the (B, T, 4C) scratch) against one chunk of all B*T rows.
     func classifierCheck() throws -> (String, Bool) {
         let T = 1024, B = classifierBatch
