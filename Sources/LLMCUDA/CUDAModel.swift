@@ -675,7 +675,7 @@ public final class CUDAModel: GPT2Backend {
         let C = config.channels, L = config.numLayers, NH = config.numHeads
         let BTmax = batchSize * sequenceLength  // per-layer stride of the stacked activations
         let NHT = batchSize * NH * sequenceLength
-        try launch1D("encoder_forward", count: N * C,
+        try launch1D("encoder_forward", count: N * C / pack,
                      [.ptr(encoded), .ptr(tokens), .ptr(tensor(params, .wte)), .ptr(tensor(params, .wpe)),
                       .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(C))])
         // Each residual add runs in one kernel with the layernorm that reads its result: residual2
@@ -855,7 +855,7 @@ public final class CUDAModel: GPT2Backend {
                       .u32(nextSeed())])
         if !bucketsQueued { try queueEncoderBuckets() }
         let n = bucketCount
-        try launch("encoder_backward_wte", grid: (n, 1, 1), block: (min(256, (C + 31) / 32 * 32), 1, 1),
+        try launch("encoder_backward_wte", grid: (n, 1, 1), block: (min(256, (C / pack + 31) / 32 * 32), 1, 1),
                    [.ptr(tensor(grads, .wte)), .ptr(dresidual), .ptr(buckets), .ptr(buckets + UInt64(4 * n)),
                     .ptr(buckets + UInt64(4 * (2 * n + 1))), .i32(Int32(C)), .u32(nextSeed())])
     }
