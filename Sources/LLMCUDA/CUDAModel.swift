@@ -53,7 +53,7 @@ public final class CUDAModel: GPT2Backend {
     /// Rows of logits computed at a time (CUDAClassifier.swift): the logits buffer holds this many
     /// rows of Vp, not B*T of them. $LLM_CLASSIFIER_ROWS overrides the default, for experiments.
     /// 16384 rows (1.57 GiB of bf16 logits at GPT-2's vocabulary) rather than 8192: each chunk reads
-    /// and writes dwte's fp32 sum once (2 x 147 MiB), so half the chunks are -3 to -4 ms per d12
+    /// and writes dwte's fp32 sum once (2 x 147 MiB), and half as many chunks save 3-4 ms per d12
     /// step for +0.74 GiB (docs/gpu-performance.md, ninth and tenth rounds).
     public let classifierRows: Int
     static let defaultClassifierRows = 16384
