@@ -46,3 +46,98 @@ extension CUDAModel {
                 + results.joined(separator: ", ") + "  " + (ok ? "PASS" : "FAIL"), ok)
     }
 }
+
+extension CUDAModel {
+    /// The Hopper GEMM against cuBLASLt on the fc layer's shapes (this model's C; `rows` tokens):
+    /// the plain product, fc's forward with bias and GELU (out and the kept GELU input), fcproj's
+    /// dinp with GELU's gradient. The two sum in different orders, so the outputs agree to bf16's
+    /// rounding: relative L2 difference under 1e-2 and no element off by more than 5 % of the
+    /// largest. Then each product's time at `timingRows` (interleaved runs, the best mean of 3 x 10).
+    /// nil where the GEMM does not run. Own buffers, freed after.
+    public func checkHopperGEMM(rows M: Int, timingRows: Int) throws -> [(row: String, ok: Bool)]? {
+        guard let h = hopper else { return nil }
+        let C = config.channels, N4 = 4 * C
+        var state: UInt64 = 0x2545f4914f6cdd1d
+        func uniform(_ scale: Float) -> Float {
+            state ^= state << 13; state ^= state >> 7; state ^= state << 17
+            return (Float(state >> 40) / Float(1 << 24) * 2 - 1) * scale
+        }
+        var results: [(String, Bool)] = []
+        for (rows, timing) in [(M, false), (timingRows, true)] {
+            let inp = try device.allocate(bytes: rows * C * E, what: "check: input")
+            let w = try device.allocate(bytes: N4 * C * E, what: "check: fc weight")
+            let wp = try device.allocate(bytes: C * N4 * E, what: "check: fcproj weight")
+            let bias = try device.allocate(bytes: N4 * E, what: "check: bias")
+            let outs = try device.allocate(bytes: 6 * rows * N4 * E, what: "check: outputs")
+            defer { [inp, w, wp, bias, outs].forEach(device.free) }
+            let o = (0 ..< 6).map { elements(outs, $0 * rows * N4) }  // ref, ours: out, aux, dinp
+            try uploadFloatX(inp, (0 ..< rows * C).map { _ in uniform(1) })
+            try uploadFloatX(w, (0 ..< N4 * C).map { _ in uniform(0.08) })
+            try uploadFloatX(wp, (0 ..< C * N4).map { _ in uniform(0.08) })
+            try uploadFloatX(bias, (0 ..< N4).map { _ in uniform(0.5) })
+            let fc = MatmulShape(m: N4, n: rows, k: C, transA: true, transB: false, bias: true, accumulate: false,
+                                 epilogue: .geluKeepInput)
+            let plain = MatmulShape(m: N4, n: rows, k: C, transA: true, transB: false, bias: false, accumulate: false)
+            let dinp = MatmulShape(m: N4, n: rows, k: C, transA: false, transB: false, bias: false, accumulate: false,
+                                   epilogue: .geluGradient)
+            // (name, cuBLASLt, ours): dinp takes the input as its gradient and the reference's GELU input.
+            let products: [(String, () throws -> Void, () throws -> Void)] = [
+                ("plain", { try self.matmul.run(plain, d: o[0], a: w, b: inp) },
+                 { try h.run(.plain, out: o[1], a: inp, b: w, M: rows, N: N4, K: C) }),
+                ("bias+gelu", { try self.matmul.run(fc, d: o[0], a: w, b: inp, bias: bias, aux: o[2]) },
+                 { try h.run(.gelu, out: o[1], a: inp, b: w, bias: bias, aux: o[3], M: rows, N: N4, K: C) }),
+                ("dgelu", { try self.matmul.run(dinp, d: o[4], a: wp, b: inp, aux: o[2]) },
+                 {
+                     try h.transpose(self.weightT, wp, rows: C, cols: N4)
+                     try h.run(.geluGradient, out: o[5], a: inp, b: self.weightT, aux: o[2], M: rows, N: N4, K: C)
+                 }),
+            ]
+            for (name, reference, ours) in products {
+                if timing {
+                    try device.synchronize()
+                    let start = try device.makeEvent(), end = try device.makeEvent()
+                    defer { device.destroyEvent(start); device.destroyEvent(end) }
+                    var best: [Float] = [.infinity, .infinity]
+                    try reference(); try ours()
+                    for _ in 0 ..< 3 {
+                        for (k, body) in [reference, ours].enumerated() {
+                            best[k] = min(best[k], try matmul.averageMilliseconds(start, end, runs: 10, body))
+                        }
+                    }
+                    let flops = 2.0 * Double(rows) * Double(N4) * Double(C)
+                    let tf = best.map { flops / (Double($0) * 1e-3) / 1e12 }
+                    let kernel = name == "plain" ? "gemm_hopper_plain" : name == "dgelu" ? "gemm_hopper_dgelu" : "gemm_hopper_gelu"
+                    let shared = HopperGEMM.sharedBytes(name == "plain" ? .plain : name == "dgelu" ? .geluGradient : .gelu)
+                    let clusters = try h.clustersAtOnce(kernel, shared: shared)
+                    let row = "hopper gemm \(name) \(rows)x\(N4)x\(C) (\(clusters) clusters of \(HopperGEMM.cluster)): cuBLASLt \(format("%.4f", Double(best[0]))) ms "
+                        + "(\(format("%.0f", tf[0])) TFLOP/s), ours \(format("%.4f", Double(best[1]))) ms "
+                        + "(\(format("%.0f", tf[1])) TFLOP/s)"
+                    print("[hopper] " + row)
+                    results.append((row, true))
+                    continue
+                }
+                try reference()
+                try ours()
+                let pairs: [(Int, Int, String)] = name == "bias+gelu" ? [(0, 1, "out"), (2, 3, "aux")]
+                    : name == "dgelu" ? [(4, 5, "dinp")] : [(0, 1, "out")]
+                for (r, u, what) in pairs {
+                    let ref = try downloadFloatX(o[r], count: rows * N4), got = try downloadFloatX(o[u], count: rows * N4)
+                    var d2 = 0.0, r2 = 0.0, worst: Float = 0, largest: Float = 0
+                    for i in 0 ..< ref.count {
+                        let d = got[i] - ref[i]
+                        d2 += Double(d * d); r2 += Double(ref[i] * ref[i])
+                        worst = max(worst, abs(d)); largest = max(largest, abs(ref[i]))
+                    }
+                    let rel = (d2 / max(r2, 1e-30)).squareRoot()
+                    let ok = rel < 1e-2 && worst <= 0.05 * largest && got.allSatisfy { $0.isFinite }
+                    let row = "hopper gemm \(name) \(what) \(rows)x\(N4)x\(C) vs cuBLASLt: rel. L2 "
+                        + format("%.2e", rel) + ", max diff " + format("%.3g", Double(worst)) + " of max "
+                        + format("%.3g", Double(largest)) + "  " + (ok ? "PASS" : "FAIL")
+                    print("[hopper] " + row)
+                    results.append((row, ok))
+                }
+            }
+        }
+        return results
+    }
+}

@@ -36,6 +36,9 @@ public final class CUDAModel: GPT2Backend {
     public let device: CUDADevice
     public let kernels: KernelLibrary
     let matmul: MatmulEngine
+    /// Our own GEMM for the two products with GELU epilogues (HopperGEMM.swift), where it runs (sm_90,
+    /// bf16, with the epilogues on); each use is timed against cuBLASLt once and the faster kept.
+    let hopper: HopperGEMM?
     let layout: ParameterLayout
     let E: Int  // bytes per floatX element
     var pack: Int { 16 / E }  // elements per 16-byte pack (PACK in common.cuh)
@@ -104,6 +107,7 @@ public final class CUDAModel: GPT2Backend {
     let scratchBTC: CUdeviceptr  // (B, T, C)
     let scratchBT4C: CUdeviceptr // (B, T, 4C), also dqkv (B, T, 3C) and dwteSum
     let attDsum: CUdeviceptr     // (B, NH, T) fp32
+    let weightT: CUdeviceptr     // (4C, C): fcproj's weight transposed, the Hopper GEMM's B for fc's dinp; 0 without it
     /// (B, NH, pairs, 64 x 64) bf16: the flash backward's dS (flashDSBytes), in logitsBuffer, or 0.
     var attDS: CUdeviceptr { storedDS ? logitsBuffer : 0 }
     let dwteSum: CUdeviceptr     // (Vp, C) fp32, bf16 only: the LM head's dwte summed over the classifier's
@@ -217,6 +221,7 @@ public final class CUDAModel: GPT2Backend {
         device = try CUDADevice(ordinal: deviceOrdinal)
         kernels = try KernelLibrary(device: device, precision: precision)
         matmul = try MatmulEngine(device: device, bf16: precision == .bf16)
+        hopper = fusedGELU ? HopperGEMM(kernels: kernels) : nil
         // LLM_SIDE_STREAM=0 queues the backward's weight and bias gradients on the one stream too
         // (same results; for timing the overlap).
         device.sideStreamEnabled = environmentValue("LLM_SIDE_STREAM") != "0"
@@ -264,6 +269,7 @@ public final class CUDAModel: GPT2Backend {
             BT * C * x, BT * C * x, BT * 4 * C * x,  // dresidual, scratchBTC, scratchBT4C
             B * NH * T * f,                  // attDsum
             dwteSumOwn ? Vp * C * f : 0,     // dwteSum
+            hopper != nil ? 4 * C * C * x : 0,  // weightT
         ]
         let aligned = plan.map { ($0 + 255) / 256 * 256 }
         activationBytes = aligned.reduce(0, +)
@@ -279,6 +285,7 @@ public final class CUDAModel: GPT2Backend {
         dresidual = views[19]; scratchBTC = views[20]; scratchBT4C = views[21]; attDsum = views[22]
         fchGelu = recompute >= 1 ? scratchBT4C : views[12]
         dwteSum = precision == .bf16 ? (dwteSumOwn ? views[23] : scratchBT4C) : 0
+        weightT = hopper != nil ? views[24] : 0
 
         // layernorm_backward's partials, then the side and main streams' column sums, then the
         // timing bias: apart, as layernorm_backward and the bias sums run at once when the bias sums
@@ -466,9 +473,14 @@ public final class CUDAModel: GPT2Backend {
                    N: Int, C: Int) throws {
         if fusedGELU {
             do {
-                return try matmul.run(MatmulShape(m: 4 * C, n: N, k: C, transA: true, transB: false, bias: true,
-                                                  accumulate: false, epilogue: .geluKeepInput),
-                                      d: gelu, a: weight, b: inp, bias: bias, aux: fch)
+                let shape = MatmulShape(m: 4 * C, n: N, k: C, transA: true, transB: false, bias: true,
+                                        accumulate: false, epilogue: .geluKeepInput)
+                func cuBLASLt() throws { try matmul.run(shape, d: gelu, a: weight, b: inp, bias: bias, aux: fch) }
+                guard let h = hopper, HopperGEMM.fits(M: N, N: 4 * C, K: C) else { return try cuBLASLt() }
+                func ours() throws { try h.run(.gelu, out: gelu, a: inp, b: weight, bias: bias, aux: fch, M: N, N: 4 * C, K: C) }
+                if HopperGEMM.forced { return try ours() }
+                try matmul.fastest("bf16 " + shape.profileName + " or hopper", [{ _ in try cuBLASLt() }, { _ in try ours() }])
+                return
             } catch let e as LLMError {
                 fusedGELU = false
                 fputs("cuda model: GELU epilogues off (\(e.message))\n", stderr)
@@ -525,7 +537,7 @@ public final class CUDAModel: GPT2Backend {
                 // way, timed with its bias sums (into timingBias: only the final run's count), is
                 // chosen once per shape and kept with the matmul choices. Either way dinp is the
                 // GELU input's gradient.
-                let way = try matmul.fastest("bf16 " + fused.profileName + (geluBias == nil ? "" : " bias"), [
+                var ways: [(_ final: Bool) throws -> Void] = [
                     { final in
                         try self.matmul.run(fused, d: dinp, a: weight, b: dout, aux: g)
                         if !final, geluBias != nil {
@@ -534,8 +546,23 @@ public final class CUDAModel: GPT2Backend {
                         }
                     },
                     { final in try plainInputGradient(bias: geluBias.map { final ? $0 : self.timingBias }) },
-                ])
-                return (weightGradients, geluBias != nil && way == 1)
+                ]
+                var key = "bf16 " + fused.profileName + (geluBias == nil ? "" : " bias")
+                // Our Hopper GEMM with the same epilogue: B is the weight (OC, K) turned (K, OC).
+                if let h = hopper, HopperGEMM.fits(M: N, N: K, K: OC), K * OC <= 4 * config.channels * config.channels {
+                    let ours: (Bool) throws -> Void = { final in
+                        try h.transpose(self.weightT, weight, rows: OC, cols: K)
+                        try h.run(.geluGradient, out: dinp, a: dout, b: self.weightT, aux: g, M: N, N: K, K: OC)
+                        if !final, geluBias != nil {
+                            try self.columnSums("bias_backward", space: self.mainColumnSums, dbias: self.timingBias,
+                                                N: N, OC: K, [.ptr(dinp)])
+                        }
+                    }
+                    if HopperGEMM.forced { ways = [ours] } else { ways.append(ours) }
+                    key += " or hopper"
+                }
+                let way = try matmul.fastest(key, ways)
+                return (weightGradients, geluBias != nil && ways.count > 1 && way == 1)
             } catch let e as LLMError {
                 fusedGELU = false
                 fputs("cuda model: GELU epilogues off (\(e.message))\n", stderr)

@@ -32,6 +32,8 @@ public enum KernelSources {
         for d in (environmentValue("LLM_KERNEL_DEFINES") ?? "").split(whereSeparator: { $0 == " " || $0 == "," }) {
             o.append("-D" + d)
         }
+        // The Hopper GEMM's cluster size is the host's too (HopperGEMM.cluster).
+        o.append("-DGEMM_CLUSTER=\(HopperGEMM.cluster)")
         return o
     }
 
@@ -100,9 +102,19 @@ public struct CUDAFunction {
     public let name: String
 }
 
-/// One kernel argument: pointers, 32/64-bit integers and floats, passed by value.
+/// One kernel argument: pointers, 32/64-bit integers and floats, passed by value; or a TMA
+/// descriptor (a `__grid_constant__` CUtensorMap parameter, 128 bytes).
 public enum KernelArgument {
-    case ptr(CUdeviceptr), i32(Int32), i64(Int64), u32(UInt32), f32(Float)
+    case ptr(CUdeviceptr), i32(Int32), i64(Int64), u32(UInt32), f32(Float), tensorMap(TensorMap)
+
+    /// Bytes the argument's value takes in the launch's parameter buffer (64-byte slots for maps).
+    var slotBytes: Int { if case .tensorMap = self { return 128 } else { return 8 } }
+}
+
+/// A CUtensorMap: 128 opaque bytes from cuTensorMapEncodeTiled describing a 2-D global tensor and
+/// the box one TMA copy moves.
+public struct TensorMap {
+    public var words = [UInt64](repeating: 0, count: 16)
 }
 
 public final class KernelLibrary {
@@ -120,7 +132,9 @@ public final class KernelLibrary {
         self.precision = precision
         let start = DispatchTime.now().uptimeNanoseconds
         let modules = KernelSources.modules
-        let arch = device.arch
+        // sm_90 (H100, H200) compiles as sm_90a: the same code, plus the Hopper-only instructions
+        // (wgmma, TMA) of the kernels guarded by __CUDA_ARCH_FEAT_SM90_ALL (gemm_hopper.cu).
+        let arch = device.arch == "sm_90" ? "sm_90a" : device.arch
         var results = [Result<([UInt8], Bool), Error>?](repeating: nil, count: modules.count)
         let lock = PthreadMutex()
         DispatchQueue.concurrentPerform(iterations: modules.count) { i in
@@ -183,18 +197,29 @@ public final class KernelLibrary {
         let d = device.driver
         try allowSharedMemory(f, shared)
         if grid.0 <= 0 || grid.1 <= 0 || grid.2 <= 0 { return }  // nothing to do (empty tensor)
-        try withUnsafeTemporaryAllocation(of: UInt64.self, capacity: max(args.count, 1)) { slots in
+        // Each value in a slot of its own (8 bytes, or 128 at a 64-byte boundary for a tensor map),
+        // the driver reading them through one pointer per argument.
+        var offsets: [Int] = []
+        var total = 0
+        for a in args {
+            total = (total + a.slotBytes - 1) / a.slotBytes * a.slotBytes
+            offsets.append(total)
+            total += a.slotBytes
+        }
+        try withUnsafeTemporaryAllocation(byteCount: max(total, 8), alignment: 64) { buffer in
             try withUnsafeTemporaryAllocation(of: UnsafeMutableRawPointer?.self, capacity: max(args.count, 1)) { ptrs in
+                let base = buffer.baseAddress!
+                base.initializeMemory(as: UInt8.self, repeating: 0, count: max(total, 8))
                 for (i, a) in args.enumerated() {
-                    let slot = slots.baseAddress! + i
-                    slot.initialize(to: 0)
-                    let raw = UnsafeMutableRawPointer(slot)
+                    let raw = base + offsets[i]
                     switch a {
                     case .ptr(let p): raw.storeBytes(of: p, as: UInt64.self)
-                    case .i32(let v): raw.storeBytes(of: v, as: Int32.self)
                     case .i64(let v): raw.storeBytes(of: v, as: Int64.self)
+                    case .i32(let v): raw.storeBytes(of: v, as: Int32.self)
                     case .u32(let v): raw.storeBytes(of: v, as: UInt32.self)
                     case .f32(let v): raw.storeBytes(of: v, as: Float.self)
+                    case .tensorMap(let m):
+                        for (k, w) in m.words.enumerated() { (raw + 8 * k).storeBytes(of: w, as: UInt64.self) }
                     }
                     ptrs[i] = raw
                 }

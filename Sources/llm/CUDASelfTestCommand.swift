@@ -27,6 +27,12 @@ struct CUDASelfTestCommand: ParsableCommand {
     @Option(name: .long, help: "Batch of the d12 check of the classifier in chunks (16384 rows) against one chunk (bf16, T = 1024); 0 skips it.")
     var classifierBatch = 32
 
+    @Option(name: .long, help: "Rows of the check of our Hopper GEMM against cuBLASLt (d12's fc shapes, bf16, sm_90 only); 0 skips it.")
+    var gemmRows = 8192
+
+    @Option(name: .long, help: "Rows of the Hopper GEMM's timing against cuBLASLt (B*T; d12 at B=64 is 65536); 0 skips it.")
+    var gemmTimingRows = 65536
+
     @Option(name: .long, help: "Steps of the determinism run (two runs, d12 shape, bf16); 0 skips it.")
     var determinismSteps = 20
 
@@ -59,6 +65,16 @@ struct CUDASelfTestCommand: ParsableCommand {
             let (row, ok) = try classifierCheck()
             table.append(row)
             if !ok { failures.append("classifier chunks d12") }
+        }
+        if gemmRows > 0 && precisions.contains(.bf16) {
+            let config = try GPT2Config.fromDescriptor("d12")
+            let model = try CUDAModel(config: config, parameters: randomParameters(config), B: 1, T: 1024, precision: .bf16)
+            if let rows = try model.checkHopperGEMM(rows: gemmRows, timingRows: gemmTimingRows) {
+                table += rows.map(\.row)
+                failures += rows.filter { !$0.ok }.map { _ in "hopper gemm" }
+            } else {
+                table.append("hopper gemm: not used on this GPU (sm_90 in bf16 only, or LLM_HOPPER_GEMM=0)")
+            }
         }
         if determinismSteps > 0 {
             let (row, ok) = try determinism()

@@ -19,7 +19,7 @@ struct KernelsCommand: ParsableCommand {
     var compile = false
 
     @Option(name: .long, help: "Comma-separated GPU architectures for --compile.")
-    var arch = "sm_80,sm_90"
+    var arch = "sm_80,sm_90a"
 
     @Flag(name: .long, help: "Accept NVRTC warnings instead of failing on them.")
     var allowWarnings = false
@@ -37,7 +37,7 @@ struct KernelsCommand: ParsableCommand {
         print("nvrtc \(nvrtc.version.major).\(nvrtc.version.minor) from \(nvrtc.library.path)")
         let archs = arch.split(separator: ",").map { String($0).trimmingCharacters(" ") }
         if archs.isEmpty || archs.contains(where: { !$0.hasPrefix("sm_") && !$0.hasPrefix("compute_") }) {
-            throw LLMError("--arch \(arch): expected a list like sm_80,sm_90")
+            throw LLMError("--arch \(arch): expected a list like sm_80,sm_90a")
         }
         if let dir = dump {
             mkdir(dir, 0o755)  // an existing directory is fine; a missing parent fails at the first write

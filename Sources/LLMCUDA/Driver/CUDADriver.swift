@@ -38,6 +38,13 @@ typealias FnEventRecord = @convention(c) (CUhandle?, CUhandle?) -> CUresult
 typealias FnStreamWaitEvent = @convention(c) (CUhandle?, CUhandle?, UInt32) -> CUresult
 typealias FnEventElapsed = @convention(c) (UnsafeMutablePointer<Float>, CUhandle?, CUhandle?) -> CUresult
 typealias FnGetErrorText = @convention(c) (CUresult, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> CUresult
+// cuTensorMapEncodeTiled(map, dataType, rank, globalAddress, globalDim, globalStrides, boxDim,
+// elementStrides, interleave, swizzle, l2Promotion, oobFill)
+// cuOccupancyMaxActiveClusters(numClusters, func, config: a CUlaunchConfig)
+typealias FnMaxActiveClusters = @convention(c) (UnsafeMutablePointer<Int32>, CUhandle?, UnsafeRawPointer) -> CUresult
+typealias FnTensorMapEncodeTiled = @convention(c) (UnsafeMutableRawPointer, Int32, UInt32, UnsafeMutableRawPointer?,
+                                                   UnsafePointer<UInt64>, UnsafePointer<UInt64>, UnsafePointer<UInt32>,
+                                                   UnsafePointer<UInt32>, Int32, Int32, Int32, Int32) -> CUresult
 
 /// Device attributes used here (CUdevice_attribute values).
 public enum CUDeviceAttribute: Int32 {
@@ -84,6 +91,9 @@ public final class CUDADriver {
     let cuEventElapsedTime: FnEventElapsed
     let cuGetErrorName: FnGetErrorText
     let cuGetErrorString: FnGetErrorText
+    /// TMA descriptors (CUDA 12+ drivers; nil before): only the Hopper GEMM needs them.
+    let cuTensorMapEncodeTiled: FnTensorMapEncodeTiled?
+    let cuOccupancyMaxActiveClusters: FnMaxActiveClusters?
 
     init(library l: DynamicLibrary) throws {
         library = l
@@ -120,6 +130,8 @@ public final class CUDADriver {
         cuEventElapsedTime = try l.symbol("cuEventElapsedTime")
         cuGetErrorName = try l.symbol("cuGetErrorName")
         cuGetErrorString = try l.symbol("cuGetErrorString")
+        cuTensorMapEncodeTiled = try? l.symbol("cuTensorMapEncodeTiled")
+        cuOccupancyMaxActiveClusters = try? l.symbol("cuOccupancyMaxActiveClusters")
     }
 
     /// The driver, loaded and initialised once per process (or the reason it is not there).

@@ -1,24 +1,6 @@
 // GELU, tanh approximation (as GPT-2 and llm.c), forward and backward (in place over dout).
 #include "common.cuh"
-
-#define GELU_SCALE 0.7978845608028654f  // sqrt(2 / pi)
-
-__device__ __forceinline__ float gelu(float x) {
-    float cube = 0.044715f * x * x * x;
-    return 0.5f * x * (1.0f + tanhf(GELU_SCALE * (x + cube)));
-}
-
-// d gelu(x) / dx, with sech^2 = 1 - tanh^2 (as the CPU path): one tanh per element, where
-// 1 / cosh^2 took an exponential and two reciprocals more, enough special-function work to slow
-// the bandwidth-bound gelu_backward_bias (H100, d24, S8-2/S8-3: 0.331 -> 0.306 ms a call; its
-// bytes take 0.27).
-__device__ __forceinline__ float geluDerivative(float x) {
-    float cube = 0.044715f * x * x * x;
-    float arg = GELU_SCALE * (x + cube);
-    float th = tanhf(arg);
-    float sech2 = 1.0f - th * th;
-    return 0.5f * (1.0f + th) + x * 0.5f * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
-}
+#include "gelu.cuh"
 
 // One 16-byte pack per thread; N % PACK == 0.
 extern "C" __global__ void gelu_forward(floatX* out, const floatX* inp, long long N) {

@@ -1,0 +1,136 @@
+// The host side of our own Hopper GEMM (Kernels/gemm_hopper.cu): TMA descriptors of its operands,
+// the persistent launch, and the choice of where it runs (sm_90 in bf16, shapes in whole tiles).
+
+import LLM
+
+/// out (M, N) = A (M, K) . B (N, K)^T, row-major, with a plain, GELU or GELU-gradient epilogue, on
+/// TMA and warpgroup MMAs. For the fc layer's two products, where cuBLASLt's GELU epilogues are slow.
+final class HopperGEMM {
+    enum Epilogue {
+        /// out = A . B^T
+        case plain
+        /// out = GELU(A . B^T + bias), aux = A . B^T + bias (the GELU input, kept for the backward)
+        case gelu
+        /// out = (A . B^T) * GELU'(aux)
+        case geluGradient
+    }
+
+    let kernels: KernelLibrary
+    let encode: FnTensorMapEncodeTiled
+    /// Clusters of each kernel the GPU holds at once (its SMs come in groups, GPCs, and a cluster's
+    /// blocks must share one): the persistent grid is at most that many, as a cluster that had to
+    /// wait for a place would start its share of the tiles only when another has done all of its.
+    private var residentClusters: [String: Int] = [:]
+    private var maps: [MapKey: TensorMap] = [:]
+    private struct MapKey: Hashable { let address: CUdeviceptr, rows: Int, cols: Int, boxRows: Int }
+
+    // gemm_hopper.cu's tile and ring (GEMM_BM, GEMM_BN, GEMM_BK, GEMM_STAGES_*).
+    static let tileM = 128, tileN = 128, tileK = 64
+    static let stageBytes = 2 * 128 * 64 * 2
+    static func sharedBytes(_ e: Epilogue) -> Int {
+        let stages = e == .geluGradient ? 5 : 6
+        let aux = e == .geluGradient ? 2 * tileM * tileN * 2 : 0
+        return 1024 + stages * stageBytes + aux + 8 * (2 * stages + 6) + 2 * 256
+    }
+
+    /// nil where it cannot run: not an sm_90 GPU, not bf16, a driver without TMA descriptors, too
+    /// little shared memory, or $LLM_HOPPER_GEMM=0.
+    init?(kernels: KernelLibrary) {
+        let device = kernels.device
+        guard kernels.precision == .bf16, device.arch == "sm_90", environmentValue("LLM_HOPPER_GEMM") != "0",
+              let encode = device.driver.cuTensorMapEncodeTiled,
+              device.maxSharedMemoryPerBlock >= HopperGEMM.sharedBytes(.geluGradient) else { return nil }
+        self.kernels = kernels
+        self.encode = encode
+    }
+
+    /// Blocks per cluster sharing each A tile by multicast ($LLM_HOPPER_CLUSTER: 1, 2 or 4; default
+    /// 2); the kernels are compiled with the same number (-DGEMM_CLUSTER).
+    static let cluster: Int = {
+        if let v = environmentValue("LLM_HOPPER_CLUSTER"), let n = Int(v), [1, 2, 4].contains(n) { return n }
+        return 2
+    }()
+
+    /// $LLM_HOPPER_GEMM=force: always this GEMM where it fits (no timing against cuBLASLt).
+    static var forced: Bool { environmentValue("LLM_HOPPER_GEMM") == "force" }
+
+    /// Whether the shape is whole tiles, N whole clusters of them (the kernel has no partial tiles).
+    static func fits(M: Int, N: Int, K: Int) -> Bool {
+        M > 0 && N > 0 && K > 0 && M % tileM == 0 && N % (tileN * cluster) == 0 && K % tileK == 0
+    }
+
+    /// The descriptor of a (rows, cols) bf16 row-major matrix at p, copied in boxes of 64 columns
+    /// (128 bytes, the 128-byte swizzle the MMAs read) by `boxRows` rows.
+    func tensorMap(_ p: CUdeviceptr, rows: Int, cols: Int, boxRows: Int) throws -> TensorMap {
+        let key = MapKey(address: p, rows: rows, cols: cols, boxRows: boxRows)
+        if let m = maps[key] { return m }
+        var map = TensorMap()
+        let dims: [UInt64] = [UInt64(cols), UInt64(rows)], strides: [UInt64] = [UInt64(cols * 2)]
+        let box: [UInt32] = [64, UInt32(boxRows)], elementStrides: [UInt32] = [1, 1]
+        let r = map.words.withUnsafeMutableBytes { m in
+            encode(m.baseAddress!, 9 /* BFLOAT16 */, 2, UnsafeMutableRawPointer(bitPattern: UInt(p)), dims, strides,
+                   box, elementStrides, 0 /* no interleave */, 3 /* SWIZZLE_128B */, 3 /* L2 256B */, 0)
+        }
+        try kernels.device.driver.check(r, "cuTensorMapEncodeTiled(\(rows) x \(cols) bf16, box 64 x \(boxRows))")
+        maps[key] = map
+        return map
+    }
+
+    /// Queues out (M, N) = A (M, K) . B (N, K)^T with `epilogue` on the device's stream; bias (N)
+    /// for `.gelu`, aux (M, N) written by `.gelu` and read by `.geluGradient`.
+    func run(_ epilogue: Epilogue, out: CUdeviceptr, a: CUdeviceptr, b: CUdeviceptr, bias: CUdeviceptr = 0,
+             aux: CUdeviceptr = 0, M: Int, N: Int, K: Int) throws {
+        guard HopperGEMM.fits(M: M, N: N, K: K) else {
+            throw LLMError("hopper gemm: \(M) x \(N) x \(K) is not whole tiles of 128 x \(128 * HopperGEMM.cluster) x 64")
+        }
+        let cluster = HopperGEMM.cluster
+        let mapA = try tensorMap(a, rows: M, cols: K, boxRows: HopperGEMM.tileM / cluster)  // a block's share
+        let mapB = try tensorMap(b, rows: N, cols: K, boxRows: HopperGEMM.tileN)
+        let groups = (M / HopperGEMM.tileM) * (N / HopperGEMM.tileN / cluster)  // a cluster's tiles at a time
+        let shared = HopperGEMM.sharedBytes(epilogue)
+        let name = epilogue == .plain ? "gemm_hopper_plain" : epilogue == .gelu ? "gemm_hopper_gelu" : "gemm_hopper_dgelu"
+        let grid = (min(groups, try clustersAtOnce(name, shared: shared)) * cluster, 1, 1)
+        let dims: [KernelArgument] = [.i32(Int32(M)), .i32(Int32(N)), .i32(Int32(K))]
+        switch epilogue {
+        case .plain:
+            try kernels.launch(kernels.function("gemm_hopper_plain"), grid: grid, block: (384, 1, 1), shared: shared,
+                               [.ptr(out), .tensorMap(mapA), .tensorMap(mapB)] + dims)
+        case .gelu:
+            try kernels.launch(kernels.function("gemm_hopper_gelu"), grid: grid, block: (384, 1, 1), shared: shared,
+                               [.ptr(out), .ptr(aux), .ptr(bias), .tensorMap(mapA), .tensorMap(mapB)] + dims)
+        case .geluGradient:
+            let mapAux = try tensorMap(aux, rows: M, cols: N, boxRows: HopperGEMM.tileM)
+            try kernels.launch(kernels.function("gemm_hopper_dgelu"), grid: grid, block: (384, 1, 1), shared: shared,
+                               [.ptr(out), .tensorMap(mapA), .tensorMap(mapB), .tensorMap(mapAux)] + dims)
+        }
+    }
+
+    /// How many clusters of the kernel `name` fit on the GPU at once (the driver's count where it has
+    /// cuOccupancyMaxActiveClusters, else one block per SM).
+    func clustersAtOnce(_ name: String, shared: Int) throws -> Int {
+        if let n = residentClusters[name] { return n }
+        let device = kernels.device, f = try kernels.function(name)
+        var n = device.multiprocessorCount / HopperGEMM.cluster
+        if let query = device.driver.cuOccupancyMaxActiveClusters {
+            try kernels.allowSharedMemory(f, shared)
+            // CUlaunchConfig: grid (3 x u32), block (3 x u32), shared bytes (u32), stream, attributes, count.
+            var config = [UInt8](repeating: 0, count: 56)
+            let words: [UInt32] = [UInt32(n * HopperGEMM.cluster), 1, 1, 384, 1, 1, UInt32(shared)]
+            config.withUnsafeMutableBytes { c in
+                for (i, w) in words.enumerated() { c.storeBytes(of: w, toByteOffset: 4 * i, as: UInt32.self) }
+            }
+            var count: Int32 = 0
+            let r = config.withUnsafeBytes { query(&count, f.handle, $0.baseAddress!) }
+            try device.driver.check(r, "cuOccupancyMaxActiveClusters(\(name))")
+            if count > 0 { n = min(n, Int(count)) }
+        }
+        residentClusters[name] = n
+        return n
+    }
+
+    /// out (cols, rows) = in (rows, cols)^T: a weight used as (OC, K) turned K-major for B.
+    func transpose(_ out: CUdeviceptr, _ inp: CUdeviceptr, rows: Int, cols: Int) throws {
+        try kernels.launch(kernels.function("transpose_matrix"), grid: ((cols + 31) / 32, (rows + 31) / 32, 1),
+                           block: (32, 8, 1), [.ptr(out), .ptr(inp), .i32(Int32(rows)), .i32(Int32(cols))])
+    }
+}

@@ -1,0 +1,379 @@
+// Our own bf16 GEMM for Hopper (sm_90a), for the two products whose GELU epilogue cuBLASLt runs at
+// ~490 TFLOP/s where its plain products reach ~700: out (M, N) = A (M, K) . B (N, K)^T, row-major,
+// both operands K-major. TMA loads tiles into a ring of shared-memory stages, warpgroup MMAs
+// (wgmma) read them from there, and the grid is persistent: one block per SM walks the tiles, a
+// producer warp loading, two consumer warpgroups taking the tiles in turns, so one's epilogue (the
+// GELU and its second (M, N) stream) runs while the other's products keep the tensor cores busy.
+#include "common.cuh"
+#include "gelu.cuh"
+
+// A CUtensorMap (cuda.h): 128 opaque bytes made by cuTensorMapEncodeTiled on the host, passed by value.
+struct __align__(64) TensorMap { unsigned long long words[16]; };
+
+#define GEMM_BM 128          // rows of A (and out) per tile
+#define GEMM_BN 128          // rows of B (columns of out) per tile
+#define GEMM_BK 64           // K per stage: 64 bf16 = one 128-byte swizzle row
+#define GEMM_STAGE_BYTES (GEMM_BM * GEMM_BK * 2)  // one operand's tile in a stage: 16 KB
+#define GEMM_AUX_BYTES (GEMM_BM * GEMM_BN * 2)    // one consumer's tile of the GELU input: 32 KB
+#define GEMM_THREADS 384     // warpgroup 0: the producer (one thread works); 1 and 2: consumers
+#ifndef GEMM_CLUSTER
+#define GEMM_CLUSTER 2       // blocks per cluster, sharing A tiles (1, 2 or 4; the host passes the same)
+#endif
+
+// The epilogues: out = product; out = GELU(product + bias) with aux = product + bias (the GELU
+// input, kept for the backward); out = product * GELU'(aux).
+#define GEMM_PLAIN 0
+#define GEMM_GELU 1
+#define GEMM_DGELU 2
+
+#if defined(LLM_BF16) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define GEMM_HOPPER 1
+#endif
+
+#ifdef GEMM_HOPPER
+#define GEMM_CLUSTER_DIMS __cluster_dims__(GEMM_CLUSTER, 1, 1)
+#else
+#define GEMM_CLUSTER_DIMS
+#endif
+
+#ifdef GEMM_HOPPER
+
+// MARK: - Barriers and copies (PTX)
+
+__device__ __forceinline__ unsigned sharedAddress(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void barrierInit(unsigned bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void barrierArrive(unsigned bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(bar) : "memory");
+}
+// Arrive and announce `bytes` more to come from TMA copies on this barrier's current phase.
+__device__ __forceinline__ void barrierExpect(unsigned bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(bar), "r"(bytes) : "memory");
+}
+// Waits until the phase of parity `parity` has completed (a fresh barrier counts parity 1 as done).
+__device__ __forceinline__ void barrierWait(unsigned bar, unsigned parity) {
+    asm volatile("{\n"
+                 ".reg .pred done;\n"
+                 "WAIT:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+                 "@!done bra WAIT;\n"
+                 "}\n" :: "r"(bar), "r"(parity) : "memory");
+}
+// A barrier of the 128 threads of consumer warpgroup c (named barrier 1 + c).
+__device__ __forceinline__ void warpgroupSync(int c) {
+    asm volatile("bar.sync %0, 128;" :: "r"(1 + c) : "memory");
+}
+
+// This block's rank in its cluster, and a barrier of every thread of every block of the cluster.
+__device__ __forceinline__ unsigned clusterRank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+__device__ __forceinline__ void clusterSync() {
+    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;" ::: "memory");
+}
+// Arrive on the barrier at the same shared address in block `rank` of the cluster (this one
+// included). The default (CTA-scope) release: what it orders are the warpgroup MMAs' reads of a
+// stage, done before the arrival; a .release.cluster arrive costs a MEMBAR.ALL.GPU, which waits
+// for the epilogue's stores too (measured: half the rate).
+__device__ __forceinline__ void barrierArriveCluster(unsigned bar, unsigned rank) {
+    asm volatile("{\n"
+                 ".reg .b32 remote;\n"
+                 "mapa.shared::cluster.u32 remote, %0, %1;\n"
+                 "mbarrier.arrive.shared::cluster.b64 _, [remote];\n"
+                 "}\n" :: "r"(bar), "r"(rank) : "memory");
+}
+// tmaLoad into the same shared address of every block in `mask`, each counting the bytes on its own
+// barrier at `bar`.
+__device__ __forceinline__ void tmaLoadMulticast(unsigned dst, const TensorMap* map, unsigned bar, int x, int y,
+                                                 unsigned short mask) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+                 " [%0], [%1, {%3, %4}], [%2], %5;"
+                 :: "r"(dst), "l"((unsigned long long)map), "r"(bar), "r"(x), "r"(y), "h"(mask) : "memory");
+}
+
+// The box of `map` at element (x along the rows, y the row) into shared memory at dst; its bytes
+// count on `bar`.
+__device__ __forceinline__ void tmaLoad(unsigned dst, const TensorMap* map, unsigned bar, int x, int y) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];"
+                 :: "r"(dst), "l"((unsigned long long)map), "r"(bar), "r"(x), "r"(y) : "memory");
+}
+
+// MARK: - Warpgroup MMA
+
+// Shared-memory matrix descriptor of a K-major tile written by TMA with the 128-byte swizzle:
+// rows of 128 bytes, 8-row groups 1024 bytes apart (stride offset), leading offset unused (1).
+// A k16 slice further along K starts 32 bytes later; the tile base is 1024-byte aligned.
+__device__ __forceinline__ unsigned long long smemDescriptor(unsigned addr) {
+    return (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
+}
+
+__device__ __forceinline__ void wgmmaFence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmmaCommit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmmaWait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory");
+}
+// Keeps the compiler from moving accumulator reads or writes across the asynchronous MMAs.
+__device__ __forceinline__ void fenceRegisters(float* d) {
+#pragma unroll
+    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i]) :: "memory");
+}
+
+// d (64 x 128, fp32, the accumulator fragment) (+)= A (64 x 16) . B (128 x 16)^T, both from shared memory.
+__device__ __forceinline__ void wgmma128(float* d, unsigned long long a, unsigned long long b, int accumulate) {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "%64, %65, p, 1, 1, 0, 0;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(a), "l"(b), "r"(accumulate));
+}
+
+__device__ __forceinline__ unsigned packBF16(float lo, float hi) {
+    return (unsigned)fromFloat(lo).bits | ((unsigned)fromFloat(hi).bits << 16);
+}
+
+// The epilogue of one 64-row half of a consumer's tile. The fragment of m64n128: value 4j + 2e + h
+// of a thread is row 16 warp + lane/4 + 8e, column 8j + 2 (lane % 4) + h.
+template <int EPI>
+__device__ __forceinline__ void epilogueHalf(const float* acc, int half, floatX* out,
+                                             floatX* aux, unsigned biasTile, unsigned auxTile,
+                                             int m0, int n0, int N) {
+    const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        const int r = 64 * half + 16 * warp + lane / 4 + 8 * e;  // row in the tile
+        const long long rowOffset = (long long)(m0 + r) * N + n0;
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            const int c = 8 * j + 2 * (lane % 4);  // column in the tile
+            float v0 = acc[4 * j + 2 * e], v1 = acc[4 * j + 2 * e + 1];
+            unsigned* o = (unsigned*)(out + rowOffset + c);
+            if (EPI == GEMM_PLAIN) {
+                *o = packBF16(v0, v1);
+            } else if (EPI == GEMM_GELU) {
+                unsigned b;
+                asm volatile("ld.shared.b32 %0, [%1];" : "=r"(b) : "r"(biasTile + 2 * c));
+                v0 += __uint_as_float(b << 16);
+                v1 += __uint_as_float(b & 0xffff0000u);
+                *(unsigned*)(aux + rowOffset + c) = packBF16(v0, v1);
+                *o = packBF16(geluFast(v0), geluFast(v1));
+            } else {
+                // The aux tile's 128-byte rows hold 8 chunks of 16 bytes, chunk q at q ^ (row % 8).
+                const int cc = c % 64;
+                const unsigned at = auxTile + (c / 64) * (GEMM_AUX_BYTES / 2) + r * 128
+                                  + (((cc >> 3) ^ (r & 7)) << 4) + (cc & 7) * 2;
+                unsigned x;
+                asm volatile("ld.shared.b32 %0, [%1];" : "=r"(x) : "r"(at));
+                *o = packBF16(v0 * geluDerivativeFast(__uint_as_float(x << 16)),
+                              v1 * geluDerivativeFast(__uint_as_float(x & 0xffff0000u)));
+            }
+        }
+    }
+}
+
+// MARK: - The kernel
+
+// Shared memory (dynamic, rounded up to a 1024-byte boundary): A's stages, B's stages, with the
+// DGELU epilogue one (BM, BN) aux tile per consumer (two 64-column halves, 128-byte swizzle), then
+// the barriers: full[s] (the producer's expect + TMA bytes from every block of the cluster),
+// empty[s] (one arrival per consumer warp of every block of the cluster), auxFull[c], auxEmpty[c],
+// turn[c]; then each consumer's 128 values of the bias.
+//
+// A cluster of GEMM_CLUSTER blocks takes GEMM_CLUSTER neighbouring tiles of one row of tiles at a
+// time: they need the same A rows, so each block loads 128 / GEMM_CLUSTER of them and multicasts
+// them to all, and the L2 sends each A tile out once instead of GEMM_CLUSTER times (measured: with
+// one block per tile the L2 could not feed the SMs at cuBLASLt's rate).
+template <int EPI, int STAGES>
+__device__ __forceinline__ void gemmHopper(floatX* __restrict__ out, floatX* __restrict__ aux,
+                                           const floatX* __restrict__ bias, const TensorMap* mapA,
+                                           const TensorMap* mapB, const TensorMap* mapAux, int M, int N, int K) {
+    extern __shared__ unsigned char sharedRaw[];
+    const unsigned raw = sharedAddress(sharedRaw);
+    const unsigned sA = (raw + 1023) & ~1023u;
+    const unsigned sB = sA + STAGES * GEMM_STAGE_BYTES;
+    const unsigned sAux = sB + STAGES * GEMM_STAGE_BYTES;
+    const unsigned bars = sAux + (EPI == GEMM_DGELU ? 2 * GEMM_AUX_BYTES : 0);
+    auto full = [&](int s) { return bars + 8 * s; };
+    auto empty = [&](int s) { return bars + 8 * (STAGES + s); };
+    auto auxFull = [&](int c) { return bars + 8 * (2 * STAGES + c); };
+    auto auxEmpty = [&](int c) { return bars + 8 * (2 * STAGES + 2 + c); };
+    auto turn = [&](int c) { return bars + 8 * (2 * STAGES + 4 + c); };
+    const unsigned sBias = bars + 8 * (2 * STAGES + 6);  // 2 x 128 bf16: each consumer's tile of the bias
+
+    const unsigned rank = clusterRank();
+    const int groupsN = N / (GEMM_BN * GEMM_CLUSTER), groups = (M / GEMM_BM) * groupsN, kBlocks = K / GEMM_BK;
+    const int cluster = blockIdx.x / GEMM_CLUSTER, clusters = gridDim.x / GEMM_CLUSTER;
+    const int warpgroup = threadIdx.x / 128, t = threadIdx.x % 128;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; s++) { barrierInit(full(s), 1); barrierInit(empty(s), 4 * GEMM_CLUSTER); }
+        for (int c = 0; c < 2; c++) {
+            barrierInit(auxFull(c), 1); barrierInit(auxEmpty(c), 128); barrierInit(turn(c), 128);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    clusterSync();  // every block's barriers exist before any block's copies or arrivals reach them
+
+    if (warpgroup == 0) {
+        // The producer: every tile's K blocks in order into the ring (and the DGELU epilogue's aux
+        // tile into its consumer's buffer); the consumers' tiles alternate, so does the ring's use.
+        if (t == 0) {
+            const int rowsA = GEMM_BM / GEMM_CLUSTER;  // this block's share of the A tile
+            unsigned long long it = 0;
+            for (int g = cluster, i = 0; g < groups; g += clusters, i++) {
+                const int m0 = (g / groupsN) * GEMM_BM, n0 = ((g % groupsN) * GEMM_CLUSTER + rank) * GEMM_BN;
+                if (EPI == GEMM_DGELU) {
+                    const int c = i & 1;
+                    barrierWait(auxEmpty(c), ((i >> 1) & 1) ^ 1);
+                    barrierExpect(auxFull(c), GEMM_AUX_BYTES);
+                    tmaLoad(sAux + c * GEMM_AUX_BYTES, mapAux, auxFull(c), n0, m0);
+                    tmaLoad(sAux + c * GEMM_AUX_BYTES + GEMM_AUX_BYTES / 2, mapAux, auxFull(c), n0 + 64, m0);
+                }
+                for (int kb = 0; kb < kBlocks; kb++, it++) {
+                    const int s = (int)(it % STAGES);
+                    // Free in every block of the cluster: our A rows land in all of them.
+                    barrierWait(empty(s), (unsigned)((it / STAGES) & 1) ^ 1);
+                    barrierExpect(full(s), 2 * GEMM_STAGE_BYTES);
+                    tmaLoadMulticast(sA + s * GEMM_STAGE_BYTES + rank * rowsA * 128, mapA, full(s), kb * GEMM_BK,
+                                     m0 + rank * rowsA, (unsigned short)((1 << GEMM_CLUSTER) - 1));
+                    tmaLoad(sB + s * GEMM_STAGE_BYTES, mapB, full(s), kb * GEMM_BK, n0);
+                }
+            }
+        }
+    } else {
+        // A consumer: the tiles i with i % 2 == its index, each (BM, BN) as two 64-row halves. Their
+        // products take turns (turn[c]: the other's tile's last stage is in), so one's epilogue runs
+        // beside the other's products, and no consumer waits on a stage two uses of the ring ahead
+        // (a barrier's parity tells only one phase from the next).
+        const int consumer = warpgroup - 1, lane = t % 32;
+        float acc0[64], acc1[64];
+        unsigned long long it = 0;
+        // Hands stage s back to the producers of every block of the cluster: one arrival per warp,
+        // after the warp's products that read it are done.
+        auto release = [&](int s) {
+            __syncwarp();
+            if (lane == 0) {
+                for (int r = 0; r < GEMM_CLUSTER; r++) barrierArriveCluster(empty(s), r);
+            }
+        };
+        for (int g = cluster, i = 0; g < groups; g += clusters, i++, it += kBlocks) {
+            if ((i & 1) != consumer) continue;
+            const int m0 = (g / groupsN) * GEMM_BM, n0 = ((g % groupsN) * GEMM_CLUSTER + rank) * GEMM_BN;
+            const int turns = (i + 1) / 2;  // the other consumer's tiles before this one
+            if (turns > 0) barrierWait(turn(consumer), (turns - 1) & 1);
+            for (int kb = 0; kb < kBlocks; kb++) {
+                const unsigned long long k = it + kb;
+                const int s = (int)(k % STAGES);
+                barrierWait(full(s), (unsigned)((k / STAGES) & 1));
+                fenceRegisters(acc0); fenceRegisters(acc1);
+                wgmmaFence();
+#pragma unroll
+                for (int k16 = 0; k16 < GEMM_BK / 16; k16++) {
+                    const unsigned a = sA + s * GEMM_STAGE_BYTES + 32 * k16, b = sB + s * GEMM_STAGE_BYTES + 32 * k16;
+                    const int accumulate = (kb > 0 || k16 > 0) ? 1 : 0;
+                    wgmma128(acc0, smemDescriptor(a), smemDescriptor(b), accumulate);
+                    wgmma128(acc1, smemDescriptor(a + 64 * 128), smemDescriptor(b), accumulate);
+                }
+                wgmmaCommit();
+                fenceRegisters(acc0); fenceRegisters(acc1);
+                if (kb > 0) {  // the previous stage's products are done: hand its slot back
+                    wgmmaWait<1>();
+                    release((int)((k - 1) % STAGES));
+                }
+            }
+            barrierArrive(turn(1 - consumer));  // every stage of this tile is in: the other may go on
+            wgmmaWait<0>();
+            fenceRegisters(acc0); fenceRegisters(acc1);
+            release((int)((it + kBlocks - 1) % STAGES));
+
+            if (EPI == GEMM_DGELU) barrierWait(auxFull(consumer), (i >> 1) & 1);
+            const unsigned auxTile = sAux + consumer * GEMM_AUX_BYTES, biasTile = sBias + consumer * 256;
+            if (EPI == GEMM_GELU) {  // the tile's 128 bias values into shared memory, read 32 times each
+                warpgroupSync(consumer);  // the previous tile's epilogue has read them
+                if (t < 64) {
+                    const unsigned b = *(const unsigned*)(bias + n0 + 2 * t);
+                    asm volatile("st.shared.b32 [%0], %1;" :: "r"(biasTile + 4 * t), "r"(b) : "memory");
+                }
+                warpgroupSync(consumer);
+            }
+            epilogueHalf<EPI>(acc0, 0, out, aux, biasTile, auxTile, m0, n0, N);
+            epilogueHalf<EPI>(acc1, 1, out, aux, biasTile, auxTile, m0, n0, N);
+            if (EPI == GEMM_DGELU) barrierArrive(auxEmpty(consumer));
+        }
+    }
+    clusterSync();  // no block leaves while another may still multicast into it or arrive on its barriers
+}
+
+#endif  // GEMM_HOPPER
+
+// MARK: - Entry points
+
+// out (M, N) = A (M, K) . B (N, K)^T; M, N multiples of 128, K of 64; grid: at most one block per SM;
+// dynamic shared memory: GEMM_STAGES * 32 KB + 1 KB (+ 64 KB with DGELU) and the barriers.
+#define GEMM_STAGES_PLAIN 6
+#define GEMM_STAGES_DGELU 5
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1) GEMM_CLUSTER_DIMS
+gemm_hopper_plain(floatX* out, const __grid_constant__ TensorMap mapA, const __grid_constant__ TensorMap mapB,
+                  int M, int N, int K) {
+#ifdef GEMM_HOPPER
+    gemmHopper<GEMM_PLAIN, GEMM_STAGES_PLAIN>(out, nullptr, nullptr, &mapA, &mapB, nullptr, M, N, K);
+#else
+    __trap();  // only built for sm_90a in bf16; the host never launches it elsewhere
+#endif
+}
+
+// out = GELU(A . B^T + bias), aux = A . B^T + bias (the GELU input), bias (N).
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1) GEMM_CLUSTER_DIMS
+gemm_hopper_gelu(floatX* out, floatX* aux, const floatX* bias, const __grid_constant__ TensorMap mapA,
+                 const __grid_constant__ TensorMap mapB, int M, int N, int K) {
+#ifdef GEMM_HOPPER
+    gemmHopper<GEMM_GELU, GEMM_STAGES_PLAIN>(out, aux, bias, &mapA, &mapB, nullptr, M, N, K);
+#else
+    __trap();
+#endif
+}
+
+// out = (A . B^T) * GELU'(aux), aux (M, N) the GELU input read through mapAux (boxes of 64 x 128).
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1) GEMM_CLUSTER_DIMS
+gemm_hopper_dgelu(floatX* out, const __grid_constant__ TensorMap mapA, const __grid_constant__ TensorMap mapB,
+                  const __grid_constant__ TensorMap mapAux, int M, int N, int K) {
+#ifdef GEMM_HOPPER
+    gemmHopper<GEMM_DGELU, GEMM_STAGES_DGELU>(out, nullptr, nullptr, &mapA, &mapB, &mapAux, M, N, K);
+#else
+    __trap();
+#endif
+}
+
+// out (cols, rows) = in (rows, cols)^T, through 32 x 32 tiles of shared memory; block (32, 8).
+// Gives the DGELU product its B operand K-major: fcproj's weight (C, 4C) as (4C, C).
+extern "C" __global__ void transpose_matrix(floatX* out, const floatX* in, int rows, int cols) {
+    __shared__ floatX tile[32][33];
+    const int c0 = blockIdx.x * 32, r0 = blockIdx.y * 32;
+    for (int y = threadIdx.y; y < 32; y += 8) {
+        const int r = r0 + y, c = c0 + threadIdx.x;
+        if (r < rows && c < cols) tile[y][threadIdx.x] = in[(long long)r * cols + c];
+    }
+    __syncthreads();
+    for (int y = threadIdx.y; y < 32; y += 8) {
+        const int c = c0 + y, r = r0 + threadIdx.x;
+        if (r < rows && c < cols) out[(long long)c * rows + r] = tile[threadIdx.x][y];
+    }
+}
