@@ -27,10 +27,17 @@ final class HopperGEMM {
     // gemm_hopper.cu's tile and ring (GEMM_BM, GEMM_BN, GEMM_BK, GEMM_STAGES_*).
     static let tileM = 128, tileN = 128, tileK = 64
     static let stageBytes = 2 * 128 * 64 * 2
+    /// Stages of the ring ($LLM_HOPPER_STAGES, 2 to 6; default 4); the kernels are compiled with the
+    /// same number (-DGEMM_STAGES).
+    static let stages: Int = {
+        if let v = environmentValue("LLM_HOPPER_STAGES"), let n = Int(v), (2 ... 6).contains(n) { return n }
+        return 4
+    }()
+
+    /// Dynamic shared memory of a kernel (gemm_hopper.cu): alignment slack, the ring's stages, 32 KB
+    /// per consumer for the epilogue (16 for plain), the barriers, 2 x 128 bias values.
     static func sharedBytes(_ e: Epilogue) -> Int {
-        let stages = e == .geluGradient ? 5 : 6
-        let aux = e == .geluGradient ? 2 * tileM * tileN * 2 : 0
-        return 1024 + stages * stageBytes + aux + 8 * (2 * stages + 6) + 2 * 256
+        1024 + stages * stageBytes + 2 * tileM * tileN * (e == .plain ? 1 : 2) + 8 * (2 * stages + 6) + 2 * 256
     }
 
     /// nil where it cannot run: not an sm_90 GPU, not bf16, a driver without TMA descriptors, too
@@ -91,17 +98,22 @@ final class HopperGEMM {
         let name = epilogue == .plain ? "gemm_hopper_plain" : epilogue == .gelu ? "gemm_hopper_gelu" : "gemm_hopper_dgelu"
         let grid = (min(groups, try clustersAtOnce(name, shared: shared)) * cluster, 1, 1)
         let dims: [KernelArgument] = [.i32(Int32(M)), .i32(Int32(N)), .i32(Int32(K))]
+        let f = try kernels.function(name)
         switch epilogue {
         case .plain:
-            try kernels.launch(kernels.function("gemm_hopper_plain"), grid: grid, block: (384, 1, 1), shared: shared,
-                               [.ptr(out), .tensorMap(mapA), .tensorMap(mapB)] + dims)
+            let mapOut = try tensorMap(out, rows: M, cols: N, boxRows: 64)
+            try kernels.launch(f, grid: grid, block: (384, 1, 1), shared: shared,
+                               [.tensorMap(mapA), .tensorMap(mapB), .tensorMap(mapOut)] + dims)
         case .gelu:
-            try kernels.launch(kernels.function("gemm_hopper_gelu"), grid: grid, block: (384, 1, 1), shared: shared,
-                               [.ptr(out), .ptr(aux), .ptr(bias), .tensorMap(mapA), .tensorMap(mapB)] + dims)
+            let mapOut = try tensorMap(out, rows: M, cols: N, boxRows: 64)
+            let mapAux = try tensorMap(aux, rows: M, cols: N, boxRows: 64)
+            try kernels.launch(f, grid: grid, block: (384, 1, 1), shared: shared,
+                               [.ptr(bias), .tensorMap(mapA), .tensorMap(mapB), .tensorMap(mapOut), .tensorMap(mapAux)] + dims)
         case .geluGradient:
+            let mapOut = try tensorMap(out, rows: M, cols: N, boxRows: HopperGEMM.tileM)
             let mapAux = try tensorMap(aux, rows: M, cols: N, boxRows: HopperGEMM.tileM)
-            try kernels.launch(kernels.function("gemm_hopper_dgelu"), grid: grid, block: (384, 1, 1), shared: shared,
-                               [.ptr(out), .tensorMap(mapA), .tensorMap(mapB), .tensorMap(mapAux)] + dims)
+            try kernels.launch(f, grid: grid, block: (384, 1, 1), shared: shared,
+                               [.tensorMap(mapA), .tensorMap(mapB), .tensorMap(mapOut), .tensorMap(mapAux)] + dims)
         }
     }
 

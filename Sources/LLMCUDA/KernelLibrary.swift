@@ -32,8 +32,9 @@ public enum KernelSources {
         for d in (environmentValue("LLM_KERNEL_DEFINES") ?? "").split(whereSeparator: { $0 == " " || $0 == "," }) {
             o.append("-D" + d)
         }
-        // The Hopper GEMM's cluster size is the host's too (HopperGEMM.cluster).
+        // The Hopper GEMM's cluster size and stages are the host's too (HopperGEMM).
         o.append("-DGEMM_CLUSTER=\(HopperGEMM.cluster)")
+        o.append("-DGEMM_STAGES=\(HopperGEMM.stages)")
         return o
     }
 

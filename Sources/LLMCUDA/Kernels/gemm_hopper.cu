@@ -102,6 +102,19 @@ __device__ __forceinline__ void tmaLoad(unsigned dst, const TensorMap* map, unsi
                  :: "r"(dst), "l"((unsigned long long)map), "r"(bar), "r"(x), "r"(y) : "memory");
 }
 
+// The box of `map` at (x, y) from shared memory at src (TMA store, in this thread's bulk group).
+__device__ __forceinline__ void tmaStore(const TensorMap* map, unsigned src, int x, int y) {
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];"
+                 :: "l"((unsigned long long)map), "r"(src), "r"(x), "r"(y) : "memory");
+}
+__device__ __forceinline__ void bulkCommit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+// Until this thread's TMA stores have read their shared memory (it may be written again).
+__device__ __forceinline__ void bulkWaitRead() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
+// Until this thread's TMA stores are done.
+__device__ __forceinline__ void bulkWait() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
+// This thread's shared-memory writes, visible to the TMA (the async proxy).
+__device__ __forceinline__ void fenceAsyncShared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
 // MARK: - Warpgroup MMA
 
 // Shared-memory matrix descriptor of a K-major tile written by TMA with the 128-byte swizzle:
@@ -150,40 +163,45 @@ __device__ __forceinline__ unsigned packBF16(float lo, float hi) {
     return (unsigned)fromFloat(lo).bits | ((unsigned)fromFloat(hi).bits << 16);
 }
 
-// The epilogue of one 64-row half of a consumer's tile. The fragment of m64n128: value 4j + 2e + h
-// of a thread is row 16 warp + lane/4 + 8e, column 8j + 2 (lane % 4) + h.
+// Byte offset of element (r, c) in a TMA box of 64 columns with the 128-byte swizzle: rows of 128
+// bytes whose 16-byte chunks q sit at q ^ (r % 8); `boxBytes` apart for columns 64 and on.
+__device__ __forceinline__ unsigned swizzled(int r, int c, int boxBytes) {
+    return (c / 64) * boxBytes + r * 128 + ((((c % 64) >> 3) ^ (r & 7)) << 4) + (c & 7) * 2;
+}
+
+// The epilogue of one 64-row half of a consumer's tile, into shared memory for TMA stores: plain
+// and GELU into `staging` (out's 64 x 128 at 0, with GELU aux's at 16 KB; boxes of 64 x 64), DGELU
+// in place over the aux tile it reads (boxes of 64 x 128). The fragment of m64n128: value
+// 4j + 2e + h of a thread is row 16 warp + lane/4 + 8e, column 8j + 2 (lane % 4) + h. Each warp's
+// 4-byte writes cover 8 rows x 16 bytes, 8 different chunks: no bank conflicts.
 template <int EPI>
-__device__ __forceinline__ void epilogueHalf(const float* acc, int half, floatX* out,
-                                             floatX* aux, unsigned biasTile, unsigned auxTile,
-                                             int m0, int n0, int N) {
+__device__ __forceinline__ void epilogueHalf(const float* acc, int half, unsigned staging, unsigned biasTile,
+                                             unsigned auxTile) {
     const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
 #pragma unroll
     for (int e = 0; e < 2; e++) {
-        const int r = 64 * half + 16 * warp + lane / 4 + 8 * e;  // row in the tile
-        const long long rowOffset = (long long)(m0 + r) * N + n0;
+        const int r = 16 * warp + lane / 4 + 8 * e;  // row in the half
 #pragma unroll
         for (int j = 0; j < 16; j++) {
             const int c = 8 * j + 2 * (lane % 4);  // column in the tile
             float v0 = acc[4 * j + 2 * e], v1 = acc[4 * j + 2 * e + 1];
-            unsigned* o = (unsigned*)(out + rowOffset + c);
             if (EPI == GEMM_PLAIN) {
-                *o = packBF16(v0, v1);
+                asm volatile("st.shared.b32 [%0], %1;" :: "r"(staging + swizzled(r, c, 8192)), "r"(packBF16(v0, v1)));
             } else if (EPI == GEMM_GELU) {
                 unsigned b;
                 asm volatile("ld.shared.b32 %0, [%1];" : "=r"(b) : "r"(biasTile + 2 * c));
                 v0 += __uint_as_float(b << 16);
                 v1 += __uint_as_float(b & 0xffff0000u);
-                *(unsigned*)(aux + rowOffset + c) = packBF16(v0, v1);
-                *o = packBF16(geluFast(v0), geluFast(v1));
+                const unsigned at = staging + swizzled(r, c, 8192);
+                asm volatile("st.shared.b32 [%0], %1;" :: "r"(at + 16384), "r"(packBF16(v0, v1)));
+                asm volatile("st.shared.b32 [%0], %1;" :: "r"(at), "r"(packBF16(geluFast(v0), geluFast(v1))));
             } else {
-                // The aux tile's 128-byte rows hold 8 chunks of 16 bytes, chunk q at q ^ (row % 8).
-                const int cc = c % 64;
-                const unsigned at = auxTile + (c / 64) * (GEMM_AUX_BYTES / 2) + r * 128
-                                  + (((cc >> 3) ^ (r & 7)) << 4) + (cc & 7) * 2;
+                const unsigned at = auxTile + swizzled(64 * half + r, c, GEMM_AUX_BYTES / 2);
                 unsigned x;
                 asm volatile("ld.shared.b32 %0, [%1];" : "=r"(x) : "r"(at));
-                *o = packBF16(v0 * geluDerivativeFast(__uint_as_float(x << 16)),
-                              v1 * geluDerivativeFast(__uint_as_float(x & 0xffff0000u)));
+                const unsigned y = packBF16(v0 * geluDerivativeFast(__uint_as_float(x << 16)),
+                                            v1 * geluDerivativeFast(__uint_as_float(x & 0xffff0000u)));
+                asm volatile("st.shared.b32 [%0], %1;" :: "r"(at), "r"(y));
             }
         }
     }
@@ -191,8 +209,9 @@ __device__ __forceinline__ void epilogueHalf(const float* acc, int half, floatX*
 
 // MARK: - The kernel
 
-// Shared memory (dynamic, rounded up to a 1024-byte boundary): A's stages, B's stages, with the
-// DGELU epilogue one (BM, BN) aux tile per consumer (two 64-column halves, 128-byte swizzle), then
+// Shared memory (dynamic, rounded up to a 1024-byte boundary): A's stages, B's stages, 32 KB per
+// consumer for the epilogue (DGELU: its (BM, BN) aux tile, two 64-column halves with the 128-byte
+// swizzle, overwritten with the result; plain, GELU: the staging of a 64-row half's out and aux), then
 // the barriers: full[s] (the producer's expect + TMA bytes from every block of the cluster),
 // empty[s] (one arrival per consumer warp of every block of the cluster), auxFull[c], auxEmpty[c],
 // turn[c]; then each consumer's 128 values of the bias.
@@ -202,15 +221,17 @@ __device__ __forceinline__ void epilogueHalf(const float* acc, int half, floatX*
 // them to all, and the L2 sends each A tile out once instead of GEMM_CLUSTER times (measured: with
 // one block per tile the L2 could not feed the SMs at cuBLASLt's rate).
 template <int EPI, int STAGES>
-__device__ __forceinline__ void gemmHopper(floatX* __restrict__ out, floatX* __restrict__ aux,
-                                           const floatX* __restrict__ bias, const TensorMap* mapA,
-                                           const TensorMap* mapB, const TensorMap* mapAux, int M, int N, int K) {
+__device__ __forceinline__ void gemmHopper(const floatX* bias, const TensorMap* mapA, const TensorMap* mapB,
+                                           const TensorMap* mapOut, const TensorMap* mapAux, int M, int N, int K) {
     extern __shared__ unsigned char sharedRaw[];
     const unsigned raw = sharedAddress(sharedRaw);
     const unsigned sA = (raw + 1023) & ~1023u;
     const unsigned sB = sA + STAGES * GEMM_STAGE_BYTES;
-    const unsigned sAux = sB + STAGES * GEMM_STAGE_BYTES;
-    const unsigned bars = sAux + (EPI == GEMM_DGELU ? 2 * GEMM_AUX_BYTES : 0);
+    // The DGELU epilogue's aux tiles, or the plain and GELU epilogues' staging: 32 KB per consumer
+    // (16 KB for plain, one output).
+    constexpr unsigned epilogueBytes = EPI == GEMM_PLAIN ? GEMM_AUX_BYTES / 2 : GEMM_AUX_BYTES;
+    const unsigned sAux = sB + STAGES * GEMM_STAGE_BYTES, sStaging = sAux;
+    const unsigned bars = sAux + 2 * epilogueBytes;
     auto full = [&](int s) { return bars + 8 * s; };
     auto empty = [&](int s) { return bars + 8 * (STAGES + s); };
     auto auxFull = [&](int c) { return bars + 8 * (2 * STAGES + c); };
@@ -225,27 +246,20 @@ __device__ __forceinline__ void gemmHopper(floatX* __restrict__ out, floatX* __r
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; s++) { barrierInit(full(s), 1); barrierInit(empty(s), 4 * GEMM_CLUSTER); }
         for (int c = 0; c < 2; c++) {
-            barrierInit(auxFull(c), 1); barrierInit(auxEmpty(c), 128); barrierInit(turn(c), 128);
+            barrierInit(auxFull(c), 1); barrierInit(auxEmpty(c), 1); barrierInit(turn(c), 128);
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     clusterSync();  // every block's barriers exist before any block's copies or arrivals reach them
 
     if (warpgroup == 0) {
-        // The producer: every tile's K blocks in order into the ring (and the DGELU epilogue's aux
-        // tile into its consumer's buffer); the consumers' tiles alternate, so does the ring's use.
+        // The producer: every tile's K blocks in order into the ring; the consumers' tiles alternate,
+        // so does the ring's use.
         if (t == 0) {
             const int rowsA = GEMM_BM / GEMM_CLUSTER;  // this block's share of the A tile
             unsigned long long it = 0;
-            for (int g = cluster, i = 0; g < groups; g += clusters, i++) {
+            for (int g = cluster; g < groups; g += clusters) {
                 const int m0 = (g / groupsN) * GEMM_BM, n0 = ((g % groupsN) * GEMM_CLUSTER + rank) * GEMM_BN;
-                if (EPI == GEMM_DGELU) {
-                    const int c = i & 1;
-                    barrierWait(auxEmpty(c), ((i >> 1) & 1) ^ 1);
-                    barrierExpect(auxFull(c), GEMM_AUX_BYTES);
-                    tmaLoad(sAux + c * GEMM_AUX_BYTES, mapAux, auxFull(c), n0, m0);
-                    tmaLoad(sAux + c * GEMM_AUX_BYTES + GEMM_AUX_BYTES / 2, mapAux, auxFull(c), n0 + 64, m0);
-                }
                 for (int kb = 0; kb < kBlocks; kb++, it++) {
                     const int s = (int)(it % STAGES);
                     // Free in every block of the cluster: our A rows land in all of them.
@@ -255,6 +269,17 @@ __device__ __forceinline__ void gemmHopper(floatX* __restrict__ out, floatX* __r
                                      m0 + rank * rowsA, (unsigned short)((1 << GEMM_CLUSTER) - 1));
                     tmaLoad(sB + s * GEMM_STAGE_BYTES, mapB, full(s), kb * GEMM_BK, n0);
                 }
+            }
+        } else if (EPI == GEMM_DGELU && t == 32) {
+            // The aux tiles, from a thread of their own: waiting for a consumer's buffer must not
+            // hold up the ring.
+            for (int g = cluster, i = 0; g < groups; g += clusters, i++) {
+                const int m0 = (g / groupsN) * GEMM_BM, n0 = ((g % groupsN) * GEMM_CLUSTER + rank) * GEMM_BN;
+                const int c = i & 1;
+                barrierWait(auxEmpty(c), ((i >> 1) & 1) ^ 1);
+                barrierExpect(auxFull(c), GEMM_AUX_BYTES);
+                tmaLoad(sAux + c * GEMM_AUX_BYTES, mapAux, auxFull(c), n0, m0);
+                tmaLoad(sAux + c * GEMM_AUX_BYTES + GEMM_AUX_BYTES / 2, mapAux, auxFull(c), n0 + 64, m0);
             }
         }
     } else {
@@ -303,20 +328,50 @@ __device__ __forceinline__ void gemmHopper(floatX* __restrict__ out, floatX* __r
             fenceRegisters(acc0); fenceRegisters(acc1);
             release((int)((it + kBlocks - 1) % STAGES));
 
-            if (EPI == GEMM_DGELU) barrierWait(auxFull(consumer), (i >> 1) & 1);
             const unsigned auxTile = sAux + consumer * GEMM_AUX_BYTES, biasTile = sBias + consumer * 256;
-            if (EPI == GEMM_GELU) {  // the tile's 128 bias values into shared memory, read 32 times each
-                warpgroupSync(consumer);  // the previous tile's epilogue has read them
-                if (t < 64) {
-                    const unsigned b = *(const unsigned*)(bias + n0 + 2 * t);
-                    asm volatile("st.shared.b32 [%0], %1;" :: "r"(biasTile + 4 * t), "r"(b) : "memory");
-                }
+            const unsigned staging = sStaging + consumer * epilogueBytes;
+            if (EPI == GEMM_DGELU) {
+                barrierWait(auxFull(consumer), (i >> 1) & 1);
+                epilogueHalf<EPI>(acc0, 0, 0, 0, auxTile);
+                epilogueHalf<EPI>(acc1, 1, 0, 0, auxTile);
+                fenceAsyncShared();
                 warpgroupSync(consumer);
+                if (t == 0) {  // the tile out, then its buffer back to the producer once read
+                    tmaStore(mapOut, auxTile, n0, m0);
+                    tmaStore(mapOut, auxTile + GEMM_AUX_BYTES / 2, n0 + 64, m0);
+                    bulkCommit();
+                    bulkWaitRead();
+                    barrierArrive(auxEmpty(consumer));
+                }
+            } else {
+                if (EPI == GEMM_GELU) {  // the tile's 128 bias values into shared memory, read 32 times each
+                    warpgroupSync(consumer);  // the previous tile's epilogue has read them
+                    if (t < 64) {
+                        const unsigned b = *(const unsigned*)(bias + n0 + 2 * t);
+                        asm volatile("st.shared.b32 [%0], %1;" :: "r"(biasTile + 4 * t), "r"(b) : "memory");
+                    }
+                }
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    if (t == 0) bulkWaitRead();  // the staging's previous stores have read it
+                    warpgroupSync(consumer);
+                    epilogueHalf<EPI>(half == 0 ? acc0 : acc1, half, staging, biasTile, 0);
+                    fenceAsyncShared();
+                    warpgroupSync(consumer);
+                    if (t == 0) {
+                        const int y = m0 + 64 * half;
+                        tmaStore(mapOut, staging, n0, y);
+                        tmaStore(mapOut, staging + 8192, n0 + 64, y);
+                        if (EPI == GEMM_GELU) {
+                            tmaStore(mapAux, staging + 16384, n0, y);
+                            tmaStore(mapAux, staging + 24576, n0 + 64, y);
+                        }
+                        bulkCommit();
+                    }
+                }
             }
-            epilogueHalf<EPI>(acc0, 0, out, aux, biasTile, auxTile, m0, n0, N);
-            epilogueHalf<EPI>(acc1, 1, out, aux, biasTile, auxTile, m0, n0, N);
-            if (EPI == GEMM_DGELU) barrierArrive(auxEmpty(consumer));
         }
+        if (t == 0) bulkWait();  // the last stores are done before the block ends
     }
     clusterSync();  // no block leaves while another may still multicast into it or arrive on its barriers
 }
@@ -325,38 +380,44 @@ __device__ __forceinline__ void gemmHopper(floatX* __restrict__ out, floatX* __r
 
 // MARK: - Entry points
 
-// out (M, N) = A (M, K) . B (N, K)^T; M, N multiples of 128, K of 64; grid: at most one block per SM;
-// dynamic shared memory: GEMM_STAGES * 32 KB + 1 KB (+ 64 KB with DGELU) and the barriers.
-#define GEMM_STAGES_PLAIN 6
-#define GEMM_STAGES_DGELU 5
+// out (M, N) = A (M, K) . B (N, K)^T through mapOut (boxes of 64 x 64); M multiple of 128, N of
+// 128 GEMM_CLUSTER, K of 64; grid: whole clusters, at most one block per SM; dynamic shared memory:
+// HopperGEMM.sharedBytes.
+// Stages of the ring (the host passes -DGEMM_STAGES, HopperGEMM.stages). Four ran faster than five
+// or six (H100, S11-5, plain: 636, 580, 578 TFLOP/s), though six fit beside the epilogue's buffers.
+#ifndef GEMM_STAGES
+#define GEMM_STAGES 4
+#endif
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1) GEMM_CLUSTER_DIMS
-gemm_hopper_plain(floatX* out, const __grid_constant__ TensorMap mapA, const __grid_constant__ TensorMap mapB,
-                  int M, int N, int K) {
+gemm_hopper_plain(const __grid_constant__ TensorMap mapA, const __grid_constant__ TensorMap mapB,
+                  const __grid_constant__ TensorMap mapOut, int M, int N, int K) {
 #ifdef GEMM_HOPPER
-    gemmHopper<GEMM_PLAIN, GEMM_STAGES_PLAIN>(out, nullptr, nullptr, &mapA, &mapB, nullptr, M, N, K);
+    gemmHopper<GEMM_PLAIN, GEMM_STAGES>(nullptr, &mapA, &mapB, &mapOut, nullptr, M, N, K);
 #else
     __trap();  // only built for sm_90a in bf16; the host never launches it elsewhere
 #endif
 }
 
-// out = GELU(A . B^T + bias), aux = A . B^T + bias (the GELU input), bias (N).
+// out = GELU(A . B^T + bias) through mapOut, aux = A . B^T + bias (the GELU input) through mapAux
+// (both boxes of 64 x 64); bias (N).
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1) GEMM_CLUSTER_DIMS
-gemm_hopper_gelu(floatX* out, floatX* aux, const floatX* bias, const __grid_constant__ TensorMap mapA,
-                 const __grid_constant__ TensorMap mapB, int M, int N, int K) {
+gemm_hopper_gelu(const floatX* bias, const __grid_constant__ TensorMap mapA, const __grid_constant__ TensorMap mapB,
+                 const __grid_constant__ TensorMap mapOut, const __grid_constant__ TensorMap mapAux, int M, int N, int K) {
 #ifdef GEMM_HOPPER
-    gemmHopper<GEMM_GELU, GEMM_STAGES_PLAIN>(out, aux, bias, &mapA, &mapB, nullptr, M, N, K);
+    gemmHopper<GEMM_GELU, GEMM_STAGES>(bias, &mapA, &mapB, &mapOut, &mapAux, M, N, K);
 #else
     __trap();
 #endif
 }
 
-// out = (A . B^T) * GELU'(aux), aux (M, N) the GELU input read through mapAux (boxes of 64 x 128).
+// out = (A . B^T) * GELU'(aux), aux (M, N) the GELU input read through mapAux, out written through
+// mapOut (both boxes of 64 x 128).
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1) GEMM_CLUSTER_DIMS
-gemm_hopper_dgelu(floatX* out, const __grid_constant__ TensorMap mapA, const __grid_constant__ TensorMap mapB,
-                  const __grid_constant__ TensorMap mapAux, int M, int N, int K) {
+gemm_hopper_dgelu(const __grid_constant__ TensorMap mapA, const __grid_constant__ TensorMap mapB,
+                  const __grid_constant__ TensorMap mapOut, const __grid_constant__ TensorMap mapAux, int M, int N, int K) {
 #ifdef GEMM_HOPPER
-    gemmHopper<GEMM_DGELU, GEMM_STAGES_DGELU>(out, nullptr, nullptr, &mapA, &mapB, &mapAux, M, N, K);
+    gemmHopper<GEMM_DGELU, GEMM_STAGES>(nullptr, &mapA, &mapB, &mapOut, &mapAux, M, N, K);
 #else
     __trap();
 #endif
