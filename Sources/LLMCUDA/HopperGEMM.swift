@@ -24,20 +24,39 @@ final class HopperGEMM {
     private var maps: [MapKey: TensorMap] = [:]
     private struct MapKey: Hashable { let address: CUdeviceptr, rows: Int, cols: Int, boxRows: Int }
 
-    // gemm_hopper.cu's tile and ring (GEMM_BM, GEMM_BN, GEMM_BK, GEMM_STAGES_*).
-    static let tileM = 128, tileN = 128, tileK = 64
-    static let stageBytes = 2 * 128 * 64 * 2
-    /// Stages of the ring ($LLM_HOPPER_STAGES, 2 to 6; default 4); the kernels are compiled with the
-    /// same number (-DGEMM_STAGES).
-    static let stages: Int = {
-        if let v = environmentValue("LLM_HOPPER_STAGES"), let n = Int(v), (2 ... 6).contains(n) { return n }
-        return 4
+    /// $LLM_HOPPER_COOP=1: the two consumer warpgroups share one tile of 256 rows (products at once,
+    /// epilogues at once) instead of taking tiles of 128 rows in turns; the kernels get -DGEMM_COOP.
+    static let cooperative = environmentValue("LLM_HOPPER_COOP") == "1"
+
+    // gemm_hopper.cu's tiles (GEMM_TILE_M, GEMM_BN, GEMM_BK) and a stage of its ring.
+    static let tileM = cooperative ? 256 : 128, tileN = 128, tileK = 64
+    static let stageBytes = (tileM + tileN) * tileK * 2
+
+    /// Blocks per cluster sharing each A tile by multicast ($LLM_HOPPER_CLUSTER: 1, 2 or 4; default
+    /// 2); the kernels are compiled with the same number (-DGEMM_CLUSTER).
+    static let cluster: Int = {
+        if let v = environmentValue("LLM_HOPPER_CLUSTER"), let n = Int(v), [1, 2, 4].contains(n) { return n }
+        return 2
+    }()
+
+    /// Stages of the ring for the plain product and for the GELU epilogues (-DGEMM_STAGES_PLAIN,
+    /// -DGEMM_STAGES): $LLM_HOPPER_STAGES (2 to 6) or 4, at most what fits in 227 KB.
+    static let stages: (plain: Int, gelu: Int) = {
+        var n = 4
+        if let v = environmentValue("LLM_HOPPER_STAGES"), let k = Int(v), (2 ... 6).contains(k) { n = k }
+        func fitting(_ e: Epilogue) -> Int {
+            var k = n
+            while k > 2 && sharedBytes(e, stages: k) + 1024 > 227 * 1024 { k -= 1 }  // + the kernel's static 1 KB
+            return k
+        }
+        return (fitting(.plain), fitting(.gelu))
     }()
 
     /// Dynamic shared memory of a kernel (gemm_hopper.cu): alignment slack, the ring's stages, 32 KB
     /// per consumer for the epilogue (16 for plain), the barriers, 2 x 128 bias values.
-    static func sharedBytes(_ e: Epilogue) -> Int {
-        1024 + stages * stageBytes + 2 * tileM * tileN * (e == .plain ? 1 : 2) + 8 * (2 * stages + 6) + 2 * 256
+    static func sharedBytes(_ e: Epilogue, stages k: Int? = nil) -> Int {
+        let k = k ?? (e == .plain ? stages.plain : stages.gelu)
+        return 1024 + k * stageBytes + 2 * 128 * tileN * (e == .plain ? 1 : 2) + 8 * (2 * k + 6) + 2 * 256
     }
 
     /// nil where it cannot run: not an sm_90 GPU, not bf16, a driver without TMA descriptors, too
@@ -50,13 +69,6 @@ final class HopperGEMM {
         self.kernels = kernels
         self.encode = encode
     }
-
-    /// Blocks per cluster sharing each A tile by multicast ($LLM_HOPPER_CLUSTER: 1, 2 or 4; default
-    /// 2); the kernels are compiled with the same number (-DGEMM_CLUSTER).
-    static let cluster: Int = {
-        if let v = environmentValue("LLM_HOPPER_CLUSTER"), let n = Int(v), [1, 2, 4].contains(n) { return n }
-        return 2
-    }()
 
     /// $LLM_HOPPER_GEMM=force: always this GEMM where it fits (no timing against cuBLASLt).
     static var forced: Bool { environmentValue("LLM_HOPPER_GEMM") == "force" }
@@ -110,8 +122,8 @@ final class HopperGEMM {
             try kernels.launch(f, grid: grid, block: (384, 1, 1), shared: shared,
                                [.ptr(bias), .tensorMap(mapA), .tensorMap(mapB), .tensorMap(mapOut), .tensorMap(mapAux)] + dims)
         case .geluGradient:
-            let mapOut = try tensorMap(out, rows: M, cols: N, boxRows: HopperGEMM.tileM)
-            let mapAux = try tensorMap(aux, rows: M, cols: N, boxRows: HopperGEMM.tileM)
+            let mapOut = try tensorMap(out, rows: M, cols: N, boxRows: 128)  // a consumer's tile
+            let mapAux = try tensorMap(aux, rows: M, cols: N, boxRows: 128)
             try kernels.launch(f, grid: grid, block: (384, 1, 1), shared: shared,
                                [.tensorMap(mapA), .tensorMap(mapB), .tensorMap(mapOut), .tensorMap(mapAux)] + dims)
         }

@@ -34,7 +34,9 @@ public enum KernelSources {
         }
         // The Hopper GEMM's cluster size and stages are the host's too (HopperGEMM).
         o.append("-DGEMM_CLUSTER=\(HopperGEMM.cluster)")
-        o.append("-DGEMM_STAGES=\(HopperGEMM.stages)")
+        o.append("-DGEMM_STAGES=\(HopperGEMM.stages.gelu)")
+        o.append("-DGEMM_STAGES_PLAIN=\(HopperGEMM.stages.plain)")
+        if HopperGEMM.cooperative { o.append("-DGEMM_COOP=1") }
         return o
     }
 

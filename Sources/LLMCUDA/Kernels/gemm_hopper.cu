@@ -10,10 +10,15 @@
 // A CUtensorMap (cuda.h): 128 opaque bytes made by cuTensorMapEncodeTiled on the host, passed by value.
 struct __align__(64) TensorMap { unsigned long long words[16]; };
 
-#define GEMM_BM 128          // rows of A (and out) per tile
+#ifndef GEMM_COOP
+#define GEMM_COOP 0          // 1: the two consumers share one tile of 256 rows (the host passes the same)
+#endif
+#define GEMM_BM 128          // rows of A (and out) per consumer tile
 #define GEMM_BN 128          // rows of B (columns of out) per tile
 #define GEMM_BK 64           // K per stage: 64 bf16 = one 128-byte swizzle row
-#define GEMM_STAGE_BYTES (GEMM_BM * GEMM_BK * 2)  // one operand's tile in a stage: 16 KB
+#define GEMM_TILE_M (GEMM_COOP ? 2 * GEMM_BM : GEMM_BM)  // rows of a block's tile
+#define GEMM_A_STAGE (GEMM_TILE_M * GEMM_BK * 2)         // A's part of a stage: 16 or 32 KB
+#define GEMM_B_STAGE (GEMM_BN * GEMM_BK * 2)             // B's: 16 KB
 #define GEMM_AUX_BYTES (GEMM_BM * GEMM_BN * 2)    // one consumer's tile of the GELU input: 32 KB
 #define GEMM_THREADS 384     // warpgroup 0: the producer (one thread works); 1 and 2: consumers
 #ifndef GEMM_CLUSTER
@@ -226,11 +231,11 @@ __device__ __forceinline__ void gemmHopper(const floatX* bias, const TensorMap* 
     extern __shared__ unsigned char sharedRaw[];
     const unsigned raw = sharedAddress(sharedRaw);
     const unsigned sA = (raw + 1023) & ~1023u;
-    const unsigned sB = sA + STAGES * GEMM_STAGE_BYTES;
+    const unsigned sB = sA + STAGES * GEMM_A_STAGE;
     // The DGELU epilogue's aux tiles, or the plain and GELU epilogues' staging: 32 KB per consumer
     // (16 KB for plain, one output).
     constexpr unsigned epilogueBytes = EPI == GEMM_PLAIN ? GEMM_AUX_BYTES / 2 : GEMM_AUX_BYTES;
-    const unsigned sAux = sB + STAGES * GEMM_STAGE_BYTES, sStaging = sAux;
+    const unsigned sAux = sB + STAGES * GEMM_B_STAGE, sStaging = sAux;
     const unsigned bars = sAux + 2 * epilogueBytes;
     auto full = [&](int s) { return bars + 8 * s; };
     auto empty = [&](int s) { return bars + 8 * (STAGES + s); };
@@ -240,11 +245,11 @@ __device__ __forceinline__ void gemmHopper(const floatX* bias, const TensorMap* 
     const unsigned sBias = bars + 8 * (2 * STAGES + 6);  // 2 x 128 bf16: each consumer's tile of the bias
 
     const unsigned rank = clusterRank();
-    const int groupsN = N / (GEMM_BN * GEMM_CLUSTER), groups = (M / GEMM_BM) * groupsN, kBlocks = K / GEMM_BK;
+    const int groupsN = N / (GEMM_BN * GEMM_CLUSTER), groups = (M / GEMM_TILE_M) * groupsN, kBlocks = K / GEMM_BK;
     const int cluster = blockIdx.x / GEMM_CLUSTER, clusters = gridDim.x / GEMM_CLUSTER;
     const int warpgroup = threadIdx.x / 128, t = threadIdx.x % 128;
     if (threadIdx.x == 0) {
-        for (int s = 0; s < STAGES; s++) { barrierInit(full(s), 1); barrierInit(empty(s), 4 * GEMM_CLUSTER); }
+        for (int s = 0; s < STAGES; s++) { barrierInit(full(s), 1); barrierInit(empty(s), (GEMM_COOP ? 8 : 4) * GEMM_CLUSTER); }
         for (int c = 0; c < 2; c++) {
             barrierInit(auxFull(c), 1); barrierInit(auxEmpty(c), 1); barrierInit(turn(c), 128);
         }
@@ -256,30 +261,34 @@ __device__ __forceinline__ void gemmHopper(const floatX* bias, const TensorMap* 
         // The producer: every tile's K blocks in order into the ring; the consumers' tiles alternate,
         // so does the ring's use.
         if (t == 0) {
-            const int rowsA = GEMM_BM / GEMM_CLUSTER;  // this block's share of the A tile
+            const int rowsA = GEMM_TILE_M / GEMM_CLUSTER;  // this block's share of the A tile
             unsigned long long it = 0;
             for (int g = cluster; g < groups; g += clusters) {
-                const int m0 = (g / groupsN) * GEMM_BM, n0 = ((g % groupsN) * GEMM_CLUSTER + rank) * GEMM_BN;
+                const int m0 = (g / groupsN) * GEMM_TILE_M, n0 = ((g % groupsN) * GEMM_CLUSTER + rank) * GEMM_BN;
                 for (int kb = 0; kb < kBlocks; kb++, it++) {
                     const int s = (int)(it % STAGES);
                     // Free in every block of the cluster: our A rows land in all of them.
                     barrierWait(empty(s), (unsigned)((it / STAGES) & 1) ^ 1);
-                    barrierExpect(full(s), 2 * GEMM_STAGE_BYTES);
-                    tmaLoadMulticast(sA + s * GEMM_STAGE_BYTES + rank * rowsA * 128, mapA, full(s), kb * GEMM_BK,
+                    barrierExpect(full(s), GEMM_A_STAGE + GEMM_B_STAGE);
+                    tmaLoadMulticast(sA + s * GEMM_A_STAGE + rank * rowsA * 128, mapA, full(s), kb * GEMM_BK,
                                      m0 + rank * rowsA, (unsigned short)((1 << GEMM_CLUSTER) - 1));
-                    tmaLoad(sB + s * GEMM_STAGE_BYTES, mapB, full(s), kb * GEMM_BK, n0);
+                    tmaLoad(sB + s * GEMM_B_STAGE, mapB, full(s), kb * GEMM_BK, n0);
                 }
             }
         } else if (EPI == GEMM_DGELU && t == 32) {
             // The aux tiles, from a thread of their own: waiting for a consumer's buffer must not
             // hold up the ring.
             for (int g = cluster, i = 0; g < groups; g += clusters, i++) {
-                const int m0 = (g / groupsN) * GEMM_BM, n0 = ((g % groupsN) * GEMM_CLUSTER + rank) * GEMM_BN;
-                const int c = i & 1;
-                barrierWait(auxEmpty(c), ((i >> 1) & 1) ^ 1);
-                barrierExpect(auxFull(c), GEMM_AUX_BYTES);
-                tmaLoad(sAux + c * GEMM_AUX_BYTES, mapAux, auxFull(c), n0, m0);
-                tmaLoad(sAux + c * GEMM_AUX_BYTES + GEMM_AUX_BYTES / 2, mapAux, auxFull(c), n0 + 64, m0);
+                const int n0 = ((g % groupsN) * GEMM_CLUSTER + rank) * GEMM_BN;
+                for (int c = 0; c < 2; c++) {  // cooperative: both halves of each tile; else every other tile
+                    if (!GEMM_COOP && c != (i & 1)) continue;
+                    const int m0 = (g / groupsN) * GEMM_TILE_M + (GEMM_COOP ? c * GEMM_BM : 0);
+                    const int use = GEMM_COOP ? i : i >> 1;  // this buffer's earlier tiles
+                    barrierWait(auxEmpty(c), (use & 1) ^ 1);
+                    barrierExpect(auxFull(c), GEMM_AUX_BYTES);
+                    tmaLoad(sAux + c * GEMM_AUX_BYTES, mapAux, auxFull(c), n0, m0);
+                    tmaLoad(sAux + c * GEMM_AUX_BYTES + GEMM_AUX_BYTES / 2, mapAux, auxFull(c), n0 + 64, m0);
+                }
             }
         }
     } else {
@@ -299,10 +308,12 @@ __device__ __forceinline__ void gemmHopper(const floatX* bias, const TensorMap* 
             }
         };
         for (int g = cluster, i = 0; g < groups; g += clusters, i++, it += kBlocks) {
-            if ((i & 1) != consumer) continue;
-            const int m0 = (g / groupsN) * GEMM_BM, n0 = ((g % groupsN) * GEMM_CLUSTER + rank) * GEMM_BN;
+            if (!GEMM_COOP && (i & 1) != consumer) continue;
+            // This consumer's 128 rows: its half of the block's tile, or the whole of its own tile.
+            const int m0 = (g / groupsN) * GEMM_TILE_M + (GEMM_COOP ? consumer * GEMM_BM : 0);
+            const int n0 = ((g % groupsN) * GEMM_CLUSTER + rank) * GEMM_BN;
             const int turns = (i + 1) / 2;  // the other consumer's tiles before this one
-            if (turns > 0) barrierWait(turn(consumer), (turns - 1) & 1);
+            if (!GEMM_COOP && turns > 0) barrierWait(turn(consumer), (turns - 1) & 1);
             for (int kb = 0; kb < kBlocks; kb++) {
                 const unsigned long long k = it + kb;
                 const int s = (int)(k % STAGES);
@@ -311,7 +322,8 @@ __device__ __forceinline__ void gemmHopper(const floatX* bias, const TensorMap* 
                 wgmmaFence();
 #pragma unroll
                 for (int k16 = 0; k16 < GEMM_BK / 16; k16++) {
-                    const unsigned a = sA + s * GEMM_STAGE_BYTES + 32 * k16, b = sB + s * GEMM_STAGE_BYTES + 32 * k16;
+                    const unsigned a = sA + s * GEMM_A_STAGE + (GEMM_COOP ? consumer * GEMM_BM * 128 : 0) + 32 * k16;
+                    const unsigned b = sB + s * GEMM_B_STAGE + 32 * k16;
                     const int accumulate = (kb > 0 || k16 > 0) ? 1 : 0;
                     wgmma128(acc0, smemDescriptor(a), smemDescriptor(b), accumulate);
                     wgmma128(acc1, smemDescriptor(a + 64 * 128), smemDescriptor(b), accumulate);
@@ -323,7 +335,7 @@ __device__ __forceinline__ void gemmHopper(const floatX* bias, const TensorMap* 
                     release((int)((k - 1) % STAGES));
                 }
             }
-            barrierArrive(turn(1 - consumer));  // every stage of this tile is in: the other may go on
+            if (!GEMM_COOP) barrierArrive(turn(1 - consumer));  // every stage of this tile is in: the other may go on
             wgmmaWait<0>();
             fenceRegisters(acc0); fenceRegisters(acc1);
             release((int)((it + kBlocks - 1) % STAGES));
@@ -331,7 +343,7 @@ __device__ __forceinline__ void gemmHopper(const floatX* bias, const TensorMap* 
             const unsigned auxTile = sAux + consumer * GEMM_AUX_BYTES, biasTile = sBias + consumer * 256;
             const unsigned staging = sStaging + consumer * epilogueBytes;
             if (EPI == GEMM_DGELU) {
-                barrierWait(auxFull(consumer), (i >> 1) & 1);
+                barrierWait(auxFull(consumer), (GEMM_COOP ? i : i >> 1) & 1);
                 epilogueHalf<EPI>(acc0, 0, 0, 0, auxTile);
                 epilogueHalf<EPI>(acc1, 1, 0, 0, auxTile);
                 fenceAsyncShared();
@@ -383,17 +395,20 @@ __device__ __forceinline__ void gemmHopper(const floatX* bias, const TensorMap* 
 // out (M, N) = A (M, K) . B (N, K)^T through mapOut (boxes of 64 x 64); M multiple of 128, N of
 // 128 GEMM_CLUSTER, K of 64; grid: whole clusters, at most one block per SM; dynamic shared memory:
 // HopperGEMM.sharedBytes.
-// Stages of the ring (the host passes -DGEMM_STAGES, HopperGEMM.stages). Four ran faster than five
-// or six (H100, S11-5, plain: 636, 580, 578 TFLOP/s), though six fit beside the epilogue's buffers.
+// Stages of the ring, with the GELU epilogues and plain (the host passes both: HopperGEMM.stages).
+// Four ran faster than five or six (H100, S11-5, plain: 636, 580, 578 TFLOP/s), though six fit.
 #ifndef GEMM_STAGES
 #define GEMM_STAGES 4
+#endif
+#ifndef GEMM_STAGES_PLAIN
+#define GEMM_STAGES_PLAIN GEMM_STAGES
 #endif
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1) GEMM_CLUSTER_DIMS
 gemm_hopper_plain(const __grid_constant__ TensorMap mapA, const __grid_constant__ TensorMap mapB,
                   const __grid_constant__ TensorMap mapOut, int M, int N, int K) {
 #ifdef GEMM_HOPPER
-    gemmHopper<GEMM_PLAIN, GEMM_STAGES>(nullptr, &mapA, &mapB, &mapOut, nullptr, M, N, K);
+    gemmHopper<GEMM_PLAIN, GEMM_STAGES_PLAIN>(nullptr, &mapA, &mapB, &mapOut, nullptr, M, N, K);
 #else
     __trap();  // only built for sm_90a in bf16; the host never launches it elsewhere
 #endif
