@@ -34,9 +34,8 @@ public enum KernelSources {
         }
         // The Hopper GEMM's cluster size and stages are the host's too (HopperGEMM).
         o.append("-DGEMM_CLUSTER=\(HopperGEMM.cluster)")
-        o.append("-DGEMM_STAGES=\(HopperGEMM.stages.gelu)")
-        o.append("-DGEMM_STAGES_PLAIN=\(HopperGEMM.stages.plain)")
-        if HopperGEMM.cooperative { o.append("-DGEMM_COOP=1") }
+        o.append("-DGEMM_STAGES=\(HopperGEMM.stages)")
+        if HopperGEMM.wide { o.append("-DGEMM_WIDE=1") }
         return o
     }
 
