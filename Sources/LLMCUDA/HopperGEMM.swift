@@ -24,12 +24,8 @@ final class HopperGEMM {
     private var maps: [MapKey: TensorMap] = [:]
     private struct MapKey: Hashable { let address: CUdeviceptr, rows: Int, cols: Int, boxRows: Int }
 
-    /// $LLM_HOPPER_WIDE=1: blocks of 128 x 256 whose two consumer warpgroups share each tile at once
-    /// (64 rows each), instead of tiles of 128 x 128 taken in turns; the kernels get -DGEMM_WIDE=1.
-    static let wide = environmentValue("LLM_HOPPER_WIDE") == "1"
-
-    // gemm_hopper.cu's block tile (GEMM_BM x GEMM_BN, or x WIDE_BN), its K step, a stage of its ring.
-    static let tileM = 128, tileN = wide ? 256 : 128, tileK = 64
+    // gemm_hopper.cu's tile (GEMM_BM x GEMM_BN), its K step (GEMM_BK), a stage of its ring.
+    static let tileM = 128, tileN = 128, tileK = 64
     static let stageBytes = (tileM + tileN) * tileK * 2
 
     /// Blocks per cluster sharing each A tile by multicast ($LLM_HOPPER_CLUSTER: 1, 2 or 4; default
@@ -40,7 +36,7 @@ final class HopperGEMM {
     }()
 
     /// Stages of the ring (-DGEMM_STAGES): $LLM_HOPPER_STAGES (2 to 6) or 4, at most what fits in
-    /// 227 KB beside the epilogue's buffers (3 for the wide blocks).
+    /// 227 KB beside the epilogue's buffers.
     static let stages: Int = {
         var k = 4
         if let v = environmentValue("LLM_HOPPER_STAGES"), let n = Int(v), (2 ... 6).contains(n) { k = n }
@@ -52,7 +48,6 @@ final class HopperGEMM {
     /// per consumer for the epilogue (16 for plain), the barriers, 2 x 128 bias values.
     static func sharedBytes(_ e: Epilogue, stages k: Int? = nil) -> Int {
         let k = k ?? stages
-        if wide { return 1024 + k * stageBytes + 2 * 32768 + 8 * (2 * k + 4) + 2 * 512 }
         return 1024 + k * stageBytes + 2 * 128 * tileN * (e == .plain ? 1 : 2) + 8 * (2 * k + 6) + 2 * 256
     }
 
@@ -119,9 +114,8 @@ final class HopperGEMM {
             try kernels.launch(f, grid: grid, block: (384, 1, 1), shared: shared,
                                [.ptr(bias), .tensorMap(mapA), .tensorMap(mapB), .tensorMap(mapOut), .tensorMap(mapAux)] + dims)
         case .geluGradient:
-            let rows = HopperGEMM.wide ? 64 : 128  // a consumer's tile
-            let mapOut = try tensorMap(out, rows: M, cols: N, boxRows: rows)
-            let mapAux = try tensorMap(aux, rows: M, cols: N, boxRows: rows)
+            let mapOut = try tensorMap(out, rows: M, cols: N, boxRows: HopperGEMM.tileM)  // a consumer's tile
+            let mapAux = try tensorMap(aux, rows: M, cols: N, boxRows: HopperGEMM.tileM)
             try kernels.launch(f, grid: grid, block: (384, 1, 1), shared: shared,
                                [.tensorMap(mapA), .tensorMap(mapB), .tensorMap(mapOut), .tensorMap(mapAux)] + dims)
         }

@@ -35,7 +35,6 @@ public enum KernelSources {
         // The Hopper GEMM's cluster size and stages are the host's too (HopperGEMM).
         o.append("-DGEMM_CLUSTER=\(HopperGEMM.cluster)")
         o.append("-DGEMM_STAGES=\(HopperGEMM.stages)")
-        if HopperGEMM.wide { o.append("-DGEMM_WIDE=1") }
         return o
     }
 

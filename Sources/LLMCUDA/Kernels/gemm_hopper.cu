@@ -159,35 +159,6 @@ __device__ __forceinline__ void wgmma128(float* d, unsigned long long a, unsigne
         : "l"(a), "l"(b), "r"(accumulate));
 }
 
-// d (64 x 256, fp32) (+)= A (64 x 16) . B (256 x 16)^T, both from shared memory.
-__device__ __forceinline__ void wgmma256(float* d, unsigned long long a, unsigned long long b, int accumulate) {
-    asm volatile(
-        "{\n"
-        ".reg .pred p;\n"
-        "setp.ne.b32 p, %130, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
-        "%128, %129, p, 1, 1, 0, 0;\n"
-        "}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
-          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
-          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
-          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
-          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
-          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
-          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-        : "l"(a), "l"(b), "r"(accumulate));
-}
-
 __device__ __forceinline__ unsigned packBF16(float lo, float hi) {
     unsigned r;
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));  // one instruction for the pair
@@ -205,10 +176,9 @@ __device__ __forceinline__ unsigned swizzled(int r, int c, int boxBytes) {
 // in place over the aux tile it reads (boxes of 64 x 128). The fragment of m64n128: value
 // 4j + 2e + h of a thread is row 16 warp + lane/4 + 8e, column 8j + 2 (lane % 4) + h. Each warp's
 // 4-byte writes cover 8 rows x 16 bytes, 8 different chunks: no bank conflicts.
-// DGELU's aux element (auxRow + r, auxColumn + c) sits in boxes of `auxBox` bytes.
 template <int EPI>
-__device__ __forceinline__ void epilogueHalf(const float* acc, unsigned staging, unsigned biasTile, unsigned auxTile,
-                                             int auxRow, int auxColumn, int auxBox) {
+__device__ __forceinline__ void epilogueHalf(const float* acc, int half, unsigned staging, unsigned biasTile,
+                                             unsigned auxTile) {
     const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
 #pragma unroll
     for (int e = 0; e < 2; e++) {
@@ -228,7 +198,7 @@ __device__ __forceinline__ void epilogueHalf(const float* acc, unsigned staging,
                 asm volatile("st.shared.b32 [%0], %1;" :: "r"(at + 16384), "r"(packBF16(v0, v1)));
                 asm volatile("st.shared.b32 [%0], %1;" :: "r"(at), "r"(packBF16(geluFast(v0), geluFast(v1))));
             } else {
-                const unsigned at = auxTile + swizzled(auxRow + r, auxColumn + c, auxBox);
+                const unsigned at = auxTile + swizzled(64 * half + r, c, GEMM_AUX_BYTES / 2);
                 unsigned x;
                 asm volatile("ld.shared.b32 %0, [%1];" : "=r"(x) : "r"(at));
                 const unsigned y = packBF16(v0 * geluDerivativeFast(__uint_as_float(x << 16)),
@@ -364,8 +334,8 @@ __device__ __forceinline__ void gemmHopper(const floatX* bias, const TensorMap* 
             const unsigned staging = sStaging + consumer * epilogueBytes;
             if (EPI == GEMM_DGELU) {
                 barrierWait(auxFull(consumer), (i >> 1) & 1);
-                epilogueHalf<EPI>(acc0, 0, 0, auxTile, 0, 0, GEMM_AUX_BYTES / 2);
-                epilogueHalf<EPI>(acc1, 0, 0, auxTile, 64, 0, GEMM_AUX_BYTES / 2);
+                epilogueHalf<EPI>(acc0, 0, 0, 0, auxTile);
+                epilogueHalf<EPI>(acc1, 1, 0, 0, auxTile);
                 fenceAsyncShared();
                 warpgroupSync(consumer);
                 if (t == 0) {  // the tile out, then its buffer back to the producer once read
@@ -387,7 +357,7 @@ __device__ __forceinline__ void gemmHopper(const floatX* bias, const TensorMap* 
                 for (int half = 0; half < 2; half++) {
                     if (t == 0) bulkWaitRead();  // the staging's previous stores have read it
                     warpgroupSync(consumer);
-                    epilogueHalf<EPI>(half == 0 ? acc0 : acc1, staging, biasTile, 0, 0, 0, 0);
+                    epilogueHalf<EPI>(half == 0 ? acc0 : acc1, half, staging, biasTile, 0);
                     fenceAsyncShared();
                     warpgroupSync(consumer);
                     if (t == 0) {
@@ -408,152 +378,6 @@ __device__ __forceinline__ void gemmHopper(const floatX* bias, const TensorMap* 
     clusterSync();  // no block leaves while another may still multicast into it or arrive on its barriers
 }
 
-// MARK: - The wide kernel
-
-// Blocks of 128 x 256: the two consumers share each tile at once (64 rows each, one m64n256 MMA per
-// k16, A and B read once per product) and both stop for its epilogue. A stage is 48 KB for 2 x 128 x
-// 256 x 64 FLOPs where the turns' is 32 KB for half that, and the MMAs read 10 KB of shared memory
-// per 64 x 256 x 16 product where the turns' read 12: the shared memory moves ~20 % fewer bytes per
-// FLOP (its bandwidth, not the L2's, is what the turns' products ran into; see the GPU notes).
-// Shared memory: A's stages (16 KB), B's stages (32 KB), 32 KB per consumer for the epilogue (its
-// 64 x 256 out, or DGELU's aux tile read and overwritten, in boxes of 64 x 64), full[s], empty[s],
-// auxFull[c], auxEmpty[c], then 2 x 256 bias values.
-#define WIDE_BN 256
-#define WIDE_A_STAGE (GEMM_BM * GEMM_BK * 2)
-#define WIDE_B_STAGE (WIDE_BN * GEMM_BK * 2)
-
-template <int EPI, int STAGES>
-__device__ __forceinline__ void gemmHopperWide(const floatX* bias, const TensorMap* mapA, const TensorMap* mapB,
-                                               const TensorMap* mapOut, const TensorMap* mapAux, int M, int N, int K) {
-    extern __shared__ unsigned char sharedRaw[];
-    const unsigned sA = (sharedAddress(sharedRaw) + 1023) & ~1023u;
-    const unsigned sB = sA + STAGES * WIDE_A_STAGE;
-    const unsigned sEpilogue = sB + STAGES * WIDE_B_STAGE;
-    const unsigned bars = sEpilogue + 2 * GEMM_AUX_BYTES;
-    auto full = [&](int s) { return bars + 8 * s; };
-    auto empty = [&](int s) { return bars + 8 * (STAGES + s); };
-    auto auxFull = [&](int c) { return bars + 8 * (2 * STAGES + c); };
-    auto auxEmpty = [&](int c) { return bars + 8 * (2 * STAGES + 2 + c); };
-    const unsigned sBias = bars + 8 * (2 * STAGES + 4);
-
-    const unsigned rank = clusterRank();
-    const int groupsN = N / (WIDE_BN * GEMM_CLUSTER), groups = (M / GEMM_BM) * groupsN, kBlocks = K / GEMM_BK;
-    const int cluster = blockIdx.x / GEMM_CLUSTER, clusters = gridDim.x / GEMM_CLUSTER;
-    const int warpgroup = threadIdx.x / 128, t = threadIdx.x % 128;
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < STAGES; s++) { barrierInit(full(s), 1); barrierInit(empty(s), 8 * GEMM_CLUSTER); }
-        for (int c = 0; c < 2; c++) { barrierInit(auxFull(c), 1); barrierInit(auxEmpty(c), 1); }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    clusterSync();
-
-    if (warpgroup == 0) {
-        if (t == 0) {  // the ring: A rows shared across the cluster, B's 256 rows our own
-            const int rowsA = GEMM_BM / GEMM_CLUSTER;
-            unsigned long long it = 0;
-            for (int g = cluster; g < groups; g += clusters) {
-                const int m0 = (g / groupsN) * GEMM_BM, n0 = ((g % groupsN) * GEMM_CLUSTER + rank) * WIDE_BN;
-                for (int kb = 0; kb < kBlocks; kb++, it++) {
-                    const int s = (int)(it % STAGES);
-                    barrierWait(empty(s), (unsigned)((it / STAGES) & 1) ^ 1);
-                    barrierExpect(full(s), WIDE_A_STAGE + WIDE_B_STAGE);
-                    tmaLoadMulticast(sA + s * WIDE_A_STAGE + rank * rowsA * 128, mapA, full(s), kb * GEMM_BK,
-                                     m0 + rank * rowsA, (unsigned short)((1 << GEMM_CLUSTER) - 1));
-                    tmaLoad(sB + s * WIDE_B_STAGE, mapB, full(s), kb * GEMM_BK, n0);
-                }
-            }
-        } else if (EPI == GEMM_DGELU && t == 32) {  // each consumer's 64 x 256 of aux, in 4 boxes
-            for (int g = cluster, i = 0; g < groups; g += clusters, i++) {
-                const int m0 = (g / groupsN) * GEMM_BM, n0 = ((g % groupsN) * GEMM_CLUSTER + rank) * WIDE_BN;
-                for (int c = 0; c < 2; c++) {
-                    barrierWait(auxEmpty(c), (i & 1) ^ 1);
-                    barrierExpect(auxFull(c), GEMM_AUX_BYTES);
-                    for (int q = 0; q < 4; q++) {
-                        tmaLoad(sEpilogue + c * GEMM_AUX_BYTES + q * 8192, mapAux, auxFull(c), n0 + 64 * q, m0 + 64 * c);
-                    }
-                }
-            }
-        }
-    } else {
-        const int consumer = warpgroup - 1, lane = t % 32;
-        float acc[128];
-        unsigned long long it = 0;
-        auto release = [&](int s) {
-            __syncwarp();
-            if (lane == 0) {
-                for (int r = 0; r < GEMM_CLUSTER; r++) barrierArriveCluster(empty(s), r);
-            }
-        };
-        const unsigned epilogue = sEpilogue + consumer * GEMM_AUX_BYTES, biasTile = sBias + consumer * 512;
-        for (int g = cluster, i = 0; g < groups; g += clusters, i++, it += kBlocks) {
-            const int m0 = (g / groupsN) * GEMM_BM + 64 * consumer;  // this consumer's 64 rows
-            const int n0 = ((g % groupsN) * GEMM_CLUSTER + rank) * WIDE_BN;
-            for (int kb = 0; kb < kBlocks; kb++) {
-                const unsigned long long k = it + kb;
-                const int s = (int)(k % STAGES);
-                barrierWait(full(s), (unsigned)((k / STAGES) & 1));
-                fenceRegisters(acc); fenceRegisters(acc + 64);
-                wgmmaFence();
-#pragma unroll
-                for (int k16 = 0; k16 < GEMM_BK / 16; k16++) {
-                    const unsigned a = sA + s * WIDE_A_STAGE + consumer * 64 * 128 + 32 * k16;
-                    const unsigned b = sB + s * WIDE_B_STAGE + 32 * k16;
-                    wgmma256(acc, smemDescriptor(a), smemDescriptor(b), (kb > 0 || k16 > 0) ? 1 : 0);
-                }
-                wgmmaCommit();
-                fenceRegisters(acc); fenceRegisters(acc + 64);
-                if (kb > 0) {
-                    wgmmaWait<1>();
-                    release((int)((k - 1) % STAGES));
-                }
-            }
-            wgmmaWait<0>();
-            fenceRegisters(acc); fenceRegisters(acc + 64);
-            release((int)((it + kBlocks - 1) % STAGES));
-
-            if (EPI == GEMM_DGELU) {
-                barrierWait(auxFull(consumer), i & 1);
-                epilogueHalf<EPI>(acc, 0, 0, epilogue, 0, 0, 8192);
-                epilogueHalf<EPI>(acc + 64, 0, 0, epilogue, 0, 128, 8192);
-                fenceAsyncShared();
-                warpgroupSync(consumer);
-                if (t == 0) {
-                    for (int q = 0; q < 4; q++) tmaStore(mapOut, epilogue + q * 8192, n0 + 64 * q, m0);
-                    bulkCommit();
-                    bulkWaitRead();
-                    barrierArrive(auxEmpty(consumer));
-                }
-            } else {
-                if (EPI == GEMM_GELU) {  // the tile's 256 bias values into shared memory
-                    warpgroupSync(consumer);
-                    const unsigned b = *(const unsigned*)(bias + n0 + 2 * t);
-                    asm volatile("st.shared.b32 [%0], %1;" :: "r"(biasTile + 4 * t), "r"(b) : "memory");
-                }
-#pragma unroll
-                for (int half = 0; half < 2; half++) {  // columns 0-127, then 128-255
-                    if (t == 0) bulkWaitRead();
-                    warpgroupSync(consumer);
-                    epilogueHalf<EPI>(acc + 64 * half, epilogue, biasTile + 256 * half, 0, 0, 0, 0);
-                    fenceAsyncShared();
-                    warpgroupSync(consumer);
-                    if (t == 0) {
-                        const int x = n0 + 128 * half;
-                        tmaStore(mapOut, epilogue, x, m0);
-                        tmaStore(mapOut, epilogue + 8192, x + 64, m0);
-                        if (EPI == GEMM_GELU) {
-                            tmaStore(mapAux, epilogue + 16384, x, m0);
-                            tmaStore(mapAux, epilogue + 24576, x + 64, m0);
-                        }
-                        bulkCommit();
-                    }
-                }
-            }
-        }
-        if (t == 0) bulkWait();
-    }
-    clusterSync();
-}
-
 #endif  // GEMM_HOPPER
 
 // MARK: - Entry points
@@ -566,21 +390,12 @@ __device__ __forceinline__ void gemmHopperWide(const floatX* bias, const TensorM
 #ifndef GEMM_STAGES
 #define GEMM_STAGES 4
 #endif
-// GEMM_WIDE=1 (the host's HopperGEMM.wide): blocks of 128 x 256 shared by both consumers at once.
-#ifndef GEMM_WIDE
-#define GEMM_WIDE 0
-#endif
-#if GEMM_WIDE
-#define GEMM_KERNEL gemmHopperWide
-#else
-#define GEMM_KERNEL gemmHopper
-#endif
 
 extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1) GEMM_CLUSTER_DIMS
 gemm_hopper_plain(const __grid_constant__ TensorMap mapA, const __grid_constant__ TensorMap mapB,
                   const __grid_constant__ TensorMap mapOut, int M, int N, int K) {
 #ifdef GEMM_HOPPER
-    GEMM_KERNEL<GEMM_PLAIN, GEMM_STAGES>(nullptr, &mapA, &mapB, &mapOut, nullptr, M, N, K);
+    gemmHopper<GEMM_PLAIN, GEMM_STAGES>(nullptr, &mapA, &mapB, &mapOut, nullptr, M, N, K);
 #else
     __trap();  // only built for sm_90a in bf16; the host never launches it elsewhere
 #endif
@@ -592,7 +407,7 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1) GEMM_CLUSTER_DIMS
 gemm_hopper_gelu(const floatX* bias, const __grid_constant__ TensorMap mapA, const __grid_constant__ TensorMap mapB,
                  const __grid_constant__ TensorMap mapOut, const __grid_constant__ TensorMap mapAux, int M, int N, int K) {
 #ifdef GEMM_HOPPER
-    GEMM_KERNEL<GEMM_GELU, GEMM_STAGES>(bias, &mapA, &mapB, &mapOut, &mapAux, M, N, K);
+    gemmHopper<GEMM_GELU, GEMM_STAGES>(bias, &mapA, &mapB, &mapOut, &mapAux, M, N, K);
 #else
     __trap();
 #endif
@@ -604,7 +419,7 @@ extern "C" __global__ void __launch_bounds__(GEMM_THREADS, 1) GEMM_CLUSTER_DIMS
 gemm_hopper_dgelu(const __grid_constant__ TensorMap mapA, const __grid_constant__ TensorMap mapB,
                   const __grid_constant__ TensorMap mapOut, const __grid_constant__ TensorMap mapAux, int M, int N, int K) {
 #ifdef GEMM_HOPPER
-    GEMM_KERNEL<GEMM_DGELU, GEMM_STAGES>(nullptr, &mapA, &mapB, &mapOut, &mapAux, M, N, K);
+    gemmHopper<GEMM_DGELU, GEMM_STAGES>(nullptr, &mapA, &mapB, &mapOut, &mapAux, M, N, K);
 #else
     __trap();
 #endif
