@@ -110,6 +110,19 @@ public enum KernelArgument {
 
     /// Bytes the argument's value takes in the launch's parameter buffer (64-byte slots for maps).
     var slotBytes: Int { if case .tensorMap = self { return 128 } else { return 8 } }
+
+    /// Where each argument's value goes in one parameter buffer (each at a multiple of its slot,
+    /// so a tensor map's 128 bytes are 64-byte aligned), and the buffer's size.
+    static func slotOffsets(_ args: [KernelArgument]) -> (offsets: [Int], total: Int) {
+        var offsets: [Int] = []
+        var total = 0
+        for a in args {
+            total = (total + a.slotBytes - 1) / a.slotBytes * a.slotBytes
+            offsets.append(total)
+            total += a.slotBytes
+        }
+        return (offsets, total)
+    }
 }
 
 /// A CUtensorMap: 128 opaque bytes from cuTensorMapEncodeTiled describing a 2-D global tensor and
@@ -200,13 +213,7 @@ public final class KernelLibrary {
         if grid.0 <= 0 || grid.1 <= 0 || grid.2 <= 0 { return }  // nothing to do (empty tensor)
         // Each value in a slot of its own (8 bytes, or 128 at a 64-byte boundary for a tensor map),
         // the driver reading them through one pointer per argument.
-        var offsets: [Int] = []
-        var total = 0
-        for a in args {
-            total = (total + a.slotBytes - 1) / a.slotBytes * a.slotBytes
-            offsets.append(total)
-            total += a.slotBytes
-        }
+        let (offsets, total) = KernelArgument.slotOffsets(args)
         try withUnsafeTemporaryAllocation(byteCount: max(total, 8), alignment: 64) { buffer in
             try withUnsafeTemporaryAllocation(of: UnsafeMutableRawPointer?.self, capacity: max(args.count, 1)) { ptrs in
                 let base = buffer.baseAddress!

@@ -18,7 +18,36 @@ let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().delet
         #expect(source == text, "\(name) embedded differs from the file")
     }
     #expect(KernelSources.modules.count == onDisk.filter { $0.hasSuffix(".cu") }.count)
-    #expect(KernelSources.headers.map(\.name) == ["common.cuh"])
+    #expect(KernelSources.headers.map(\.name) == ["common.cuh", "gelu.cuh"])
+}
+
+@Test func launchParametersKeepTensorMapsAligned() {
+    // A pointer, a tensor map, an int, another map: 8-byte slots, maps at multiples of 64 (of 128 bytes).
+    let map = TensorMap()
+    let layout = KernelArgument.slotOffsets([.ptr(0), .tensorMap(map), .i32(1), .tensorMap(map), .f32(0)])
+    #expect(layout.offsets == [0, 128, 256, 384, 512])
+    #expect(layout.total == 520)
+    let small = KernelArgument.slotOffsets([.i32(1), .i64(2)])
+    #expect(small.offsets == [0, 8] && small.total == 16)
+    #expect(KernelArgument.slotOffsets([]).total == 0)
+}
+
+@Test func hopperGEMMShapesAndSharedMemory() {
+    // Whole tiles of 128 x (128 x cluster) x 64 only: d12's and d24's fc shapes, not a ragged B*T.
+    let n = 128 * HopperGEMM.cluster
+    #expect(HopperGEMM.fits(M: 65536, N: 3072, K: 768) == (3072 % n == 0))
+    #expect(HopperGEMM.fits(M: 32768, N: 4096, K: 1024))
+    #expect(!HopperGEMM.fits(M: 1000, N: 3072, K: 768))
+    #expect(!HopperGEMM.fits(M: 65536, N: 3072, K: 700))
+    #expect(!HopperGEMM.fits(M: 0, N: 3072, K: 768))
+    // Every kernel's shared memory (with its static 1 KB) fits the H100's 227 KB per block, and a
+    // stage more than the chosen count would not fit the GELU kernels unless fewer were asked for.
+    for e in [HopperGEMM.Epilogue.plain, .gelu, .geluGradient] {
+        #expect(HopperGEMM.sharedBytes(e) + 1024 <= 227 * 1024)
+    }
+    #expect(HopperGEMM.sharedBytes(.plain) < HopperGEMM.sharedBytes(.gelu))
+    #expect(HopperGEMM.sharedBytes(.gelu) == HopperGEMM.sharedBytes(.geluGradient))
+    #expect(HopperGEMM.sharedBytes(.gelu, stages: 6) + 1024 > 227 * 1024)
 }
 
 @Test func matmulChoicesFileKeepsAlgorithmsAndWays() {
