@@ -38,10 +38,10 @@ typealias FnEventRecord = @convention(c) (CUhandle?, CUhandle?) -> CUresult
 typealias FnStreamWaitEvent = @convention(c) (CUhandle?, CUhandle?, UInt32) -> CUresult
 typealias FnEventElapsed = @convention(c) (UnsafeMutablePointer<Float>, CUhandle?, CUhandle?) -> CUresult
 typealias FnGetErrorText = @convention(c) (CUresult, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> CUresult
-// cuTensorMapEncodeTiled(map, dataType, rank, globalAddress, globalDim, globalStrides, boxDim,
-// elementStrides, interleave, swizzle, l2Promotion, oobFill)
 // cuOccupancyMaxActiveClusters(numClusters, func, config: a CUlaunchConfig)
 typealias FnMaxActiveClusters = @convention(c) (UnsafeMutablePointer<Int32>, CUhandle?, UnsafeRawPointer) -> CUresult
+// cuTensorMapEncodeTiled(map, dataType, rank, globalAddress, globalDim, globalStrides, boxDim,
+// elementStrides, interleave, swizzle, l2Promotion, oobFill)
 typealias FnTensorMapEncodeTiled = @convention(c) (UnsafeMutableRawPointer, Int32, UInt32, UnsafeMutableRawPointer?,
                                                    UnsafePointer<UInt64>, UnsafePointer<UInt64>, UnsafePointer<UInt32>,
                                                    UnsafePointer<UInt32>, Int32, Int32, Int32, Int32) -> CUresult
@@ -91,7 +91,8 @@ public final class CUDADriver {
     let cuEventElapsedTime: FnEventElapsed
     let cuGetErrorName: FnGetErrorText
     let cuGetErrorString: FnGetErrorText
-    /// TMA descriptors (CUDA 12+ drivers; nil before): only the Hopper GEMM needs them.
+    /// TMA descriptors and cluster occupancy (CUDA 12 drivers; nil before): only the Hopper GEMM
+    /// needs them.
     let cuTensorMapEncodeTiled: FnTensorMapEncodeTiled?
     let cuOccupancyMaxActiveClusters: FnMaxActiveClusters?
 

@@ -4,6 +4,9 @@
 // (wgmma) read them from there, and the grid is persistent: one block per SM walks the tiles, a
 // producer warp loading, two consumer warpgroups taking the tiles in turns, so one's epilogue (the
 // GELU and its second (M, N) stream) runs while the other's products keep the tensor cores busy.
+// Status: correct against cuBLASLt (cuda-selftest), but its products run at ~80 % of cuBLASLt's
+// and the GELU epilogues are not yet hidden, so the model, which times both, keeps cuBLASLt at d12
+// (docs/gpu-performance.md, eleventh round).
 #include "common.cuh"
 #include "gelu.cuh"
 
@@ -220,8 +223,8 @@ __device__ __forceinline__ void epilogueHalf(const float* acc, int half, unsigne
 //
 // A cluster of GEMM_CLUSTER blocks takes GEMM_CLUSTER neighbouring tiles of one row of tiles at a
 // time: they need the same A rows, so each block loads 128 / GEMM_CLUSTER of them and multicasts
-// them to all, and the L2 sends each A tile out once instead of GEMM_CLUSTER times (measured: with
-// one block per tile the L2 could not feed the SMs at cuBLASLt's rate).
+// them to all, and the L2 sends each A tile out once instead of GEMM_CLUSTER times (S11-3: the
+// plain product 427 -> 474 TFLOP/s with clusters of 2).
 template <int EPI, int STAGES>
 __device__ __forceinline__ void gemmHopper(const floatX* bias, const TensorMap* mapA, const TensorMap* mapB,
                                            const TensorMap* mapOut, const TensorMap* mapAux, int M, int N, int K) {
