@@ -21,6 +21,10 @@ struct CUDASelfTestCommand: ParsableCommand {
     @Option(name: .long, help: "fp32, bf16 or both.")
     var precision = "both"
 
+    @Flag(name: .customLong("parity"), inversion: .prefixedNo,
+          help: "Check the tiny model against the PyTorch reference files (--no-parity: only the other checks, e.g. to profile one kernel).")
+    var checkParity = true
+
     @Option(name: .long, help: "Batch of the flash-attention check against the scalar kernels (d12 heads, bf16); 0 skips it.")
     var attentionBatch = 4
 
@@ -51,7 +55,7 @@ struct CUDASelfTestCommand: ParsableCommand {
         var table: [String] = []
         let precisions: [GPUPrecision] = precision == "both" ? [.fp32, .bf16] : [GPUPrecision(rawValue: precision)].compactMap { $0 }
         if precisions.isEmpty { throw LLMError("--precision \(precision): expected fp32, bf16 or both") }
-        for p in precisions {
+        for p in precisions where checkParity {
             let (rows, bad) = try parity(p)
             table += rows
             failures += bad
