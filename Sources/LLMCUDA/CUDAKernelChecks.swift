@@ -3,17 +3,24 @@
 
 import LLM
 
+/// Pseudo-random check inputs: xorshift64, each value uniform in [-scale, scale).
+struct CheckValues {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func uniform(_ scale: Float) -> Float {
+        state ^= state << 13; state ^= state >> 7; state ^= state << 17
+        return (Float(state >> 40) / Float(1 << 24) * 2 - 1) * scale
+    }
+}
+
 extension CUDAModel {
     /// gelu_backward_bias against gelu_backward followed by bias_backward, on pseudo-random values of
     /// three shapes: (B*T, 4C), the fc layer's; (1000, 4C), whose last row block is short; (20000,
     /// 4C), at the cap of 256 row blocks, the last of them empty. The GELU input gradient and the
     /// bias after the sums must be the same bits. Own buffers, freed after.
     public func checkGeluBiasKernel() throws -> (row: String, ok: Bool) {
-        var state: UInt64 = 0x9e3779b97f4a7c15
-        func uniform(_ scale: Float) -> Float {  // xorshift64, in [-scale, scale)
-            state ^= state << 13; state ^= state >> 7; state ^= state << 17
-            return (Float(state >> 40) / Float(1 << 24) * 2 - 1) * scale
-        }
+        var random = CheckValues(seed: 0x9e3779b97f4a7c15)
+        func uniform(_ scale: Float) -> Float { random.uniform(scale) }
         let OC = 4 * config.channels
         var results: [String] = []
         var ok = true
@@ -57,11 +64,8 @@ extension CUDAModel {
     public func checkHopperGEMM(rows M: Int, timingRows: Int) throws -> [(row: String, ok: Bool)]? {
         guard let h = hopper else { return nil }
         let C = config.channels, N4 = 4 * C
-        var state: UInt64 = 0x2545f4914f6cdd1d
-        func uniform(_ scale: Float) -> Float {
-            state ^= state << 13; state ^= state >> 7; state ^= state << 17
-            return (Float(state >> 40) / Float(1 << 24) * 2 - 1) * scale
-        }
+        var random = CheckValues(seed: 0x2545f4914f6cdd1d)
+        func uniform(_ scale: Float) -> Float { random.uniform(scale) }
         var results: [(String, Bool)] = []
         for (rows, timing) in [(M, false), (timingRows, true)] {
             let inp = try device.allocate(bytes: rows * C * E, what: "check: input")
@@ -80,19 +84,20 @@ extension CUDAModel {
             let plain = MatmulShape(m: N4, n: rows, k: C, transA: true, transB: false, bias: false, accumulate: false)
             let dinp = MatmulShape(m: N4, n: rows, k: C, transA: false, transB: false, bias: false, accumulate: false,
                                    epilogue: .geluGradient)
-            // (name, cuBLASLt, ours): dinp takes the input as its gradient and the reference's GELU input.
-            let products: [(String, () throws -> Void, () throws -> Void)] = [
-                ("plain", { try self.matmul.run(plain, d: o[0], a: w, b: inp) },
+            // (name, epilogue, cuBLASLt, ours): dinp takes the input as its gradient and the
+            // reference's GELU input.
+            let products: [(String, HopperGEMM.Epilogue, () throws -> Void, () throws -> Void)] = [
+                ("plain", .plain, { try self.matmul.run(plain, d: o[0], a: w, b: inp) },
                  { try h.run(.plain, out: o[1], a: inp, b: w, M: rows, N: N4, K: C) }),
-                ("bias+gelu", { try self.matmul.run(fc, d: o[0], a: w, b: inp, bias: bias, aux: o[2]) },
+                ("bias+gelu", .gelu, { try self.matmul.run(fc, d: o[0], a: w, b: inp, bias: bias, aux: o[2]) },
                  { try h.run(.gelu, out: o[1], a: inp, b: w, bias: bias, aux: o[3], M: rows, N: N4, K: C) }),
-                ("dgelu", { try self.matmul.run(dinp, d: o[4], a: wp, b: inp, aux: o[2]) },
+                ("dgelu", .geluGradient, { try self.matmul.run(dinp, d: o[4], a: wp, b: inp, aux: o[2]) },
                  {
                      try h.transpose(self.weightT, wp, rows: C, cols: N4)
                      try h.run(.geluGradient, out: o[5], a: inp, b: self.weightT, aux: o[2], M: rows, N: N4, K: C)
                  }),
             ]
-            for (name, reference, ours) in products {
+            for (name, epilogue, reference, ours) in products {
                 if timing {
                     try device.synchronize()
                     let start = try device.makeEvent(), end = try device.makeEvent()
@@ -106,9 +111,7 @@ extension CUDAModel {
                     }
                     let flops = 2.0 * Double(rows) * Double(N4) * Double(C)
                     let tf = best.map { flops / (Double($0) * 1e-3) / 1e12 }
-                    let kernel = name == "plain" ? "gemm_hopper_plain" : name == "dgelu" ? "gemm_hopper_dgelu" : "gemm_hopper_gelu"
-                    let shared = HopperGEMM.sharedBytes(name == "plain" ? .plain : name == "dgelu" ? .geluGradient : .gelu)
-                    let clusters = try h.clustersAtOnce(kernel, shared: shared)
+                    let clusters = try h.clustersAtOnce(epilogue)
                     let row = "hopper gemm \(name) \(rows)x\(N4)x\(C) (\(clusters) clusters of \(HopperGEMM.cluster)): cuBLASLt \(format("%.4f", Double(best[0]))) ms "
                         + "(\(format("%.0f", tf[0])) TFLOP/s), ours \(format("%.4f", Double(best[1]))) ms "
                         + "(\(format("%.0f", tf[1])) TFLOP/s)"
@@ -118,8 +121,8 @@ extension CUDAModel {
                 }
                 try reference()
                 try ours()
-                let pairs: [(Int, Int, String)] = name == "bias+gelu" ? [(0, 1, "out"), (2, 3, "aux")]
-                    : name == "dgelu" ? [(4, 5, "dinp")] : [(0, 1, "out")]
+                let pairs: [(Int, Int, String)] = epilogue == .gelu ? [(0, 1, "out"), (2, 3, "aux")]
+                    : epilogue == .geluGradient ? [(4, 5, "dinp")] : [(0, 1, "out")]
                 for (r, u, what) in pairs {
                     let ref = try downloadFloatX(o[r], count: rows * N4), got = try downloadFloatX(o[u], count: rows * N4)
                     var d2 = 0.0, r2 = 0.0, worst: Float = 0, largest: Float = 0

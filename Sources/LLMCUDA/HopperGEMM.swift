@@ -13,6 +13,15 @@ final class HopperGEMM {
         case gelu
         /// out = (A . B^T) * GELU'(aux)
         case geluGradient
+
+        /// Its kernel in gemm_hopper.cu.
+        var kernel: String {
+            switch self {
+            case .plain: return "gemm_hopper_plain"
+            case .gelu: return "gemm_hopper_gelu"
+            case .geluGradient: return "gemm_hopper_dgelu"
+            }
+        }
     }
 
     let kernels: KernelLibrary
@@ -99,10 +108,9 @@ final class HopperGEMM {
         let mapB = try tensorMap(b, rows: N, cols: K, boxRows: HopperGEMM.tileN)
         let groups = (M / HopperGEMM.tileM) * (N / HopperGEMM.tileN / cluster)  // a cluster's tiles at a time
         let shared = HopperGEMM.sharedBytes(epilogue)
-        let name = epilogue == .plain ? "gemm_hopper_plain" : epilogue == .gelu ? "gemm_hopper_gelu" : "gemm_hopper_dgelu"
-        let grid = (min(groups, try clustersAtOnce(name, shared: shared)) * cluster, 1, 1)
+        let grid = (min(groups, try clustersAtOnce(epilogue)) * cluster, 1, 1)
         let dims: [KernelArgument] = [.i32(Int32(M)), .i32(Int32(N)), .i32(Int32(K))]
-        let f = try kernels.function(name)
+        let f = try kernels.function(epilogue.kernel)
         switch epilogue {
         case .plain:
             let mapOut = try tensorMap(out, rows: M, cols: N, boxRows: 64)
@@ -121,9 +129,10 @@ final class HopperGEMM {
         }
     }
 
-    /// How many clusters of the kernel `name` fit on the GPU at once (the driver's count where it has
-    /// cuOccupancyMaxActiveClusters, else one block per SM).
-    func clustersAtOnce(_ name: String, shared: Int) throws -> Int {
+    /// How many clusters of the epilogue's kernel fit on the GPU at once (the driver's count where it
+    /// has cuOccupancyMaxActiveClusters, else one block per SM).
+    func clustersAtOnce(_ epilogue: Epilogue) throws -> Int {
+        let name = epilogue.kernel, shared = HopperGEMM.sharedBytes(epilogue)
         if let n = residentClusters[name] { return n }
         let device = kernels.device, f = try kernels.function(name)
         var n = device.multiprocessorCount / HopperGEMM.cluster
