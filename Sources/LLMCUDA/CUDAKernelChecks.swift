@@ -112,7 +112,7 @@ extension CUDAModel {
                     let flops = 2.0 * Double(rows) * Double(N4) * Double(C)
                     let tf = best.map { flops / (Double($0) * 1e-3) / 1e12 }
                     let clusters = try h.clustersAtOnce(epilogue)
-                    let row = "hopper gemm \(name) \(rows)x\(N4)x\(C) (\(clusters) clusters of \(HopperGEMM.cluster)): cuBLASLt \(format("%.4f", Double(best[0]))) ms "
+                    let row = "hopper gemm \(name) \(rows)x\(N4)x\(C) (\(clusters) clusters of \(HopperGEMM.cluster), tiles 128x\(HopperGEMM.tileN(epilogue)), \(HopperGEMM.stages(epilogue)) stages): cuBLASLt \(format("%.4f", Double(best[0]))) ms "
                         + "(\(format("%.0f", tf[0])) TFLOP/s), ours \(format("%.4f", Double(best[1]))) ms "
                         + "(\(format("%.0f", tf[1])) TFLOP/s)"
                     print("[hopper] " + row)

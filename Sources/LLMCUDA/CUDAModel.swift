@@ -476,7 +476,7 @@ public final class CUDAModel: GPT2Backend {
                 let shape = MatmulShape(m: 4 * C, n: N, k: C, transA: true, transB: false, bias: true,
                                         accumulate: false, epilogue: .geluKeepInput)
                 func cuBLASLt() throws { try matmul.run(shape, d: gelu, a: weight, b: inp, bias: bias, aux: fch) }
-                guard let h = hopper, HopperGEMM.fits(M: N, N: 4 * C, K: C) else { return try cuBLASLt() }
+                guard let h = hopper, HopperGEMM.fits(.gelu, M: N, N: 4 * C, K: C) else { return try cuBLASLt() }
                 func ours() throws { try h.run(.gelu, out: gelu, a: inp, b: weight, bias: bias, aux: fch, M: N, N: 4 * C, K: C) }
                 if HopperGEMM.forced { return try ours() }
                 try matmul.fastest("bf16 " + shape.profileName + " or hopper", [{ _ in try cuBLASLt() }, { _ in try ours() }])
@@ -549,7 +549,7 @@ public final class CUDAModel: GPT2Backend {
                 ]
                 var key = "bf16 " + fused.profileName + (geluBias == nil ? "" : " bias")
                 // Our Hopper GEMM with the same epilogue: B is the weight (OC, K) turned (K, OC).
-                if let h = hopper, HopperGEMM.fits(M: N, N: K, K: OC), K * OC <= 4 * config.channels * config.channels {
+                if let h = hopper, HopperGEMM.fits(.geluGradient, M: N, N: K, K: OC), K * OC <= 4 * config.channels * config.channels {
                     let ours: (Bool) throws -> Void = { final in
                         try h.transpose(self.weightT, weight, rows: OC, cols: K)
                         try h.run(.geluGradient, out: dinp, a: dout, b: self.weightT, aux: g, M: N, N: K, K: OC)

@@ -14,6 +14,15 @@ final class HopperGEMM {
         /// out = (A . B^T) * GELU'(aux)
         case geluGradient
 
+        /// Its place in the per-kernel settings (tileWidths, stageCounts).
+        var index: Int {
+            switch self {
+            case .plain: return 0
+            case .gelu: return 1
+            case .geluGradient: return 2
+            }
+        }
+
         /// Its kernel in gemm_hopper.cu.
         var kernel: String {
             switch self {
@@ -33,31 +42,46 @@ final class HopperGEMM {
     private var maps: [MapKey: TensorMap] = [:]
     private struct MapKey: Hashable { let address: CUdeviceptr, rows: Int, cols: Int, boxRows: Int }
 
-    // gemm_hopper.cu's tile (GEMM_BM x GEMM_BN), its K step (GEMM_BK), a stage of its ring.
-    static let tileM = 128, tileN = 128, tileK = 64
-    static let stageBytes = (tileM + tileN) * tileK * 2
+    // gemm_hopper.cu's tile (GEMM_BM x the kernel's width) and its K step (GEMM_BK).
+    static let tileM = 128, tileK = 64
 
-    /// Blocks per cluster sharing each A tile by multicast ($LLM_HOPPER_CLUSTER: 1, 2 or 4; default
+    /// Each kernel's tile width (-DGEMM_BN_PLAIN, _GELU, _DGELU), 128 or 192: $LLM_HOPPER_BN, one
+    /// width for all three or three separated by commas; by default 192 for the plain product
+    /// (wider tiles need fewer of the L2's bytes per product: S12-2, 96 % of the tensor pipe against
+    /// 81 % at 128) and 128 for the GELU epilogues, whose arithmetic needs the registers that 192
+    /// columns of accumulators take (S12-2: GELU 378 TFLOP/s at 192, 497 at 128).
+    static let tileWidths: [Int] = {
+        let asked = (environmentValue("LLM_HOPPER_BN") ?? "").split(separator: ",").compactMap { Int($0) }
+        if asked.count == 1, [128, 192].contains(asked[0]) { return [asked[0], asked[0], asked[0]] }
+        if asked.count == 3, asked.allSatisfy({ [128, 192].contains($0) }) { return asked }
+        return [192, 128, 128]
+    }()
+    static func tileN(_ e: Epilogue) -> Int { tileWidths[e.index] }
+    static func stageBytes(_ e: Epilogue) -> Int { (tileM + tileN(e)) * tileK * 2 }
+
+    /// Blocks per cluster sharing each B tile by multicast ($LLM_HOPPER_CLUSTER: 1, 2 or 4; default
     /// 2); the kernels are compiled with the same number (-DGEMM_CLUSTER).
     static let cluster: Int = {
         if let v = environmentValue("LLM_HOPPER_CLUSTER"), let n = Int(v), [1, 2, 4].contains(n) { return n }
         return 2
     }()
 
-    /// Stages of the ring (-DGEMM_STAGES): $LLM_HOPPER_STAGES (2 to 6) or 4, at most what fits in
-    /// 227 KB beside the epilogue's buffers.
-    static let stages: Int = {
+    /// Each kernel's stages of the ring (-DGEMM_STAGES_PLAIN, _GELU, _DGELU): $LLM_HOPPER_STAGES
+    /// (2 to 6) or 4, at most what fits in 227 KB beside the epilogue's buffers.
+    static let stageCounts: [Int] = [Epilogue.plain, .gelu, .geluGradient].map { e in
         var k = 4
         if let v = environmentValue("LLM_HOPPER_STAGES"), let n = Int(v), (2 ... 6).contains(n) { k = n }
-        while k > 2 && sharedBytes(.gelu, stages: k) + 1024 > 227 * 1024 { k -= 1 }  // + the kernel's static 1 KB
+        while k > 2 && sharedBytes(e, stages: k) + 1024 > 227 * 1024 { k -= 1 }  // + the kernel's static 1 KB
         return k
-    }()
+    }
+    static func stages(_ e: Epilogue) -> Int { stageCounts[e.index] }
 
-    /// Dynamic shared memory of a kernel (gemm_hopper.cu): alignment slack, the ring's stages, 32 KB
-    /// per consumer for the epilogue (16 for plain), the barriers, 2 x 128 bias values.
+    /// Dynamic shared memory of a kernel (gemm_hopper.cu): alignment slack, the ring's stages, per
+    /// consumer a 64-row half of a tile for the plain epilogue (two for the others), the barriers,
+    /// 2 x tileN bias values.
     static func sharedBytes(_ e: Epilogue, stages k: Int? = nil) -> Int {
-        let k = k ?? stages
-        return 1024 + k * stageBytes + 2 * 128 * tileN * (e == .plain ? 1 : 2) + 8 * (2 * k + 6) + 2 * 256
+        let k = k ?? stages(e), n = tileN(e)
+        return 1024 + k * stageBytes(e) + 2 * 64 * n * 2 * (e == .plain ? 1 : 2) + 8 * (2 * k + 6) + 2 * n * 2
     }
 
     /// nil where it cannot run: not an sm_90 GPU, not bf16, a driver without TMA descriptors, too
@@ -74,9 +98,10 @@ final class HopperGEMM {
     /// $LLM_HOPPER_GEMM=force: always this GEMM where it fits (no timing against cuBLASLt).
     static var forced: Bool { environmentValue("LLM_HOPPER_GEMM") == "force" }
 
-    /// Whether the shape is whole tiles, N whole clusters of them (the kernel has no partial tiles).
-    static func fits(M: Int, N: Int, K: Int) -> Bool {
-        M > 0 && N > 0 && K > 0 && M % tileM == 0 && N % (tileN * cluster) == 0 && K % tileK == 0
+    /// Whether the shape is whole tiles of the epilogue's kernel, M whole clusters of them (the
+    /// kernel has no partial tiles).
+    static func fits(_ e: Epilogue, M: Int, N: Int, K: Int) -> Bool {
+        M > 0 && N > 0 && K > 0 && M % (tileM * cluster) == 0 && N % tileN(e) == 0 && K % tileK == 0
     }
 
     /// The descriptor of a (rows, cols) bf16 row-major matrix at p, copied in boxes of 64 columns
@@ -100,13 +125,13 @@ final class HopperGEMM {
     /// for `.gelu`, aux (M, N) written by `.gelu` and read by `.geluGradient`.
     func run(_ epilogue: Epilogue, out: CUdeviceptr, a: CUdeviceptr, b: CUdeviceptr, bias: CUdeviceptr = 0,
              aux: CUdeviceptr = 0, M: Int, N: Int, K: Int) throws {
-        guard HopperGEMM.fits(M: M, N: N, K: K) else {
-            throw LLMError("hopper gemm: \(M) x \(N) x \(K) is not whole tiles of 128 x \(128 * HopperGEMM.cluster) x 64")
+        let cluster = HopperGEMM.cluster, tileN = HopperGEMM.tileN(epilogue)
+        guard HopperGEMM.fits(epilogue, M: M, N: N, K: K) else {
+            throw LLMError("hopper gemm: \(M) x \(N) x \(K) is not whole tiles of \(128 * cluster) x \(tileN) x 64")
         }
-        let cluster = HopperGEMM.cluster
-        let mapA = try tensorMap(a, rows: M, cols: K, boxRows: HopperGEMM.tileM / cluster)  // a block's share
-        let mapB = try tensorMap(b, rows: N, cols: K, boxRows: HopperGEMM.tileN)
-        let groups = (M / HopperGEMM.tileM) * (N / HopperGEMM.tileN / cluster)  // a cluster's tiles at a time
+        let mapA = try tensorMap(a, rows: M, cols: K, boxRows: HopperGEMM.tileM)
+        let mapB = try tensorMap(b, rows: N, cols: K, boxRows: tileN / cluster)  // a block's share
+        let groups = (M / HopperGEMM.tileM / cluster) * (N / tileN)  // a cluster's tiles at a time
         let shared = HopperGEMM.sharedBytes(epilogue)
         let grid = (min(groups, try clustersAtOnce(epilogue)) * cluster, 1, 1)
         let dims: [KernelArgument] = [.i32(Int32(M)), .i32(Int32(N)), .i32(Int32(K))]

@@ -32,9 +32,12 @@ public enum KernelSources {
         for d in (environmentValue("LLM_KERNEL_DEFINES") ?? "").split(whereSeparator: { $0 == " " || $0 == "," }) {
             o.append("-D" + d)
         }
-        // The Hopper GEMM's cluster size and stages are the host's too (HopperGEMM).
+        // The Hopper GEMM's tile width, cluster size and stages are the host's too (HopperGEMM).
         o.append("-DGEMM_CLUSTER=\(HopperGEMM.cluster)")
-        o.append("-DGEMM_STAGES=\(HopperGEMM.stages)")
+        for (e, name) in [(HopperGEMM.Epilogue.plain, "PLAIN"), (.gelu, "GELU"), (.geluGradient, "DGELU")] {
+            o.append("-DGEMM_BN_\(name)=\(HopperGEMM.tileN(e))")
+            o.append("-DGEMM_STAGES_\(name)=\(HopperGEMM.stages(e))")
+        }
         return o
     }
 

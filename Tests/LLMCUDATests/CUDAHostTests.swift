@@ -33,21 +33,27 @@ let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().delet
 }
 
 @Test func hopperGEMMShapesAndSharedMemory() {
-    // Whole tiles of 128 x (128 x cluster) x 64 only: d12's and d24's fc shapes, not a ragged B*T.
-    let n = 128 * HopperGEMM.cluster
-    #expect(HopperGEMM.fits(M: 65536, N: 3072, K: 768) == (3072 % n == 0))
-    #expect(HopperGEMM.fits(M: 32768, N: 4096, K: 1024))
-    #expect(!HopperGEMM.fits(M: 1000, N: 3072, K: 768))
-    #expect(!HopperGEMM.fits(M: 65536, N: 3072, K: 700))
-    #expect(!HopperGEMM.fits(M: 0, N: 3072, K: 768))
-    // Every kernel's shared memory (with its static 1 KB) fits the H100's 227 KB per block, and a
-    // stage more than the chosen count would not fit the GELU kernels unless fewer were asked for.
+    // Whole tiles of (128 x cluster) x width x 64 only: d12's fc shapes at every width, not a
+    // ragged B*T; d24's 4C = 4096 is whole tiles of 128 columns but not of 192.
+    let m = 128 * HopperGEMM.cluster
     for e in [HopperGEMM.Epilogue.plain, .gelu, .geluGradient] {
+        #expect(HopperGEMM.fits(e, M: 65536, N: 3072, K: 768) == (65536 % m == 0))
+        #expect(HopperGEMM.fits(e, M: 32768, N: 4096, K: 1024) == (HopperGEMM.tileN(e) == 128))
+        #expect(!HopperGEMM.fits(e, M: 1000, N: 3072, K: 768))
+        #expect(!HopperGEMM.fits(e, M: 65536, N: 3072, K: 700))
+        #expect(!HopperGEMM.fits(e, M: 0, N: 3072, K: 768))
+        // Every kernel's shared memory (with its static 1 KB) fits the H100's 227 KB per block,
+        // and six stages would not, so the count was chosen to fit.
         #expect(HopperGEMM.sharedBytes(e) + 1024 <= 227 * 1024)
+        #expect(HopperGEMM.sharedBytes(e, stages: 6) + 1024 > 227 * 1024)
+        // A stage holds A's 128 rows and B's tile-width rows of 64 bf16.
+        #expect(HopperGEMM.stageBytes(e) == (128 + HopperGEMM.tileN(e)) * 128)
     }
-    #expect(HopperGEMM.sharedBytes(.plain) < HopperGEMM.sharedBytes(.gelu))
-    #expect(HopperGEMM.sharedBytes(.gelu) == HopperGEMM.sharedBytes(.geluGradient))
-    #expect(HopperGEMM.sharedBytes(.gelu, stages: 6) + 1024 > 227 * 1024)
+    // The default widths: 192 for the plain product, 128 for the GELU epilogues.
+    if environmentValue("LLM_HOPPER_BN") == nil {
+        #expect(HopperGEMM.tileWidths == [192, 128, 128])
+        #expect(HopperGEMM.sharedBytes(.gelu) == HopperGEMM.sharedBytes(.geluGradient))
+    }
 }
 
 @Test func matmulChoicesFileKeepsAlgorithmsAndWays() {
