@@ -4,9 +4,9 @@
 // (wgmma) read them from there, and the grid is persistent: one block per SM walks the tiles, a
 // producer warp loading, two consumer warpgroups taking the tiles in turns, so one's epilogue (the
 // GELU and its second (M, N) stream) runs while the other's products keep the tensor cores busy.
-// Status: correct against cuBLASLt (cuda-selftest), but its products run at ~80 % of cuBLASLt's
-// and the GELU epilogues are not yet hidden, so the model, which times both, keeps cuBLASLt at d12
-// (docs/gpu-performance.md, eleventh round).
+// Status: correct against cuBLASLt (cuda-selftest); the plain product runs level with cuBLASLt's,
+// but the GELU epilogues' second output stream is not yet hidden, so the model, which times both,
+// keeps cuBLASLt at d12 (docs/gpu-performance.md, eleventh and twelfth rounds).
 #include "common.cuh"
 #include "gelu.cuh"
 
