@@ -5,8 +5,8 @@
 // producer warp loading, two consumer warpgroups taking the tiles in turns, so one's epilogue (the
 // GELU and its second (M, N) stream) runs while the other's products keep the tensor cores busy.
 // Status: correct against cuBLASLt (cuda-selftest); the plain product runs level with cuBLASLt's,
-// but the GELU epilogues' second output stream is not yet hidden, so the model, which times both,
-// keeps cuBLASLt at d12 (docs/gpu-performance.md, eleventh and twelfth rounds).
+// the GELU forward ~4 % ahead (the model, which times both, uses it for d12's fc forward), the
+// GELU backward behind at d12 (docs/gpu-performance.md, eleventh and twelfth rounds).
 #include "common.cuh"
 #include "gelu.cuh"
 
