@@ -23,12 +23,6 @@ template <int BN> __device__ constexpr unsigned stageBytes() { return (GEMM_BM +
 template <int BN> __device__ constexpr unsigned halfBytes() { return 64 * BN * 2; }
 template <int BN> __device__ constexpr int fragment() { return BN / 2; }
 #define GEMM_THREADS 384     // warpgroup 0: the producer (one thread works); 1 and 2: consumers
-#ifndef GEMM_SETMAXNREG
-#define GEMM_SETMAXNREG 1    // the producer's warpgroup hands registers to the consumers'
-#endif
-#ifndef GEMM_EVICT_FIRST
-#define GEMM_EVICT_FIRST 1   // the epilogues' TMA stores and DGELU's aux loads ask the L2 to evict their lines first
-#endif
 #ifndef GEMM_PRODUCER_REGS   // registers a thread: 2 x 232 + 40 = 3 x 168, what __launch_bounds__ gives
 #define GEMM_PRODUCER_REGS 40
 #endif
@@ -139,15 +133,10 @@ __device__ __forceinline__ void tmaLoadOnce(unsigned dst, const TensorMap* map, 
 }
 
 // The box of `map` at (x, y) from shared memory at src (TMA store, in this thread's bulk group),
-// with evictFirst's policy (GEMM_EVICT_FIRST).
+// with evictFirst's policy.
 __device__ __forceinline__ void tmaStore(const TensorMap* map, unsigned src, int x, int y) {
-#if GEMM_EVICT_FIRST
     asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group.L2::cache_hint [%0, {%2, %3}], [%1], %4;"
                  :: "l"((unsigned long long)map), "r"(src), "r"(x), "r"(y), "l"(evictFirst()) : "memory");
-#else
-    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];"
-                 :: "l"((unsigned long long)map), "r"(src), "r"(x), "r"(y) : "memory");
-#endif
 }
 __device__ __forceinline__ void bulkCommit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
 // Until this thread's TMA stores have read their shared memory (it may be written again).
@@ -367,10 +356,8 @@ __device__ __forceinline__ void gemmHopper(const floatX* bias, const TensorMap* 
     clusterSync();  // every block's barriers exist before any block's copies or arrivals reach them
 
     if (warpgroup == 0) {
-#if GEMM_SETMAXNREG
         // The producer needs few registers: give them to the consumers' accumulators and epilogues.
         asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" :: "n"(GEMM_PRODUCER_REGS) : "memory");
-#endif
         // The producer: every tile's K blocks in order into the ring; the consumers' tiles alternate,
         // so does the ring's use.
         if (t == 0) {
@@ -397,14 +384,11 @@ __device__ __forceinline__ void gemmHopper(const floatX* bias, const TensorMap* 
                 barrierWait(auxEmpty(c), ((i >> 1) & 1) ^ 1);
                 barrierExpect(auxFull(c), 2 * halfBytes<BN>());
                 for (int b = 0; b < BN / 64; b++)
-                    if (GEMM_EVICT_FIRST) tmaLoadOnce(sEpilogue + c * epilogueBytes + b * 2 * 8192, mapAux, auxFull(c), n0 + 64 * b, m0);
-                    else tmaLoad(sEpilogue + c * epilogueBytes + b * 2 * 8192, mapAux, auxFull(c), n0 + 64 * b, m0);
+                    tmaLoadOnce(sEpilogue + c * epilogueBytes + b * 2 * 8192, mapAux, auxFull(c), n0 + 64 * b, m0);
             }
         }
     } else {
-#if GEMM_SETMAXNREG
         asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" :: "n"(GEMM_CONSUMER_REGS) : "memory");
-#endif
         // A consumer: the tiles i with i % 2 == its index, each (BM, BN) as two 64-row halves. Their
         // products take turns (turn[c]: the other's tile's last stage is in), so one's epilogue runs
         // beside the other's products, and no consumer waits on a stage two uses of the ring ahead
