@@ -537,13 +537,16 @@ public final class CUDAModel: GPT2Backend {
                 // way, timed with its bias sums (into timingBias: only the final run's count), is
                 // chosen once per shape and kept with the matmul choices. Either way dinp is the
                 // GELU input's gradient.
+                // The epilogue ways leave geluBias to a bias_backward; timed with it (into timingBias).
+                func timingBiasSums(_ final: Bool) throws {
+                    if !final, geluBias != nil {
+                        try columnSums("bias_backward", space: mainColumnSums, dbias: timingBias, N: N, OC: K, [.ptr(dinp)])
+                    }
+                }
                 var ways: [(_ final: Bool) throws -> Void] = [
                     { final in
                         try self.matmul.run(fused, d: dinp, a: weight, b: dout, aux: g)
-                        if !final, geluBias != nil {
-                            try self.columnSums("bias_backward", space: self.mainColumnSums, dbias: self.timingBias,
-                                                N: N, OC: K, [.ptr(dinp)])
-                        }
+                        try timingBiasSums(final)
                     },
                     { final in try plainInputGradient(bias: geluBias.map { final ? $0 : self.timingBias }) },
                 ]
@@ -553,10 +556,7 @@ public final class CUDAModel: GPT2Backend {
                     let ours: (Bool) throws -> Void = { final in
                         try h.transpose(self.weightT, weight, rows: OC, cols: K)
                         try h.run(.geluGradient, out: dinp, a: dout, b: self.weightT, aux: g, M: N, N: K, K: OC)
-                        if !final, geluBias != nil {
-                            try self.columnSums("bias_backward", space: self.mainColumnSums, dbias: self.timingBias,
-                                                N: N, OC: K, [.ptr(dinp)])
-                        }
+                        try timingBiasSums(final)
                     }
                     if HopperGEMM.forced { ways = [ours] } else { ways.append(ours) }
                     key += " or hopper"
