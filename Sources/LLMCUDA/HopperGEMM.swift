@@ -34,13 +34,10 @@ final class HopperGEMM {
     }
 
     let kernels: KernelLibrary
-    let encode: FnTensorMapEncodeTiled
     /// Clusters of each kernel the GPU holds at once (its SMs come in groups, GPCs, and a cluster's
     /// blocks must share one): the persistent grid is at most that many, as a cluster that had to
     /// wait for a place would start its share of the tiles only when another has done all of its.
     private var residentClusters: [String: Int] = [:]
-    private var maps: [MapKey: TensorMap] = [:]
-    private struct MapKey: Hashable { let address: CUdeviceptr, rows: Int, cols: Int, boxRows: Int }
 
     // gemm_hopper.cu's tile (GEMM_BM x the kernel's width) and its K step (GEMM_BK).
     static let tileM = 128, tileK = 64
@@ -89,10 +86,9 @@ final class HopperGEMM {
     init?(kernels: KernelLibrary) {
         let device = kernels.device
         guard kernels.precision == .bf16, device.arch == "sm_90", environmentValue("LLM_HOPPER_GEMM") != "0",
-              let encode = device.driver.cuTensorMapEncodeTiled,
+              device.driver.cuTensorMapEncodeTiled != nil,
               device.maxSharedMemoryPerBlock >= HopperGEMM.sharedBytes(.geluGradient) else { return nil }
         self.kernels = kernels
-        self.encode = encode
     }
 
     /// $LLM_HOPPER_GEMM=force: always this GEMM where it fits (no timing against cuBLASLt).
@@ -104,23 +100,6 @@ final class HopperGEMM {
         M > 0 && N > 0 && K > 0 && M % (tileM * cluster) == 0 && N % tileN(e) == 0 && K % tileK == 0
     }
 
-    /// The descriptor of a (rows, cols) bf16 row-major matrix at p, copied in boxes of 64 columns
-    /// (128 bytes, the 128-byte swizzle the MMAs read) by `boxRows` rows.
-    func tensorMap(_ p: CUdeviceptr, rows: Int, cols: Int, boxRows: Int) throws -> TensorMap {
-        let key = MapKey(address: p, rows: rows, cols: cols, boxRows: boxRows)
-        if let m = maps[key] { return m }
-        var map = TensorMap()
-        let dims: [UInt64] = [UInt64(cols), UInt64(rows)], strides: [UInt64] = [UInt64(cols * 2)]
-        let box: [UInt32] = [64, UInt32(boxRows)], elementStrides: [UInt32] = [1, 1]
-        let r = map.words.withUnsafeMutableBytes { m in
-            encode(m.baseAddress!, 9 /* BFLOAT16 */, 2, UnsafeMutableRawPointer(bitPattern: UInt(p)), dims, strides,
-                   box, elementStrides, 0 /* no interleave */, 3 /* SWIZZLE_128B */, 3 /* L2 256B */, 0)
-        }
-        try kernels.device.driver.check(r, "cuTensorMapEncodeTiled(\(rows) x \(cols) bf16, box 64 x \(boxRows))")
-        maps[key] = map
-        return map
-    }
-
     /// Queues out (M, N) = A (M, K) . B (N, K)^T with `epilogue` on the device's stream; bias (N)
     /// for `.gelu`, aux (M, N) written by `.gelu` and read by `.geluGradient`.
     func run(_ epilogue: Epilogue, out: CUdeviceptr, a: CUdeviceptr, b: CUdeviceptr, bias: CUdeviceptr = 0,
@@ -129,8 +108,8 @@ final class HopperGEMM {
         guard HopperGEMM.fits(epilogue, M: M, N: N, K: K) else {
             throw LLMError("hopper gemm: \(M) x \(N) x \(K) is not whole tiles of \(128 * cluster) x \(tileN) x 64")
         }
-        let mapA = try tensorMap(a, rows: M, cols: K, boxRows: HopperGEMM.tileM)
-        let mapB = try tensorMap(b, rows: N, cols: K, boxRows: tileN / cluster)  // a block's share
+        let mapA = try kernels.tensorMap(a, rows: M, cols: K, boxRows: HopperGEMM.tileM)
+        let mapB = try kernels.tensorMap(b, rows: N, cols: K, boxRows: tileN / cluster)  // a block's share
         let groups = (M / HopperGEMM.tileM / cluster) * (N / tileN)  // a cluster's tiles at a time
         let shared = HopperGEMM.sharedBytes(epilogue)
         let grid = (min(groups, try clustersAtOnce(epilogue)) * cluster, 1, 1)
@@ -138,17 +117,17 @@ final class HopperGEMM {
         let f = try kernels.function(epilogue.kernel)
         switch epilogue {
         case .plain:
-            let mapOut = try tensorMap(out, rows: M, cols: N, boxRows: 64)
+            let mapOut = try kernels.tensorMap(out, rows: M, cols: N, boxRows: 64)
             try kernels.launch(f, grid: grid, block: (384, 1, 1), shared: shared,
                                [.tensorMap(mapA), .tensorMap(mapB), .tensorMap(mapOut)] + dims)
         case .gelu:
-            let mapOut = try tensorMap(out, rows: M, cols: N, boxRows: 64)
-            let mapAux = try tensorMap(aux, rows: M, cols: N, boxRows: 64)
+            let mapOut = try kernels.tensorMap(out, rows: M, cols: N, boxRows: 64)
+            let mapAux = try kernels.tensorMap(aux, rows: M, cols: N, boxRows: 64)
             try kernels.launch(f, grid: grid, block: (384, 1, 1), shared: shared,
                                [.ptr(bias), .tensorMap(mapA), .tensorMap(mapB), .tensorMap(mapOut), .tensorMap(mapAux)] + dims)
         case .geluGradient:
-            let mapOut = try tensorMap(out, rows: M, cols: N, boxRows: HopperGEMM.tileM)  // a consumer's tile
-            let mapAux = try tensorMap(aux, rows: M, cols: N, boxRows: HopperGEMM.tileM)
+            let mapOut = try kernels.tensorMap(out, rows: M, cols: N, boxRows: HopperGEMM.tileM)  // a consumer's tile
+            let mapAux = try kernels.tensorMap(aux, rows: M, cols: N, boxRows: HopperGEMM.tileM)
             try kernels.launch(f, grid: grid, block: (384, 1, 1), shared: shared,
                                [.tensorMap(mapA), .tensorMap(mapB), .tensorMap(mapOut), .tensorMap(mapAux)] + dims)
         }

@@ -142,6 +142,8 @@ public final class KernelLibrary {
     var modules: [(name: String, handle: CUhandle)] = []
     var functions: [String: CUDAFunction] = [:]
     var sharedLimitSet: [String: Int] = [:]
+    private var tensorMaps: [TensorMapKey: TensorMap] = [:]
+    private struct TensorMapKey: Hashable { let address: CUdeviceptr, rows: Int, cols: Int, boxRows: Int }
 
     /// Loads every module for the device's architecture (compiling in parallel what the cache lacks).
     public init(device: CUDADevice, precision: GPUPrecision) throws {
@@ -184,6 +186,27 @@ public final class KernelLibrary {
             return fn
         }
         throw LLMError("cuda: no kernel named \(name) in the embedded sources")
+    }
+
+    /// The TMA descriptor of a (rows, cols) bf16 row-major matrix at p, copied in boxes of 64 columns
+    /// (128 bytes, the 128-byte swizzle the warpgroup MMAs read) by `boxRows` rows; made once per
+    /// address, shape and box. For the Hopper GEMM (gemm_hopper.cu).
+    func tensorMap(_ p: CUdeviceptr, rows: Int, cols: Int, boxRows: Int) throws -> TensorMap {
+        let key = TensorMapKey(address: p, rows: rows, cols: cols, boxRows: boxRows)
+        if let m = tensorMaps[key] { return m }
+        guard let encode = device.driver.cuTensorMapEncodeTiled else {
+            throw LLMError("tensor map: the CUDA driver has no cuTensorMapEncodeTiled (TMA needs CUDA 12 or later)")
+        }
+        var map = TensorMap()
+        let dims: [UInt64] = [UInt64(cols), UInt64(rows)], strides: [UInt64] = [UInt64(cols * 2)]
+        let box: [UInt32] = [64, UInt32(boxRows)], elementStrides: [UInt32] = [1, 1]
+        let r = map.words.withUnsafeMutableBytes { m in
+            encode(m.baseAddress!, 9 /* BFLOAT16 */, 2, UnsafeMutableRawPointer(bitPattern: UInt(p)), dims, strides,
+                   box, elementStrides, 0 /* no interleave */, 3 /* SWIZZLE_128B */, 3 /* L2 256B */, 0)
+        }
+        try device.driver.check(r, "cuTensorMapEncodeTiled(\(rows) x \(cols) bf16, box 64 x \(boxRows))")
+        tensorMaps[key] = map
+        return map
     }
 
     /// Raises `f`'s limit of dynamic shared memory above the 48 KB default to `shared` bytes, once.
