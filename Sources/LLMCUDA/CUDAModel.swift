@@ -45,6 +45,12 @@ public final class CUDAModel: GPT2Backend {
     /// Tensor-core flash attention (flash_attention.cu: bf16, head size 64); off, the scalar kernels
     /// of attention.cu, which are also its reference in `attentionParity`. Off when $LLM_ATTENTION is "scalar".
     public var useFlashAttention: Bool
+    /// The flash forward and key/value backward on Hopper's warpgroup MMAs (flash_hopper.cu) where
+    /// they run: sm_90, bf16, a driver with TMA descriptors, T a multiple of 128 (the backward also
+    /// with the stored dS). Off with $LLM_FLASH_HOPPER=0, the forward alone with "forward"; settable
+    /// so the self-test can time both kinds of kernels in one process.
+    public var useHopperAttention: Bool
+    var useHopperAttentionBackward: Bool
     /// The flash backward's dq from the dS that the key/value kernel stores (attDS), not recomputed.
     let storedDS: Bool
     /// What the backward recomputes instead of keeping from the forward (llm.c's `-r`): 0 nothing;
@@ -222,6 +228,9 @@ public final class CUDAModel: GPT2Backend {
         kernels = try KernelLibrary(device: device, precision: precision)
         matmul = try MatmulEngine(device: device, bf16: precision == .bf16)
         hopper = fusedGELU ? HopperGEMM(kernels: kernels) : nil
+        useHopperAttention = useFlashAttention && device.arch == "sm_90" && device.driver.cuTensorMapEncodeTiled != nil
+            && environmentValue("LLM_FLASH_HOPPER") != "0"
+        useHopperAttentionBackward = storedDS && environmentValue("LLM_FLASH_HOPPER") != "forward"
         // LLM_SIDE_STREAM=0 queues the backward's weight and bias gradients on the one stream too
         // (same results; for timing the overlap).
         device.sideStreamEnabled = environmentValue("LLM_SIDE_STREAM") != "0"
@@ -407,7 +416,14 @@ public final class CUDAModel: GPT2Backend {
     func attentionForward(out: CUdeviceptr, lse: CUdeviceptr, qkv: CUdeviceptr, B: Int, T: Int) throws {
         let NH = config.numHeads, hs = config.headSize
         let args: [KernelArgument] = [.ptr(out), .ptr(lse), .ptr(qkv), .i32(Int32(T)), .i32(Int32(NH))]
-        if useFlashAttention {  // 64 queries per block: 4 warps of 16; shared q + 2 x (k, v) tiles
+        if useFlashAttention && useHopperAttention && T % 128 == 0 {
+            // Persistent: one block an SM walks the (128 query rows, head) items; producer + 2 consumers.
+            let map = try kernels.tensorMap(qkv, rows: B * T, cols: 3 * config.channels, boxRows: 64)
+            let items = (T / 128) * B * NH
+            try launch("flash_attention_forward_hopper", grid: (min(items, device.multiprocessorCount), 1, 1),
+                       block: (384, 1, 1), shared: CUDAModel.hopperAttentionSharedBytes,
+                       [.ptr(out), .ptr(lse), .tensorMap(map), .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(NH))])
+        } else if useFlashAttention {  // 64 queries per block: 4 warps of 16; shared q + 2 x (k, v) tiles
             try launch("flash_attention_forward", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
                        shared: 5 * CUDAModel.flashTileBytes, args)
         } else {  // 64 rows per block, two threads per row
@@ -415,6 +431,22 @@ public final class CUDAModel: GPT2Backend {
                        shared: 2 * 64 * hs * 4, args)
         }
     }
+
+    /// Stages of K and V tiles in flight in flash_attention_forward_hopper (-DFH_STAGES):
+    /// $LLM_FLASH_HOPPER_STAGES (2 to 6) or 4 (S13-3, B=64: 0.323 ms against 0.332 with 3; S13-2,
+    /// 2 stages: the next tile's scores waited for their K tile, 0.51 ms).
+    static let hopperAttentionStages: Int = {
+        if let v = environmentValue("LLM_FLASH_HOPPER_STAGES"), let n = Int(v), (2 ... 6).contains(n) { return n }
+        return 4
+    }()
+    /// Its dynamic shared memory: alignment slack, Q (128, 64), the stages of K and V (128, 64) each,
+    /// the barriers.
+    static var hopperAttentionSharedBytes: Int { 1024 + 16384 + hopperAttentionStages * 2 * 16384 + 8 * (2 + 3 * hopperAttentionStages) }
+
+    /// Dynamic shared memory of flash_attention_backward_key_value_hopper: alignment slack, two
+    /// items' K and V (128, 64), FB_STAGES (4) stages of a query tile (Q and dO (64, 64), 64 lse and
+    /// 64 D floats, 17408 bytes to keep the next stage 1024-aligned), the barriers.
+    static let hopperKeyValueSharedBytes = 1024 + 4 * 16384 + 4 * 17408 + 8 * (4 + 2 * 4)
 
     /// Bytes of the flash backward's dS: each head's causal (key tile, query tile) pairs of 64 x 64 bf16.
     static func flashDSBytes(B: Int, T: Int, NH: Int) -> Int {
@@ -433,9 +465,21 @@ public final class CUDAModel: GPT2Backend {
             // products in all, where the query kernel would recompute s and dp (7).
             try launch("flash_attention_backward_rowsum", grid: ((B * T * NH + 15) / 16, 1, 1), block: (128, 1, 1),
                        [.ptr(dsum), .ptr(out), .ptr(dout), .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(NH))])
-            try launch("flash_attention_backward_key_value_ds", grid: grid, block: (128, 1, 1),
-                       shared: 6 * CUDAModel.flashTileBytes + 2 * 2 * 64 * 4,
-                       [.ptr(dqkv), .ptr(dS), .ptr(qkv), .ptr(dout), .ptr(lse), .ptr(dsum), .i32(Int32(T)), .i32(Int32(NH))])
+            if useHopperAttention && useHopperAttentionBackward && T % 128 == 0 {
+                // Persistent, as the forward: items of 128 keys of one head.
+                let C = config.channels
+                let mapQKV = try kernels.tensorMap(qkv, rows: B * T, cols: 3 * C, boxRows: 64)
+                let mapDout = try kernels.tensorMap(dout, rows: B * T, cols: C, boxRows: 64)
+                let items = (T / 128) * B * NH
+                try launch("flash_attention_backward_key_value_hopper", grid: (min(items, device.multiprocessorCount), 1, 1),
+                           block: (384, 1, 1), shared: CUDAModel.hopperKeyValueSharedBytes,
+                           [.ptr(dqkv), .ptr(dS), .tensorMap(mapQKV), .tensorMap(mapDout), .ptr(lse), .ptr(dsum),
+                            .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(NH))])
+            } else {
+                try launch("flash_attention_backward_key_value_ds", grid: grid, block: (128, 1, 1),
+                           shared: 6 * CUDAModel.flashTileBytes + 2 * 2 * 64 * 4,
+                           [.ptr(dqkv), .ptr(dS), .ptr(qkv), .ptr(dout), .ptr(lse), .ptr(dsum), .i32(Int32(T)), .i32(Int32(NH))])
+            }
             try launch("flash_attention_backward_dq", grid: grid, block: (128, 1, 1), shared: 2 * CUDAModel.flashTileBytes,
                        [.ptr(dqkv), .ptr(dS), .ptr(qkv), .i32(Int32(T)), .i32(Int32(NH))])
         } else if useFlashAttention {  // the query kernel also writes dsum, which the key/value kernel reads

@@ -32,7 +32,9 @@ public enum KernelSources {
         for d in (environmentValue("LLM_KERNEL_DEFINES") ?? "").split(whereSeparator: { $0 == " " || $0 == "," }) {
             o.append("-D" + d)
         }
-        // The Hopper GEMM's tile width, cluster size and stages are the host's too (HopperGEMM).
+        // The Hopper GEMM's tile width, cluster size and stages are the host's too (HopperGEMM), and
+        // so are the Hopper attention forward's stages (they size its shared memory).
+        o.append("-DFH_STAGES=\(CUDAModel.hopperAttentionStages)")
         o.append("-DGEMM_CLUSTER=\(HopperGEMM.cluster)")
         for (e, name) in [(HopperGEMM.Epilogue.plain, "PLAIN"), (.gelu, "GELU"), (.geluGradient, "DGELU")] {
             o.append("-DGEMM_BN_\(name)=\(HopperGEMM.tileN(e))")
@@ -190,7 +192,7 @@ public final class KernelLibrary {
 
     /// The TMA descriptor of a (rows, cols) bf16 row-major matrix at p, copied in boxes of 64 columns
     /// (128 bytes, the 128-byte swizzle the warpgroup MMAs read) by `boxRows` rows; made once per
-    /// address, shape and box. For the Hopper GEMM (gemm_hopper.cu).
+    /// address, shape and box. For the Hopper kernels (gemm_hopper.cu, flash_hopper.cu).
     func tensorMap(_ p: CUdeviceptr, rows: Int, cols: Int, boxRows: Int) throws -> TensorMap {
         let key = TensorMapKey(address: p, rows: rows, cols: cols, boxRows: boxRows)
         if let m = tensorMaps[key] { return m }

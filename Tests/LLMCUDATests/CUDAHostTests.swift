@@ -56,6 +56,20 @@ let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().delet
     }
 }
 
+@Test func hopperAttentionSharedMemory() {
+    // Q (128 x 64 bf16) and per stage a K and a V tile of the same size, plus alignment slack and
+    // 8 bytes per barrier; with the kernel's static 1 KB within the H100's 227 KB per block.
+    let stages = CUDAModel.hopperAttentionStages
+    #expect((2 ... 6).contains(stages))
+    #expect(CUDAModel.hopperAttentionSharedBytes == 1024 + 16384 * (1 + 2 * stages) + 8 * (2 + 3 * stages))
+    #expect(CUDAModel.hopperAttentionSharedBytes + 1024 <= 227 * 1024)
+    // The key/value kernel: two items' K and V, 4 stages of Q, dO (64 x 64 bf16 each) and 64 lse
+    // and D floats, each stage a multiple of 1024 bytes (the swizzle's alignment).
+    #expect(CUDAModel.hopperKeyValueSharedBytes == 1024 + 4 * 16384 + 4 * 17408 + 8 * 12)
+    #expect(17408 % 1024 == 0 && 17408 >= 2 * 8192 + 2 * 256)
+    #expect(CUDAModel.hopperKeyValueSharedBytes + 1024 <= 227 * 1024)
+}
+
 @Test func matmulChoicesFileKeepsAlgorithmsAndWays() {
     let algo = (0 ..< 64).map { UInt8($0 * 3 % 256) }
     let algorithms = ["0 4096x32768x1024 NN align 16 16 16 16 16": algo]
