@@ -18,7 +18,7 @@ let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().delet
         #expect(source == text, "\(name) embedded differs from the file")
     }
     #expect(KernelSources.modules.count == onDisk.filter { $0.hasSuffix(".cu") }.count)
-    #expect(KernelSources.headers.map(\.name) == ["common.cuh", "gelu.cuh", "hopper.cuh"])
+    #expect(KernelSources.headers.map(\.name) == ["common.cuh", "flash.cuh", "gelu.cuh", "hopper.cuh"])
 }
 
 @Test func launchParametersKeepTensorMapsAligned() {
