@@ -8,7 +8,7 @@
 // products in one chain, 16 warps an SM to hide it). Here a producer warp streams K and V tiles
 // into a ring of shared-memory stages, and two consumer warpgroups of 64 query rows each issue
 // their products asynchronously: the scores of the next key tile are on the tensor cores while
-// the softmax of this one runs (FH_OVERLAP), and one warpgroup's softmax runs beside the other's
+// the softmax of this one runs, and one warpgroup's softmax runs beside the other's
 // products. The grid is persistent (one block an SM) over items of 128 query rows of one head,
 // in groups of heads whose K and V stay in the L2, longest first in a group. Measured (S13-3,
 // B=64, isolated): 0.323 ms against the mma.sync forward's 0.436; in d12 steps 914.6 -> 901.9 ms.
@@ -28,9 +28,6 @@
 #define FH_TILE 16384            // bytes of one (128, 64) bf16 tile
 #ifndef FH_STAGES
 #define FH_STAGES 4              // K and V tiles in flight (the host passes its own: they size shared memory)
-#endif
-#ifndef FH_OVERLAP
-#define FH_OVERLAP 1             // issue the next tile's scores before this tile's softmax
 #endif
 #ifndef FH_GROUP
 #define FH_GROUP 64              // heads whose items are walked together (their K and V in the L2)
@@ -262,7 +259,6 @@ flash_attention_forward_hopper(floatX* out, float* lse, const __grid_constant__ 
             for (int i = 0; i < 32; i++) o[i] = 0.0f;
             float rowMax[2] = {NEG_INFINITY, NEG_INFINITY}, rowSum[2] = {0.0f, 0.0f}, rescale[2];
             barrierWait(qFull, j & 1);
-#if FH_OVERLAP
             // The first tile's scores and softmax; then per tile: the next tile's scores issued, this
             // tile's P V issued, the next softmax while both run, O rescaled once P V is done.
             barrierWait(kFull((int)(it % FH_STAGES)), (it / FH_STAGES) & 1);
@@ -307,31 +303,6 @@ flash_attention_forward_hopper(floatX* out, float* lse, const __grid_constant__ 
                 release(kvEmpty(stage));
                 it++;
             }
-#else
-            // Each tile in turn: scores, softmax, P V (the other consumer's work is what overlaps).
-            for (int kt = 0; kt <= qt; kt++, it++) {
-                const int stage = (int)(it % FH_STAGES);
-                const unsigned phase = (it / FH_STAGES) & 1;
-                barrierWait(kFull(stage), phase);
-                issueScores(s, qTile, sK(stage));
-                wgmmaWait<0>();
-                fenceRegisters<64>(s);
-                if (kt == qt) {
-                    release(qEmpty);
-                    softmaxTile<true>(p, s, rowMax, rowSum, rescale, rowInItem);
-                } else {
-                    softmaxTile<false>(p, s, rowMax, rowSum, rescale, rowInItem);
-                }
-                rescaleRows(o, rescale);
-                barrierWait(vFull(stage), phase);
-                fenceRegisters<32>(o);
-                issueValues(o, p, sV(stage));
-                wgmmaWait<0>();
-                fenceRegisters<32>(o);
-                fencePairs<32>(p);
-                release(kvEmpty(stage));
-            }
-#endif
             // The rows' sums over the 4 threads that hold them; out = O / sum, lse = log(sum) + max.
             const float scale = 0.125f * FH_LOG2E;
             float inverse[2];
