@@ -115,13 +115,14 @@ __device__ __forceinline__ void issueScores(float* s, unsigned qTile, unsigned k
     wgmmaCommit();
 }
 
-// o (64 x 64) += P (64 x 128, bf16 pairs) . the value tile, issued and committed: 8 k16 steps of
-// 16 keys. (On the diagonal the first consumer's keys 64 and on are all masked, P zero there; skipping
-// those steps on a condition ptxas cannot prove uniform over the warpgroup serializes every wgmma.)
+// o (64 x 64) += P (64 x 128, bf16 pairs) . the value tile, issued and committed: STEPS k16 steps
+// of 16 keys (8; 4 for the first consumer's diagonal tile, whose keys 64 and on are all masked).
+// (Skipping steps on a condition inside the unrolled loop made ptxas serialize every wgmma.)
+template <int STEPS = 8>
 __device__ __forceinline__ void issueValues(float* o, const unsigned* p, unsigned vTile) {
     wgmmaFence();
 #pragma unroll
-    for (int k = 0; k < 8; k++) wgmma64RegisterA(o, p + 4 * k, smemDescriptorNMajor(vTile + 2048 * k));
+    for (int k = 0; k < STEPS; k++) wgmma64RegisterA(o, p + 4 * k, smemDescriptorNMajor(vTile + 2048 * k));
     wgmmaCommit();
 }
 
@@ -296,7 +297,8 @@ flash_attention_forward_hopper(floatX* out, float* lse, const __grid_constant__ 
                 const int stage = (int)(it % FH_STAGES);
                 barrierWait(vFull(stage), (it / FH_STAGES) & 1);
                 fenceRegisters<32>(o);
-                issueValues(o, p, sV(stage));
+                if (consumer == 0) issueValues<4>(o, p, sV(stage));
+                else issueValues(o, p, sV(stage));
                 wgmmaWait<0>();
                 fenceRegisters<32>(o);
                 fencePairs<32>(p);
@@ -428,6 +430,12 @@ flash_attention_backward_key_value_hopper(floatX* dqkv, floatX* dS, const __grid
             for (int qt = 2 * kt; qt < tiles64; qt++, it++) {
                 const int s = (int)(it % FB_STAGES);
                 barrierWait(full(s), (it / FB_STAGES) & 1);
+                // Consumer 1's first tile: every query before its keys. (Released only once it is
+                // in, so both consumers' arrivals count on the same phase of `empty`.)
+                if (qt < keyTile) {
+                    release(empty(s));
+                    continue;
+                }
                 float sT[32], dpT[32];
                 wgmmaFence();
 #pragma unroll
@@ -444,8 +452,7 @@ flash_attention_backward_key_value_hopper(floatX* dqkv, floatX* dS, const __grid
                 unsigned pT[16], dsT[16];
                 const float* rowLse = (const float*)(fbShared + (sLse(s) - sharedAddress(fbShared)));
                 const float* rowD = (const float*)(fbShared + (sD(s) - sharedAddress(fbShared)));
-                const bool masked = qt <= keyTile;  // the diagonal pair, or consumer 1's first tile (all before its keys)
-                const int delta = (qt - keyTile) * 64;  // query row in the tile + delta - key row: < 0 is masked
+                const bool masked = qt == keyTile;  // the diagonal pair: queries before a key are masked
 #pragma unroll
                 for (int jj = 0; jj < 8; jj++) {
                     const int q = 8 * jj + 2 * (lane % 4);
@@ -455,20 +462,18 @@ flash_attention_backward_key_value_hopper(floatX* dqkv, floatX* dS, const __grid
                     for (int e = 0; e < 2; e++) {
                         float p0 = exp2f(fmaf(sT[4 * jj + 2 * e], scale, -l0));
                         float p1 = exp2f(fmaf(sT[4 * jj + 2 * e + 1], scale, -l1));
-                        if (masked) {  // queries before the key
-                            if (delta + q < key + 8 * e) p0 = 0.0f;
-                            if (delta + q + 1 < key + 8 * e) p1 = 0.0f;
+                        if (masked) {
+                            if (q < key + 8 * e) p0 = 0.0f;
+                            if (q + 1 < key + 8 * e) p1 = 0.0f;
                         }
                         pT[2 * jj + e] = packBF16(p0, p1);
                         dsT[2 * jj + e] = packBF16(p0 * (dpT[4 * jj + 2 * e] - d.x), p1 * (dpT[4 * jj + 2 * e + 1] - d.y));
                     }
                 }
-                if (qt >= keyTile) {  // a causal pair (the first consumer-1 tile is all masked: not one)
-                    floatX* pair = pairs + dsPair(0, 0, 0, tiles64, qt, 0);
+                floatX* pair = pairs + dsPair(0, 0, 0, tiles64, qt, 0);
 #pragma unroll
-                    for (int g = 0; g < 4; g++)
-                        storeStreaming(pair + g * 32 * 8, make_uint4(dsT[4 * g], dsT[4 * g + 1], dsT[4 * g + 2], dsT[4 * g + 3]));
-                }
+                for (int g = 0; g < 4; g++)
+                    storeStreaming(pair + g * 32 * 8, make_uint4(dsT[4 * g], dsT[4 * g + 1], dsT[4 * g + 2], dsT[4 * g + 3]));
                 fenceRegisters<32>(dv);
                 fenceRegisters<32>(dk);
                 wgmmaFence();
