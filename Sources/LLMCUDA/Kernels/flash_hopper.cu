@@ -11,8 +11,8 @@
 // the softmax of this one runs, and one warpgroup's softmax runs beside the other's
 // products. The grid is persistent (one block an SM) over items of 128 query rows of one head,
 // in groups of heads whose K and V stay in the L2, longest first in a group. Measured in a d12
-// step (S13-10, B=64): forward 0.395 ms a call against the mma.sync one's 0.555 (S12-12),
-// key/value 0.786 against 1.075; the step 924.65 -> 888.25 ms with both (S13-4, another
+// step (S13-12, B=64): forward 0.400 ms a call against the mma.sync one's 0.555 (S12-12),
+// key/value 0.759 against 1.075; the step 931.9 -> 893.55 ms with both (S13-4, another
 // machine: 922.05 -> 906.35 with the forward alone -> 881.9). docs/gpu-performance.md, thirteenth round.
 //
 // Shapes per item and key tile of 128: S (64, 128) = Q (64, 64) K^T per consumer, 4 m64n128k16
