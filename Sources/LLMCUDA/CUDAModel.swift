@@ -416,11 +416,10 @@ public final class CUDAModel: GPT2Backend {
     func attentionForward(out: CUdeviceptr, lse: CUdeviceptr, qkv: CUdeviceptr, B: Int, T: Int) throws {
         let NH = config.numHeads, hs = config.headSize
         let args: [KernelArgument] = [.ptr(out), .ptr(lse), .ptr(qkv), .i32(Int32(T)), .i32(Int32(NH))]
-        if useFlashAttention && useHopperAttention && T % 128 == 0 {
-            // Persistent: one block an SM walks the (128 query rows, head) items; producer + 2 consumers.
+        if let persistent = hopperAttentionGrid(B: B, T: T) {
+            // One block an SM walks the (128 query rows, head) items; producer + 2 consumers.
             let map = try kernels.tensorMap(qkv, rows: B * T, cols: 3 * config.channels, boxRows: 64)
-            let items = (T / 128) * B * NH
-            try launch("flash_attention_forward_hopper", grid: (min(items, device.multiprocessorCount), 1, 1),
+            try launch("flash_attention_forward_hopper", grid: persistent,
                        block: (384, 1, 1), shared: CUDAModel.hopperAttentionSharedBytes,
                        [.ptr(out), .ptr(lse), .tensorMap(map), .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(NH))])
         } else if useFlashAttention {  // 64 queries per block: 4 warps of 16; shared q + 2 x (k, v) tiles
@@ -430,6 +429,14 @@ public final class CUDAModel: GPT2Backend {
             try launch("attention_forward_hs\(hs)", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
                        shared: 2 * 64 * hs * 4, args)
         }
+    }
+
+    /// The persistent grid of flash_hopper.cu's kernels (one block an SM, at most one per item of
+    /// 128 rows of a head) where attention at length T runs on them, else nil: the forward's and the
+    /// key/value backward's one condition.
+    func hopperAttentionGrid(B: Int, T: Int) -> (Int, Int, Int)? {
+        guard useFlashAttention && useHopperAttention && T % 128 == 0 else { return nil }
+        return (min((T / 128) * B * config.numHeads, device.multiprocessorCount), 1, 1)
     }
 
     /// Stages of K and V tiles in flight in flash_attention_forward_hopper (-DFH_STAGES):
@@ -465,13 +472,12 @@ public final class CUDAModel: GPT2Backend {
             // products in all, where the query kernel would recompute s and dp (7).
             try launch("flash_attention_backward_rowsum", grid: ((B * T * NH + 15) / 16, 1, 1), block: (128, 1, 1),
                        [.ptr(dsum), .ptr(out), .ptr(dout), .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(NH))])
-            if useHopperAttention && useHopperAttentionBackward && T % 128 == 0 {
-                // Persistent, as the forward: items of 128 keys of one head.
+            if useHopperAttentionBackward, let persistent = hopperAttentionGrid(B: B, T: T) {
+                // As the forward: items of 128 keys of one head.
                 let C = config.channels
                 let mapQKV = try kernels.tensorMap(qkv, rows: B * T, cols: 3 * C, boxRows: 64)
                 let mapDout = try kernels.tensorMap(dout, rows: B * T, cols: C, boxRows: 64)
-                let items = (T / 128) * B * NH
-                try launch("flash_attention_backward_key_value_hopper", grid: (min(items, device.multiprocessorCount), 1, 1),
+                try launch("flash_attention_backward_key_value_hopper", grid: persistent,
                            block: (384, 1, 1), shared: CUDAModel.hopperKeyValueSharedBytes,
                            [.ptr(dqkv), .ptr(dS), .tensorMap(mapQKV), .tensorMap(mapDout), .ptr(lse), .ptr(dsum),
                             .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(NH))])
