@@ -69,6 +69,8 @@ extension CUDAModel {
     /// Threads per row of the loss kernels: a whole block on one ~100 KB row of GPT-2's vocabulary
     /// (256 or 512 threads, more rows per SM, were 8 ms per step slower on the H100).
     func classifierThreads(_ V: Int) -> Int { V >= 4096 ? 1024 : 128 }
+    /// Static shared memory of the loss kernels (their reduction scratch), with some slack.
+    static let classifierStaticShared = 256
 
     /// The chunks of N rows: classifierRows each, the last one possibly shorter.
     func classifierChunks(_ N: Int) -> [ClassifierChunk] {
@@ -105,7 +107,9 @@ extension CUDAModel {
             let block = (classifierThreads(V), 1, 1)
             if computeLogits && withLosses {  // losses and dlogits in one pass over the chunk's logits
                 try classifierForward(chunk, losses: false)
-                try launch("classifier_loss_backward", grid: (rows, 1, 1), block: block,
+                let staged = stagedClassifier
+                try launch(staged ? "classifier_loss_backward_staged" : "classifier_loss_backward", grid: (rows, 1, 1),
+                           block: block, shared: staged ? Vp * E : 0,
                            [.ptr(logitsBuffer), .ptr(floats(losses, r0)), .ptr(floats(logitsLse, r0)),
                             .ptr(targetsBuffer + UInt64(4 * r0)), .f32(dloss), .i32(Int32(V)), .i32(Int32(Vp))])
             } else {

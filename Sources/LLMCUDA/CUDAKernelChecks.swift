@@ -1,6 +1,9 @@
 // Bit-level checks of a fused kernel against the kernels it stands for, run by `llm cuda-selftest`:
 // the model chooses between them by speed (matmul.fastest), so they must give the same bits.
 
+#if canImport(Glibc)
+import Glibc
+#endif
 import LLM
 
 /// Pseudo-random check inputs: xorshift64, each value uniform in [-scale, scale).
@@ -142,5 +145,58 @@ extension CUDAModel {
             }
         }
         return results
+    }
+}
+
+extension CUDAModel {
+    /// classifier_loss_backward_staged (the row in shared memory) against classifier_loss_backward
+    /// (the row read twice through the L2) on pseudo-random logits of GPT-2's vocabulary (300 rows of
+    /// 50304, the first 50257 real, the padding holding garbage): losses, log-sum-exps and dlogits must
+    /// be the same bits, and the losses and a sample of the gradients must agree with float64 sums
+    /// of the same inputs (softmax - onehot, scaled). Own buffers, freed after.
+    public func checkStagedClassifier() throws -> (row: String, ok: Bool) {
+        let N = 300, V = 50257, Vp = 50304, threads = classifierThreads(V)
+        guard Vp * E + CUDAModel.classifierStaticShared <= device.maxSharedMemoryPerBlock else {
+            return ("\(precision.rawValue) classifier_loss_backward_staged: a row does not fit this GPU's shared memory (not used)", true)
+        }
+        var random = CheckValues(seed: 0x2545f4914f6cdd1d)
+        let count = N * Vp
+        let logits = try device.allocate(bytes: 2 * count * E, what: "check: logits")
+        let stats = try device.allocate(bytes: 4 * N * 4, what: "check: losses and lse")
+        let targets = try device.allocate(bytes: N * 4, what: "check: targets")
+        defer { [logits, stats, targets].forEach(device.free) }
+        try uploadFloatX(logits, (0 ..< count).map { _ in random.uniform(8) })
+        let x = try downloadFloatX(logits, count: count)  // as rounded to floatX
+        try device.copy(elements(logits, count), logits, bytes: count * E)
+        let t: [Int32] = (0 ..< N).map { _ in Int32(abs(random.uniform(1)) * Float(V - 1)) }
+        try device.upload(targets, t)
+        let dloss = 1.0 / Float(N)
+        for (k, kernel) in ["classifier_loss_backward", "classifier_loss_backward_staged"].enumerated() {
+            try launch(kernel, grid: (N, 1, 1), block: (threads, 1, 1), shared: k == 1 ? Vp * E : 0,
+                       [.ptr(elements(logits, k * count)), .ptr(stats + UInt64(8 * k * N)),
+                        .ptr(stats + UInt64(8 * k * N + 4 * N)), .ptr(targets), .f32(dloss), .i32(Int32(V)), .i32(Int32(Vp))])
+        }
+        let g = try downloadFloatX(logits, count: 2 * count)
+        let s = try device.download(stats, count: 4 * N, as: Float.self, fill: 0)
+        let same = (0 ..< count).allSatisfy { g[$0].bitPattern == g[count + $0].bitPattern }
+            && (0 ..< 2 * N).allSatisfy { s[$0].bitPattern == s[2 * N + $0].bitPattern }
+        // Against float64: every row's loss; 64 gradients a row (the target's among them), 0 in the padding.
+        var lossError = 0.0, gradientOK = true, paddingZero = true
+        for r in 0 ..< N {
+            let row = x[(r * Vp) ..< (r * Vp + V)]
+            let m = Double(row.max()!)
+            let lse = m + log(row.reduce(0.0) { $0 + exp(Double($1) - m) })
+            let target = Int(t[r])
+            lossError = max(lossError, abs(Double(s[r]) - (lse - Double(x[r * Vp + target]))))
+            for c in (0 ..< 63).map({ $0 * 797 % V }) + [target] {
+                let want = (exp(Double(x[r * Vp + c]) - lse) - (c == target ? 1 : 0)) * Double(dloss)
+                if abs(Double(g[r * Vp + c]) - want) > abs(want) / 128 + 1e-9 { gradientOK = false }
+            }
+            paddingZero = paddingZero && (V ..< Vp).allSatisfy { g[r * Vp + $0] == 0 }
+        }
+        let ok = same && lossError < 1e-3 && gradientOK && paddingZero
+        return ("\(precision.rawValue) classifier_loss_backward_staged vs classifier_loss_backward (\(N) x \(Vp)): "
+                + (same ? "bit-identical" : "DIFFER") + ", losses within \(format("%.1e", lossError)) of float64, gradients "
+                + (gradientOK && paddingZero ? "agree" : "DIFFER") + "  " + (ok ? "PASS" : "FAIL"), ok)
     }
 }

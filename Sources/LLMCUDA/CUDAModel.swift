@@ -66,6 +66,10 @@ public final class CUDAModel: GPT2Backend {
     /// step for +0.74 GiB (docs/gpu-performance.md, ninth and tenth rounds).
     public let classifierRows: Int
     static let defaultClassifierRows = 16384
+    /// The training pass's loss kernel with each row staged in shared memory
+    /// (classifier_loss_backward_staged: the row read from memory once, whatever the L2 keeps) where
+    /// two rows fit an SM (sm_80 on); off with $LLM_CLASSIFIER_STAGED=0. Same bits either way.
+    public var stagedClassifier: Bool
     /// GELU in cuBLASLt epilogues instead of separate kernels: in the fc matmul (its input kept as
     /// fch) and its gradient in the fcproj dinp matmul. bf16 only (fp32 stays the exact path);
     /// $LLM_EPILOGUES=0 turns it off for timing; it turns itself off, with one line on stderr, if
@@ -234,6 +238,9 @@ public final class CUDAModel: GPT2Backend {
         // LLM_SIDE_STREAM=0 queues the backward's weight and bias gradients on the one stream too
         // (same results; for timing the overlap).
         device.sideStreamEnabled = environmentValue("LLM_SIDE_STREAM") != "0"
+        stagedClassifier = environmentValue("LLM_CLASSIFIER_STAGED") != "0" && device.computeCapability.major >= 8
+            && 2 * (config.paddedVocabSize * E + CUDAModel.classifierStaticShared + device.reservedSharedMemoryPerBlock)
+                <= device.maxSharedMemoryPerMultiprocessor
 
         var offsets: [Int] = []
         var total = 0

@@ -164,6 +164,8 @@ struct CUDASelfTestCommand: ParsableCommand {
         }
         let (geluBiasRow, geluBiasOK) = try model.checkGeluBiasKernel()
         print("[\(p)] " + geluBiasRow)
+        let (stagedRow, stagedOK) = try model.checkStagedClassifier()
+        print("[\(p)] " + stagedRow)
         let (chunkRows, chunksOK) = try classifierChunks(p, config: config, params: params, state: state,
                                                          loss: loss, grads: grads)
         // Gradient accumulation: the batch as two micro-batches of B/2 gives the same gradients.
@@ -215,6 +217,7 @@ struct CUDASelfTestCommand: ParsableCommand {
             if !recomputeSame { failures.append("fp32 recompute 0/2 or one stream vs 1") }
             if !chunksOK { failures.append("fp32 classifier chunks") }
             if !geluBiasOK { failures.append("fp32 gelu_backward_bias") }
+            if !stagedOK { failures.append("fp32 classifier_loss_backward_staged") }
         } else {
             if logitsMax > 25 { failures.append("bf16 logits") }
             if lossErr > 0.05 { failures.append("bf16 loss") }
@@ -224,13 +227,15 @@ struct CUDASelfTestCommand: ParsableCommand {
             if !recomputeSame { failures.append("bf16 recompute 0/2 or one stream vs 1") }
             if !chunksOK { failures.append("bf16 classifier chunks") }
             if !geluBiasOK { failures.append("bf16 gelu_backward_bias") }
+            if !stagedOK { failures.append("bf16 classifier_loss_backward_staged") }
         }
         let row = "\(p.rawValue) tiny: logits max \(sci(logitsMax)), loss diff \(sci(lossErr)), "
             + "worst grad rel \(sci(worstRel)) (\(worstName)), llm.c grad tol fails \(elementFails), "
             + "10-step loss max diff \(sci(lossDiff)), 2-micro-step grads rel \(sci(accRel)), "
             + "recompute 0/1/2 \(recomputeSame ? "agree" : "differ"), "
             + "classifier in chunks of \(chunkRows) rows \(chunksOK ? "agrees" : "differs"), "
-            + "gelu_backward_bias \(geluBiasOK ? "bit-identical" : "differs")  \(failures.isEmpty ? "PASS" : "FAIL")"
+            + "gelu_backward_bias \(geluBiasOK ? "bit-identical" : "differs"), "
+            + "staged classifier \(stagedOK ? "agrees" : "differs")  \(failures.isEmpty ? "PASS" : "FAIL")"
         return ([row], failures)
     }
 

@@ -51,7 +51,9 @@ public enum CUDeviceAttribute: Int32 {
     case multiprocessorCount = 16
     case computeCapabilityMajor = 75
     case computeCapabilityMinor = 76
+    case maxSharedMemoryPerMultiprocessor = 81
     case maxSharedMemoryPerBlockOptin = 97
+    case reservedSharedMemoryPerBlock = 111
 }
 
 // MARK: - Driver
@@ -190,6 +192,10 @@ public final class CUDADevice {
     public let computeCapability: (major: Int, minor: Int)
     public let multiprocessorCount: Int
     public let maxSharedMemoryPerBlock: Int
+    /// Shared memory of one SM, and what the driver keeps of it for each resident block: the blocks
+    /// an SM can hold at once by their shared memory.
+    public let maxSharedMemoryPerMultiprocessor: Int
+    public let reservedSharedMemoryPerBlock: Int
     let context: CUhandle
     /// The stream work is queued on: the main stream, or the side stream inside `onSideStream`.
     public var stream: CUhandle { onSide ? sideStream : mainStream }
@@ -226,6 +232,8 @@ public final class CUDADevice {
         computeCapability = (try attr(.computeCapabilityMajor), try attr(.computeCapabilityMinor))
         multiprocessorCount = try attr(.multiprocessorCount)
         maxSharedMemoryPerBlock = try attr(.maxSharedMemoryPerBlockOptin)
+        maxSharedMemoryPerMultiprocessor = try attr(.maxSharedMemoryPerMultiprocessor)
+        reservedSharedMemoryPerBlock = (try? attr(.reservedSharedMemoryPerBlock)) ?? 1024
         var ctx: CUhandle? = nil
         try d.check(d.cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain")
         context = ctx!

@@ -4,40 +4,71 @@
 // The model runs them on row chunks of the logits (pointers offset by the chunk's first row).
 #include "common.cuh"
 
-// The row's log-sum-exp over its first V logits, for every thread of the block. Each thread keeps a
-// running maximum and the sum scaled to it (online softmax: one pass over the row), then the block
-// combines them.
-__device__ float rowLogSumExp(const floatX* x, int V, float* scratch) {
-    float m = NEG_INFINITY, s = 0.0f;
-    for (int c = threadIdx.x * PACK; c < V; c += blockDim.x * PACK) {
-        Pack p = loadPack(x + c);
-        float packMax = NEG_INFINITY;
+// MARK: - One row
+
+// Folds `count` values of a pack (all PACK of them, a compile-time constant in the main loop, so
+// no per-value bound checks) into a thread's running maximum m and its sum s scaled to m (online
+// softmax: one pass over the row).
+__device__ __forceinline__ void foldPack(float& m, float& s, const Pack& p, int count) {
+    float packMax = NEG_INFINITY;
 #pragma unroll
-        for (int i = 0; i < PACK; i++) if (c + i < V) packMax = fmaxf(packMax, toFloat(p.v[i]));
-        float newMax = fmaxf(m, packMax);
-        s *= expf(m - newMax);  // 0 on the first pack (m = -inf)
-        m = newMax;
+    for (int i = 0; i < PACK; i++) if (i < count) packMax = fmaxf(packMax, toFloat(p.v[i]));
+    const float newMax = fmaxf(m, packMax);
+    s *= expf(m - newMax);  // 0 on the first pack (m = -inf)
+    m = newMax;
 #pragma unroll
-        for (int i = 0; i < PACK; i++) if (c + i < V) s += expf(toFloat(p.v[i]) - m);
-    }
-    float rowMax = blockMax(m, scratch);
-    float rowSum = blockSum(m == NEG_INFINITY ? 0.0f : s * expf(m - rowMax), scratch);
+    for (int i = 0; i < PACK; i++) if (i < count) s += expf(toFloat(p.v[i]) - m);
+}
+
+// The block's log-sum-exp of a row from each thread's (m, s); every thread gets it.
+__device__ __forceinline__ float combineLogSumExp(float m, float s, float* scratch) {
+    const float rowMax = blockMax(m, scratch);
+    const float rowSum = blockSum(m == NEG_INFINITY ? 0.0f : s * expf(m - rowMax), scratch);
     return rowMax + logf(rowSum);
 }
 
-// dlogits for the first V columns, 0 for the padding, written over the row: (softmax - onehot) * dloss.
-__device__ void rowGradient(floatX* x, float l, int target, float dloss, int V, int Vp) {
-    for (int c = threadIdx.x * PACK; c < Vp; c += blockDim.x * PACK) {
-        Pack p = loadPack(x + c);
+// The gradient of the pack at column c, (softmax - onehot) * dloss for the first V columns, 0 for
+// the padding: the bound and target checks only on the packs that need them.
+__device__ __forceinline__ Pack gradientPack(Pack p, int c, float l, int target, float dloss, int V) {
+    if (c + PACK <= V && (unsigned)(target - c) >= (unsigned)PACK) {
+#pragma unroll
+        for (int i = 0; i < PACK; i++) p.v[i] = fromFloat(expf(toFloat(p.v[i]) - l) * dloss);
+    } else {
 #pragma unroll
         for (int i = 0; i < PACK; i++) {
             float g = 0.0f;
             if (c + i < V) g = (expf(toFloat(p.v[i]) - l) - (c + i == target ? 1.0f : 0.0f)) * dloss;
             p.v[i] = fromFloat(g);
         }
-        storePack(x + c, p);
     }
+    return p;
 }
+
+// 16 bytes stored marked streaming (evict first): dlogits go on to two matmuls that read far more
+// than the L2 holds, while the rows still being read twice should stay in it.
+__device__ __forceinline__ void storePackStreaming(floatX* x, const Pack& p) {
+    const uint4 v = *(const uint4*)&p;
+    asm volatile("st.global.cs.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(x), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
+}
+
+// The row's log-sum-exp over its first V logits, for every thread of the block. Thread t folds the
+// packs t, t + blockDim, ... in order, the last one (V % PACK values) where it falls.
+__device__ float rowLogSumExp(const floatX* x, int V, float* scratch) {
+    float m = NEG_INFINITY, s = 0.0f;
+    const int whole = V / PACK * PACK;
+    int c = threadIdx.x * PACK;
+    for (; c < whole; c += blockDim.x * PACK) foldPack(m, s, loadPack(x + c), PACK);
+    if (c < V) foldPack(m, s, loadPack(x + c), V - c);
+    return combineLogSumExp(m, s, scratch);
+}
+
+// dlogits for the first V columns, 0 for the padding, written over the row.
+__device__ void rowGradient(floatX* x, float l, int target, float dloss, int V, int Vp) {
+    for (int c = threadIdx.x * PACK; c < Vp; c += blockDim.x * PACK)
+        storePackStreaming(x + c, gradientPack(loadPack(x + c), c, l, target, dloss, V));
+}
+
+// MARK: - Kernels
 
 // losses (N) = -log softmax(logits[row])[targets[row]]; lse (N) = log sum exp of the row's first V
 // logits. One block per row.
@@ -79,6 +110,33 @@ extern "C" __global__ void classifier_loss_backward(floatX* logits, float* losse
     rowGradient(x, l, target, dloss, V, Vp);
 }
 
+// The same with the row staged in shared memory (dynamic, Vp floatX): copied in once with
+// asynchronous 16-byte copies (cp.async, sm_80 on), both passes read it from there, so the row
+// leaves memory once whatever the L2 keeps; two blocks of 1024 threads an SM (~100 KB each at
+// GPT-2's vocabulary), one's copies running beside the other's arithmetic. Same threads, same
+// order, same bits as classifier_loss_backward.
+extern "C" __global__ void __launch_bounds__(1024, 2)
+classifier_loss_backward_staged(floatX* logits, float* losses, float* lse, const int* targets, float dloss,
+                                int V, int Vp) {
+    extern __shared__ __align__(16) unsigned char stagedRow[];
+    __shared__ float scratch[32];
+    const floatX* row = (const floatX*)stagedRow;
+    const long long r = blockIdx.x;
+    floatX* x = logits + r * Vp;
+    const unsigned base = (unsigned)__cvta_generic_to_shared(stagedRow);
+    for (int c = threadIdx.x * PACK; c < Vp; c += blockDim.x * PACK)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(base + c * (int)sizeof(floatX)), "l"(x + c) : "memory");
+    asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;" ::: "memory");
+    __syncthreads();
+    const int target = targets[r];
+    float l = rowLogSumExp(row, V, scratch);
+    if (threadIdx.x == 0) {
+        lse[r] = l;
+        losses[r] = l - toFloat(row[target]);
+    }
+    for (int c = threadIdx.x * PACK; c < Vp; c += blockDim.x * PACK)
+        storePackStreaming(x + c, gradientPack(loadPack(row + c), c, l, target, dloss, V));
+}
 // grad (n) += sum (n, fp32), rounded to nearest once: the LM head's dwte, summed over the row
 // chunks of the classifier in an fp32 scratch, joins the bf16 gradient. One 16-byte pack of grad
 // per thread (n % PACK == 0); one writer per element, so the result is the same on every run.
