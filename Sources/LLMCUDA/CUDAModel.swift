@@ -179,10 +179,13 @@ public final class CUDAModel: GPT2Backend {
     static let lnBackwardGroupBlocks = 16
     static let lnBackwardCounters = 1 + (lnBackwardBlocks + lnBackwardGroupBlocks - 1) / lnBackwardGroupBlocks
     static let normBlocks = 512
-    static let maxBiasRowBlocks = 256
+    static let maxBiasRowBlocks = 256  // at most COLUMN_SUM_GROUP^2 (common.cuh)
+    /// Counters a column block of a column-sum kernel uses (COLUMN_SUM_COUNTERS in common.cuh).
+    static let columnSumCounters = 17
 
-    /// Partials (maxBiasRowBlocks, 4C) fp32 and counters (one per column block) of a column-sum kernel.
-    struct ColumnSumSpace { let partials: CUdeviceptr; let counters: CUdeviceptr; let counterCount: Int }
+    /// Partials (maxBiasRowBlocks, 4C) fp32 and counters (columnSumCounters per column block) of a
+    /// column-sum kernel; `columnBlocks`: how many column blocks the counters serve.
+    struct ColumnSumSpace { let partials: CUdeviceptr; let counters: CUdeviceptr; let columnBlocks: Int }
 
     /// `parameters`: N fp32 values in checkpoint order (these become the master weights).
     /// `classifierRows`: nil takes $LLM_CLASSIFIER_ROWS, else 16384.
@@ -312,13 +315,14 @@ public final class CUDAModel: GPT2Backend {
         partials = try device.allocate(bytes: partialFloats * 4, what: "reduction partials")
         // Enough column blocks of 32 packs for the widest bias (4C) at the smallest pack (4, fp32).
         let columnBlocks = (4 * C + 127) / 128
-        reductionCounterCount = CUDAModel.lnBackwardCounters + 2 * columnBlocks
+        let columnSumCounterCount = columnBlocks * CUDAModel.columnSumCounters
+        reductionCounterCount = CUDAModel.lnBackwardCounters + 2 * columnSumCounterCount
         reductionCounters = try device.allocate(bytes: reductionCounterCount * 4, what: "reduction counters")
         try device.zero(reductionCounters, bytes: reductionCounterCount * 4)
         let sums = partials + UInt64(4 * lnPartialFloats), counters = reductionCounters + UInt64(4 * CUDAModel.lnBackwardCounters)
-        sideColumnSums = ColumnSumSpace(partials: sums, counters: counters, counterCount: columnBlocks)
-        mainColumnSums = ColumnSumSpace(partials: sums + UInt64(4 * columnSumFloats), counters: counters + UInt64(4 * columnBlocks),
-                                        counterCount: columnBlocks)
+        sideColumnSums = ColumnSumSpace(partials: sums, counters: counters, columnBlocks: columnBlocks)
+        mainColumnSums = ColumnSumSpace(partials: sums + UInt64(4 * columnSumFloats),
+                                        counters: counters + UInt64(4 * columnSumCounterCount), columnBlocks: columnBlocks)
         timingBias = sums + UInt64(4 * 2 * columnSumFloats)
         tokens = try device.allocate(bytes: BT * 4, what: "input tokens")
         targetsBuffer = try device.allocate(bytes: BT * 4, what: "target tokens")
@@ -638,7 +642,7 @@ public final class CUDAModel: GPT2Backend {
         let rowBlocks = min(CUDAModel.maxBiasRowBlocks, (N + 63) / 64)
         let rowsPerBlock = (N + rowBlocks - 1) / rowBlocks
         let columnBlocks = (OC + 32 * pack - 1) / (32 * pack)
-        if columnBlocks > space.counterCount {
+        if columnBlocks > space.columnBlocks {
             throw LLMError("cuda model: a bias of \(OC) columns needs more reduction counters than allocated")
         }
         try launch(kernel, grid: (columnBlocks, rowBlocks, 1), block: (32, 8, 1),

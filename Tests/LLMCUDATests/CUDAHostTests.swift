@@ -255,3 +255,22 @@ func flashAttentionMatchesTheScalarKernels() throws {
         #expect(r.lseMaxDiff < 1e-2)
     }
 }
+
+@Test func columnSumCountersMatchTheKernels() throws {
+    // The host allocates columnSumCounters per column block and at most maxBiasRowBlocks row blocks;
+    // addColumnSums (common.cuh) uses COLUMN_SUM_COUNTERS of them and groups of COLUMN_SUM_GROUP.
+    let common = try #require(KernelSources.headers.first { $0.name == "common.cuh" }?.source)
+    func defined(_ name: String) -> Int? {
+        for line in common.split(separator: "\n") where line.hasPrefix("#define \(name) ") {
+            let value = line.dropFirst("#define \(name) ".count).split(separator: "/").first ?? ""
+            let trimmed = value.trimmingCharacters(in: .whitespaces)
+            if trimmed == "(1 + COLUMN_SUM_GROUP)" { return defined("COLUMN_SUM_GROUP").map { 1 + $0 } }
+            return Int(trimmed)
+        }
+        return nil
+    }
+    let group = try #require(defined("COLUMN_SUM_GROUP"))
+    #expect(defined("COLUMN_SUM_COUNTERS") == CUDAModel.columnSumCounters)
+    #expect(CUDAModel.columnSumCounters == 1 + group)
+    #expect(CUDAModel.maxBiasRowBlocks <= group * group)
+}

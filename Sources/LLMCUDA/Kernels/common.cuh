@@ -139,12 +139,18 @@ __device__ __forceinline__ float4 sumPartialColumns4(const float* partial, int r
 
 // dbias (OC) += column sums of an (N, OC) matrix whose values `packAt(i)` / `valueAt(i)` give at
 // element offset i (one 16-byte pack at a PACK-aligned column, or one element), for a kernel with
-// grid (column blocks of 32 * PACK columns, row blocks) and block (32, 8). Block (x, y) sums rows
-// [y*rowsPerBlock, ...) of its columns into partial (gridDim.y, OC); the last row block of column
-// block x to finish (counters[x], zero before and after the launch) then adds its columns'
-// partials, row blocks in order, to dbias. A lane reads one pack of a row (a warp: 512 bytes of
-// it), the 8 warps every 8th row; the warps' sums meet in shared memory in a fixed order. Every
-// kernel built on this (bias_backward, gelu_backward_bias) sums in the same order: same bits.
+// grid (column blocks of 32 * PACK columns, row blocks, at most COLUMN_SUM_GROUP^2) and block (32, 8).
+// Block (x, y) sums rows [y*rowsPerBlock, ...) of its columns into partial (gridDim.y, OC). A lane
+// reads one pack of a row (a warp: 512 bytes of it), the 8 warps every 8th row; the warps' sums
+// meet in shared memory in a fixed order. Then two stages, each a short chain of L2 reads: the last
+// block of each group of COLUMN_SUM_GROUP row blocks to finish sums the group's partials, in order,
+// into the group's first row; the last group to finish adds the group sums, in order, to dbias.
+// (One stage, the last block reading all 256 rows through 16 loads in flight a thread, left a tail
+// of ~10 us a call.) counters: COLUMN_SUM_COUNTERS per column block (the last-group count, then
+// one per group), zero before and after the launch. Every kernel built on this (bias_backward,
+// gelu_backward_bias) sums in the same order: the same bits.
+#define COLUMN_SUM_GROUP 16
+#define COLUMN_SUM_COUNTERS (1 + COLUMN_SUM_GROUP)
 template <typename PackAt, typename ValueAt>
 __device__ __forceinline__ void addColumnSums(floatX* dbias, float* partial, unsigned* counters, int N, int OC,
                                               int rowsPerBlock, PackAt packAt, ValueAt valueAt) {
@@ -175,9 +181,18 @@ __device__ __forceinline__ void addColumnSums(floatX* dbias, float* partial, uns
         for (int y = 0; y < 8; y++) total += sums[y][c];
         partial[(long long)blockIdx.y * OC + col] = total;
     }
-    if (!lastBlockToArrive(&counters[blockIdx.x], gridDim.y)) return;
+    unsigned* blockCounters = counters + blockIdx.x * COLUMN_SUM_COUNTERS;
+    const int group = blockIdx.y / COLUMN_SUM_GROUP, first = group * COLUMN_SUM_GROUP;
+    const int members = min(COLUMN_SUM_GROUP, (int)gridDim.y - first);
+    const int groups = (gridDim.y + COLUMN_SUM_GROUP - 1) / COLUMN_SUM_GROUP;
+    if (!lastBlockToArrive(&blockCounters[1 + group], members)) return;
+    if (c < 32 * PACK && col < OC) {  // read, then overwritten by this thread alone
+        float* groupRow = partial + (long long)first * OC + col;
+        *groupRow = sumPartialColumn(groupRow, members, OC);
+    }
+    if (!lastBlockToArrive(&blockCounters[0], groups)) return;
     if (c < 32 * PACK && col < OC) {
-        float sum = sumPartialColumn(partial + col, gridDim.y, OC);
+        float sum = sumPartialColumn(partial + col, groups, (long long)COLUMN_SUM_GROUP * OC);
         dbias[col] = fromFloat(toFloat(dbias[col]) + sum);
     }
 }
