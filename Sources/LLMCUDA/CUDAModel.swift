@@ -612,15 +612,18 @@ public final class CUDAModel: GPT2Backend {
                     { final in try plainInputGradient(bias: geluBias.map { final ? $0 : self.timingBias }) },
                 ]
                 var key = "bf16 " + fused.profileName + (geluBias == nil ? "" : " bias")
-                // Our Hopper GEMM with the same epilogue: B is the weight (OC, K) turned (K, OC).
-                if let h = hopper, HopperGEMM.fits(.geluGradient, M: N, N: K, K: OC), K * OC <= 4 * config.channels * config.channels {
-                    let ours: (Bool) throws -> Void = { final in
+                // Our Hopper GEMM with the same epilogue (B is the weight (OC, K) turned (K, OC)) only
+                // where $LLM_HOPPER_GEMM=force: timed alone it won the choice on some H100s (S13-12,
+                // S14-10), but in steps it ran 0.67-0.70 ms a call against cuBLASLt's 0.62-0.63, and
+                // forcing it where cuBLASLt had won cost 5.9 ms a d12 step (S14-1).
+                if let h = hopper, HopperGEMM.forced, HopperGEMM.fits(.geluGradient, M: N, N: K, K: OC),
+                   K * OC <= 4 * config.channels * config.channels {
+                    ways = [{ final in
                         try h.transpose(self.weightT, weight, rows: OC, cols: K)
                         try h.run(.geluGradient, out: dinp, a: dout, b: self.weightT, aux: g, M: N, N: K, K: OC)
                         try timingBiasSums(final)
-                    }
-                    if HopperGEMM.forced { ways = [ours] } else { ways.append(ours) }
-                    key += " or hopper"
+                    }]
+                    key += " hopper"
                 }
                 let way = try matmul.fastest(key, ways)
                 return (weightGradients, geluBias != nil && ways.count > 1 && way == 1)
