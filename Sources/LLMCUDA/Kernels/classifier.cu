@@ -137,6 +137,7 @@ classifier_loss_backward_staged(floatX* logits, float* losses, float* lse, const
     for (int c = threadIdx.x * PACK; c < Vp; c += blockDim.x * PACK)
         storePackStreaming(x + c, gradientPack(loadPack(row + c), c, l, target, dloss, V));
 }
+
 // grad (n) += sum (n, fp32), rounded to nearest once: the LM head's dwte, summed over the row
 // chunks of the classifier in an fp32 scratch, joins the bf16 gradient. One 16-byte pack of grad
 // per thread (n % PACK == 0); one writer per element, so the result is the same on every run.
