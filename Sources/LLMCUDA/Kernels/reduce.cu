@@ -4,8 +4,8 @@
 
 // dbias (OC) += column sums of dout (N, OC): addColumnSums (common.cuh) over dout as it is. At most
 // 32 registers: 8 blocks an SM keep enough loads in flight (40, for the partials' sums, left 6).
-extern "C" __global__ void __launch_bounds__(256, 8) bias_backward(floatX* dbias, float* partial, unsigned* counters, const floatX* dout,
-                                         int N, int OC, int rowsPerBlock) {
+extern "C" __global__ void __launch_bounds__(256, 8)
+bias_backward(floatX* dbias, float* partial, unsigned* counters, const floatX* dout, int N, int OC, int rowsPerBlock) {
     addColumnSums(dbias, partial, counters, N, OC, rowsPerBlock,
                   [&](long long i) { return loadPack(dout + i); }, [&](long long i) { return toFloat(dout[i]); });
 }
