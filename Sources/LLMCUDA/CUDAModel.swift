@@ -461,10 +461,13 @@ public final class CUDAModel: GPT2Backend {
     /// the barriers.
     static var hopperAttentionSharedBytes: Int { 1024 + 16384 + hopperAttentionStages * 2 * 16384 + 8 * (2 + 3 * hopperAttentionStages) }
 
-    /// Dynamic shared memory of flash_attention_backward_key_value_hopper: alignment slack, two
-    /// items' K and V (128, 64), FB_STAGES (4) stages of a query tile (Q and dO (64, 64), 64 lse and
-    /// 64 D floats, 17408 bytes to keep the next stage 1024-aligned), the barriers.
-    static let hopperKeyValueSharedBytes = 1024 + 4 * 16384 + 4 * 17408 + 8 * (4 + 2 * 4)
+    /// Stages of query tiles in flight in flash_attention_backward_key_value_hopper (-DFB_STAGES):
+    /// 4 (S13-8: 3 and 6 were slower).
+    static let hopperKeyValueStages = 4
+    /// Its dynamic shared memory: alignment slack, two items' K and V (128, 64), the stages of a
+    /// query tile (Q and dO (64, 64), 64 lse and 64 D floats: 17408 bytes, FB_STAGE, to keep the
+    /// next stage 1024-aligned), the barriers (two items' full and empty, each stage's).
+    static var hopperKeyValueSharedBytes: Int { 1024 + 4 * 16384 + hopperKeyValueStages * 17408 + 8 * (4 + 2 * hopperKeyValueStages) }
 
     /// Bytes of the flash backward's dS: each head's causal (key tile, query tile) pairs of 64 x 64 bf16.
     static func flashDSBytes(B: Int, T: Int, NH: Int) -> Int {

@@ -33,8 +33,9 @@ public enum KernelSources {
             o.append("-D" + d)
         }
         // The Hopper GEMM's tile width, cluster size and stages are the host's too (HopperGEMM), and
-        // so are the Hopper attention forward's stages (they size its shared memory).
+        // so are the Hopper attention kernels' stages (they size their shared memory).
         o.append("-DFH_STAGES=\(CUDAModel.hopperAttentionStages)")
+        o.append("-DFB_STAGES=\(CUDAModel.hopperKeyValueStages)")
         o.append("-DGEMM_CLUSTER=\(HopperGEMM.cluster)")
         for (e, name) in [(HopperGEMM.Epilogue.plain, "PLAIN"), (.gelu, "GELU"), (.geluGradient, "DGELU")] {
             o.append("-DGEMM_BN_\(name)=\(HopperGEMM.tileN(e))")

@@ -63,9 +63,12 @@ let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().delet
     #expect((2 ... 6).contains(stages))
     #expect(CUDAModel.hopperAttentionSharedBytes == 1024 + 16384 * (1 + 2 * stages) + 8 * (2 + 3 * stages))
     #expect(CUDAModel.hopperAttentionSharedBytes + 1024 <= 227 * 1024)
-    // The key/value kernel: two items' K and V, 4 stages of Q, dO (64 x 64 bf16 each) and 64 lse
-    // and D floats, each stage a multiple of 1024 bytes (the swizzle's alignment).
-    #expect(CUDAModel.hopperKeyValueSharedBytes == 1024 + 4 * 16384 + 4 * 17408 + 8 * 12)
+    // The key/value kernel: two items' K and V, its stages of Q, dO (64 x 64 bf16 each) and 64 lse
+    // and D floats, each stage a multiple of 1024 bytes (the swizzle's alignment); the count goes
+    // to the kernel as -DFB_STAGES.
+    let kv = CUDAModel.hopperKeyValueStages
+    #expect(CUDAModel.hopperKeyValueSharedBytes == 1024 + 4 * 16384 + kv * 17408 + 8 * (4 + 2 * kv))
+    #expect(KernelSources.options(arch: "sm_90a", precision: .bf16).contains("-DFB_STAGES=\(kv)"))
     #expect(17408 % 1024 == 0 && 17408 >= 2 * 8192 + 2 * 256)
     #expect(CUDAModel.hopperKeyValueSharedBytes + 1024 <= 227 * 1024)
 }

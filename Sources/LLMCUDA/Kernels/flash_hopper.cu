@@ -344,7 +344,9 @@ flash_attention_forward_hopper(floatX* out, float* lse, const __grid_constant__ 
 // P^T and dS^T as register A operands and dO, Q N-major (the same shared tiles the scores read
 // K-major).
 
-#define FB_STAGES 4              // query tiles (Q, dO, lse, D) in flight (CUDAModel.hopperKeyValueSharedBytes counts 4)
+#ifndef FB_STAGES
+#define FB_STAGES 4              // query tiles (Q, dO, lse, D) in flight (the host passes its own: they size shared memory)
+#endif
 #define FB_STAGE 17408           // bytes of a stage: Q and dO (64, 64) bf16, 64 lse and 64 D floats, to 1024
 
 // dk, dv (the k and v parts of dqkv) and dS (dsPair's layout, every fragment of every causal pair)
