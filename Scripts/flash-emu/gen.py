@@ -1,16 +1,16 @@
 """Writes the CPU-emulation copy of flash_attention.cu (with flash.cuh inlined): the PTX helpers
-(ldmatrix, mma.sync, cp.async, cvt, the streaming store) are dropped so emu.h's emulations take
-their place.
+(ldmatrix, mma.sync, cp.async, cvt) are dropped so emu.h's emulations take their place (emu.h,
+standing in for common.cuh, also has common.cuh's streaming store).
 Usage: gen.py KERNEL_FILE OUT_FILE"""
 import re, sys
 import os
 s = open(sys.argv[1]).read()
 s = s.replace('#include "common.cuh"', '#include "emu.h"')
-# The headers the kernel file shares with flash_hopper.cu, inlined so their PTX helpers go too.
+# The header the kernel file shares with flash_hopper.cu (the dS layout), inlined: the copy is one file.
 header = os.path.join(os.path.dirname(sys.argv[1]), 'flash.cuh')
 s = s.replace('#include "flash.cuh"', open(header).read().replace('#pragma once', ''))
 names = ['sharedAddress', 'copyAsync16', 'commitCopies', 'waitAllButLatest', 'waitAll', 'loadMatrices', 'loadMatricesTransposed',
-         'mma', 'packPair', 'transposeMatrix', 'storeStreaming']
+         'mma', 'packPair', 'transposeMatrix']
 for n in names:
     m = re.search(r'__device__ __forceinline__ \w+ ' + n + r'\(', s)
     assert m, n

@@ -44,13 +44,6 @@ __device__ __forceinline__ Pack gradientPack(Pack p, int c, float l, int target,
     return p;
 }
 
-// 16 bytes stored marked streaming (evict first): dlogits go on to two matmuls that read far more
-// than the L2 holds, while the rows still being read twice should stay in it.
-__device__ __forceinline__ void storePackStreaming(floatX* x, const Pack& p) {
-    const uint4 v = *(const uint4*)&p;
-    asm volatile("st.global.cs.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(x), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
-}
-
 // The row's log-sum-exp over its first V logits, for every thread of the block. Thread t folds the
 // packs t, t + blockDim, ... in order, the last one (V % PACK values) where it falls.
 __device__ float rowLogSumExp(const floatX* x, int V, float* scratch) {
@@ -62,7 +55,8 @@ __device__ float rowLogSumExp(const floatX* x, int V, float* scratch) {
     return combineLogSumExp(m, s, scratch);
 }
 
-// dlogits for the first V columns, 0 for the padding, written over the row.
+// dlogits for the first V columns, 0 for the padding, written over the row, marked streaming: they
+// go on to two matmuls that read far more than the L2 holds, while rows still read twice stay in it.
 __device__ void rowGradient(floatX* x, float l, int target, float dloss, int V, int Vp) {
     for (int c = threadIdx.x * PACK; c < Vp; c += blockDim.x * PACK)
         storePackStreaming(x + c, gradientPack(loadPack(x + c), c, l, target, dloss, V));
