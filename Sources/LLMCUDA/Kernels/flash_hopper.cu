@@ -241,10 +241,6 @@ flash_attention_forward_hopper(floatX* out, float* lse, const __grid_constant__ 
         const int consumer = warpgroup - 1, warp = t / 32, lane = t % 32;
         const unsigned qTile = sQ + consumer * (FH_TILE / 2);
         const int rowInItem = 64 * consumer + 16 * warp + lane / 4;  // e = 0's row; e = 1's is 8 further
-        auto release = [&](unsigned bar) {
-            __syncwarp();
-            if (lane == 0) barrierArrive(bar);
-        };
         unsigned it = 0;
         for (int item = blockIdx.x, j = 0; item < items; item += gridDim.x, j++) {
             int qt, b, h;
@@ -261,7 +257,7 @@ flash_attention_forward_hopper(floatX* out, float* lse, const __grid_constant__ 
             issueScores(s, qTile, sK((int)(it % FH_STAGES)));
             wgmmaWait<0>();
             fenceRegisters<64>(s);
-            if (qt == 0) { release(qEmpty); softmaxTile<true>(p, s, rowMax, rowSum, rescale, rowInItem); }
+            if (qt == 0) { arriveOncePerWarp(qEmpty); softmaxTile<true>(p, s, rowMax, rowSum, rescale, rowInItem); }
             else softmaxTile<false>(p, s, rowMax, rowSum, rescale, rowInItem);
 #pragma unroll 2
             for (int kt = 0; kt < qt; kt++, it++) {
@@ -275,7 +271,7 @@ flash_attention_forward_hopper(floatX* out, float* lse, const __grid_constant__ 
                 wgmmaWait<1>();  // the scores (committed first) are in; P V may still run
                 fenceRegisters<64>(s);
                 if (kt + 1 == qt) {
-                    release(qEmpty);  // the item's last product reading Q is done
+                    arriveOncePerWarp(qEmpty);  // the item's last product reading Q is done
                     softmaxTile<true>(pNext, s, rowMax, rowSum, rescale, rowInItem);
                 } else {
                     softmaxTile<false>(pNext, s, rowMax, rowSum, rescale, rowInItem);
@@ -283,7 +279,7 @@ flash_attention_forward_hopper(floatX* out, float* lse, const __grid_constant__ 
                 wgmmaWait<0>();
                 fenceRegisters<32>(o);
                 fencePairs<32>(p);
-                release(kvEmpty(stage));
+                arriveOncePerWarp(kvEmpty(stage));
                 rescaleRows(o, rescale);
 #pragma unroll
                 for (int i = 0; i < 32; i++) p[i] = pNext[i];
@@ -297,7 +293,7 @@ flash_attention_forward_hopper(floatX* out, float* lse, const __grid_constant__ 
                 wgmmaWait<0>();
                 fenceRegisters<32>(o);
                 fencePairs<32>(p);
-                release(kvEmpty(stage));
+                arriveOncePerWarp(kvEmpty(stage));
                 it++;
             }
             // The rows' sums over the 4 threads that hold them; out = O / sum, lse = log(sum) + max.
@@ -408,10 +404,6 @@ flash_attention_backward_key_value_hopper(floatX* dqkv, floatX* dS, const __grid
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;" ::: "memory");
         const int consumer = warpgroup - 1, warp = t / 32, lane = t % 32;
         const float scale = 0.125f * FH_LOG2E;
-        auto release = [&](unsigned bar) {
-            __syncwarp();
-            if (lane == 0) barrierArrive(bar);
-        };
         unsigned it = 0;
         for (int item = blockIdx.x, j = 0; item < items; item += gridDim.x, j++) {
             int kt, b, h;
@@ -479,7 +471,7 @@ flash_attention_backward_key_value_hopper(floatX* dqkv, floatX* dS, const __grid
             if (qt < keyTile) {  // consumer 1's first tile: every query before its keys (released once in)
                 const int s = (int)(it % FB_STAGES);
                 barrierWait(full(s), (it / FB_STAGES) & 1);
-                release(empty(s));
+                arriveOncePerWarp(empty(s));
                 qt++;
                 it++;
             }
@@ -512,7 +504,7 @@ flash_attention_backward_key_value_hopper(floatX* dqkv, floatX* dS, const __grid
                 fenceRegisters<32>(dk);
                 fencePairs<16>(pT);
                 fencePairs<16>(dsT);
-                release(empty(s));
+                arriveOncePerWarp(empty(s));
 #pragma unroll
                 for (int i = 0; i < 16; i++) { pT[i] = pNext[i]; dsT[i] = dsNext[i]; }
             }
@@ -526,10 +518,10 @@ flash_attention_backward_key_value_hopper(floatX* dqkv, floatX* dS, const __grid
                 fenceRegisters<32>(dk);
                 fencePairs<16>(pT);
                 fencePairs<16>(dsT);
-                release(empty(s));
+                arriveOncePerWarp(empty(s));
                 it++;
             }
-            release(kvEmpty(buffer));
+            arriveOncePerWarp(kvEmpty(buffer));
             // dk / 8 and dv to their rows of dqkv.
 #pragma unroll
             for (int e = 0; e < 2; e++) {

@@ -35,6 +35,12 @@ __device__ __forceinline__ void barrierWait(unsigned bar, unsigned parity) {
                  "@!done bra WAIT;\n"
                  "}\n" :: "r"(bar), "r"(parity) : "memory");
 }
+// One arrival on `bar` for the calling warp, once every lane is here (after the warp's work that
+// the barrier releases, e.g. its reads of a stage): barriers counted in warps.
+__device__ __forceinline__ void arriveOncePerWarp(unsigned bar) {
+    __syncwarp();
+    if (threadIdx.x % 32 == 0) barrierArrive(bar);
+}
 // A barrier of the 128 threads of consumer warpgroup c (named barrier 1 + c).
 __device__ __forceinline__ void warpgroupSync(int c) {
     asm volatile("bar.sync %0, 128;" :: "r"(1 + c) : "memory");
