@@ -179,9 +179,12 @@ public final class CUDAModel: GPT2Backend {
     static let lnBackwardGroupBlocks = 16
     static let lnBackwardCounters = 1 + (lnBackwardBlocks + lnBackwardGroupBlocks - 1) / lnBackwardGroupBlocks
     static let normBlocks = 512
-    static let maxBiasRowBlocks = 256  // at most COLUMN_SUM_GROUP^2 (common.cuh)
-    /// Counters a column block of a column-sum kernel uses (COLUMN_SUM_COUNTERS in common.cuh).
-    static let columnSumCounters = 17
+    static let maxBiasRowBlocks = 256  // at most columnSumGroup^2
+    /// Row blocks whose partials a column-sum kernel adds in its first stage (-DCOLUMN_SUM_GROUP,
+    /// common.cuh's addColumnSums), and the counters a column block then uses: one per group and
+    /// one for the groups.
+    static let columnSumGroup = 16
+    static var columnSumCounters: Int { 1 + columnSumGroup }
 
     /// Partials (maxBiasRowBlocks, 4C) fp32 and counters (columnSumCounters per column block) of a
     /// column-sum kernel; `columnBlocks`: how many column blocks the counters serve.

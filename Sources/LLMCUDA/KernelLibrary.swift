@@ -36,6 +36,7 @@ public enum KernelSources {
         // so are the Hopper attention kernels' stages (they size their shared memory).
         o.append("-DFH_STAGES=\(CUDAModel.hopperAttentionStages)")
         o.append("-DFB_STAGES=\(CUDAModel.hopperKeyValueStages)")
+        o.append("-DCOLUMN_SUM_GROUP=\(CUDAModel.columnSumGroup)")  // it sizes the bias sums' counters
         o.append("-DGEMM_CLUSTER=\(HopperGEMM.cluster)")
         for (e, name) in [(HopperGEMM.Epilogue.plain, "PLAIN"), (.gelu, "GELU"), (.geluGradient, "DGELU")] {
             o.append("-DGEMM_BN_\(name)=\(HopperGEMM.tileN(e))")

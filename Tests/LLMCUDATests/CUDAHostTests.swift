@@ -260,20 +260,14 @@ func flashAttentionMatchesTheScalarKernels() throws {
 }
 
 @Test func columnSumCountersMatchTheKernels() throws {
-    // The host allocates columnSumCounters per column block and at most maxBiasRowBlocks row blocks;
-    // addColumnSums (common.cuh) uses COLUMN_SUM_COUNTERS of them and groups of COLUMN_SUM_GROUP.
+    // The bias sums' group size goes to the kernels as -DCOLUMN_SUM_GROUP; the host allocates a
+    // counter per group and one for the groups per column block, for at most group^2 row blocks,
+    // as addColumnSums (common.cuh) counts them.
     let common = try #require(KernelSources.headers.first { $0.name == "common.cuh" }?.source)
-    func defined(_ name: String) -> Int? {
-        for line in common.split(separator: "\n") where line.hasPrefix("#define \(name) ") {
-            let value = line.dropFirst("#define \(name) ".count).split(separator: "/").first ?? ""
-            let trimmed = value.trimmingCharacters(in: .whitespaces)
-            if trimmed == "(1 + COLUMN_SUM_GROUP)" { return defined("COLUMN_SUM_GROUP").map { 1 + $0 } }
-            return Int(trimmed)
-        }
-        return nil
-    }
-    let group = try #require(defined("COLUMN_SUM_GROUP"))
-    #expect(defined("COLUMN_SUM_COUNTERS") == CUDAModel.columnSumCounters)
+    #expect(common.contains("#define COLUMN_SUM_COUNTERS (1 + COLUMN_SUM_GROUP)"))
+    let group = CUDAModel.columnSumGroup
+    #expect(KernelSources.options(arch: "sm_90a", precision: .bf16).contains("-DCOLUMN_SUM_GROUP=\(group)"))
+    #expect(KernelSources.options(arch: "sm_80", precision: .fp32).contains("-DCOLUMN_SUM_GROUP=\(group)"))
     #expect(CUDAModel.columnSumCounters == 1 + group)
     #expect(CUDAModel.maxBiasRowBlocks <= group * group)
 }

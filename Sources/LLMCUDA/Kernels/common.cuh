@@ -156,8 +156,11 @@ __device__ __forceinline__ float4 sumPartialColumns4(const float* partial, int r
 // (One stage, the last block reading all 256 rows through 16 loads in flight a thread, left a tail
 // of ~10 us a call.) counters: COLUMN_SUM_COUNTERS per column block (the last-group count, then
 // one per group), zero before and after the launch. Every kernel built on this (bias_backward,
-// gelu_backward_bias) sums in the same order: the same bits.
+// gelu_backward_bias) sums in the same order: the same bits. The host passes the group size
+// (CUDAModel.columnSumGroup), which also sizes its counters.
+#ifndef COLUMN_SUM_GROUP
 #define COLUMN_SUM_GROUP 16
+#endif
 #define COLUMN_SUM_COUNTERS (1 + COLUMN_SUM_GROUP)
 template <typename PackAt, typename ValueAt>
 __device__ __forceinline__ void addColumnSums(floatX* dbias, float* partial, unsigned* counters, int N, int OC,
