@@ -454,15 +454,15 @@ public final class CUDAModel: GPT2Backend {
     }
 
     /// Stages of K and V tiles in flight in flash_attention_forward_hopper (-DFH_STAGES):
-    /// $LLM_FLASH_HOPPER_STAGES (2 to 6) or 4 (S13-3, B=64: 0.323 ms against 0.332 with 3; S13-2,
-    /// 2 stages: the next tile's scores waited for their K tile, 0.51 ms).
+    /// $LLM_FLASH_HOPPER_STAGES (2 to 5; 6 do not fit beside two Q tiles) or 4 (S13-3, B=64: 0.323
+    /// ms against 0.332 with 3; S13-2, 2 stages: the next tile's scores waited for their K tile, 0.51 ms).
     static let hopperAttentionStages: Int = {
-        if let v = environmentValue("LLM_FLASH_HOPPER_STAGES"), let n = Int(v), (2 ... 6).contains(n) { return n }
+        if let v = environmentValue("LLM_FLASH_HOPPER_STAGES"), let n = Int(v), (2 ... 5).contains(n) { return n }
         return 4
     }()
-    /// Its dynamic shared memory: alignment slack, Q (128, 64), the stages of K and V (128, 64) each,
-    /// the barriers.
-    static var hopperAttentionSharedBytes: Int { 1024 + 16384 + hopperAttentionStages * 2 * 16384 + 8 * (2 + 3 * hopperAttentionStages) }
+    /// Its dynamic shared memory: alignment slack, two items' Q (128, 64), the stages of K and V
+    /// (128, 64) each, the barriers.
+    static var hopperAttentionSharedBytes: Int { 1024 + 2 * 16384 + hopperAttentionStages * 2 * 16384 + 8 * (4 + 3 * hopperAttentionStages) }
 
     /// Stages of query tiles in flight in flash_attention_backward_key_value_hopper (-DFB_STAGES):
     /// 4 (S13-8: 3 and 6 were slower).

@@ -57,11 +57,11 @@ let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().delet
 }
 
 @Test func hopperAttentionSharedMemory() {
-    // Q (128 x 64 bf16) and per stage a K and a V tile of the same size, plus alignment slack and
-    // 8 bytes per barrier; with the kernel's static 1 KB within the H100's 227 KB per block.
+    // Two items' Q (128 x 64 bf16) and per stage a K and a V tile of the same size, plus alignment
+    // slack and 8 bytes per barrier; with the kernel's static 1 KB within the H100's 227 KB per block.
     let stages = CUDAModel.hopperAttentionStages
-    #expect((2 ... 6).contains(stages))
-    #expect(CUDAModel.hopperAttentionSharedBytes == 1024 + 16384 * (1 + 2 * stages) + 8 * (2 + 3 * stages))
+    #expect((2 ... 5).contains(stages))
+    #expect(CUDAModel.hopperAttentionSharedBytes == 1024 + 16384 * (2 + 2 * stages) + 8 * (4 + 3 * stages))
     #expect(CUDAModel.hopperAttentionSharedBytes + 1024 <= 227 * 1024)
     // The key/value kernel: two items' K and V, its stages of Q, dO (64 x 64 bf16 each) and 64 lse
     // and D floats, each stage a multiple of 1024 bytes (the swizzle's alignment); the count goes
