@@ -454,11 +454,12 @@ public final class CUDAModel: GPT2Backend {
     }
 
     /// Stages of K and V tiles in flight in flash_attention_forward_hopper (-DFH_STAGES):
-    /// $LLM_FLASH_HOPPER_STAGES (2 to 5; 6 do not fit beside two Q tiles) or 4 (S13-3, B=64: 0.323
-    /// ms against 0.332 with 3; S13-2, 2 stages: the next tile's scores waited for their K tile, 0.51 ms).
+    /// $LLM_FLASH_HOPPER_STAGES (2 to 5; 6 do not fit beside two Q tiles) or 5 (S15-5, B=64: 0.3196,
+    /// 0.3200 ms against 0.3210, 0.3221 with 4; S13-3: 4 against 3, 0.323 against 0.332 ms; S13-2, 2
+    /// stages: the next tile's scores waited for their K tile, 0.51 ms).
     static let hopperAttentionStages: Int = {
         if let v = environmentValue("LLM_FLASH_HOPPER_STAGES"), let n = Int(v), (2 ... 5).contains(n) { return n }
-        return 4
+        return 5
     }()
     /// Its dynamic shared memory: alignment slack, two items' Q (128, 64), the stages of K and V
     /// (128, 64) each, the barriers.

@@ -222,9 +222,10 @@ extension MatmulShape {
 /// library version) is written to the kernel cache, `matmul-algorithms-<GPU>-cublasLt<version>.txt`,
 /// and later runs on the machine take it from there: the same algorithms, so the same bits run to
 /// run and across a resume. $LLM_MATMUL_TUNE=0 keeps the heuristic's first choice; =wide also times
-/// every tile x stages x cluster shape of the heuristic's algorithm ids (about a minute at d12, so
-/// not the default); =verbose (or wide,verbose) prints each shape's timings, =verbose,every also
-/// every candidate's.
+/// every tile x stages x cluster shape of the heuristic's algorithm ids for every shape (about a
+/// minute at d12, so not the default), which the weight gradients' shapes get anyway (`wideSearch`;
+/// =narrow: not even those); =verbose (or wide,verbose) prints each shape's timings,
+/// =verbose,every also every candidate's.
 public final class MatmulEngine {
     let lt: CuBLASLt
     let device: CUDADevice
@@ -239,6 +240,16 @@ public final class MatmulEngine {
     let verbose = environmentValue("LLM_MATMUL_TUNE")?.contains("verbose") ?? false
     /// Also every tile, stages and cluster shape cuBLASLt accepts for the heuristic's algorithm ids.
     let wide = environmentValue("LLM_MATMUL_TUNE")?.contains("wide") ?? false
+    let narrow = environmentValue("LLM_MATMUL_TUNE")?.contains("narrow") ?? false
+    /// Whether shape s gets the wide search: every shape with =wide; by default the weight gradients'
+    /// (dW += inp^T dout: NT, accumulating, bf16 out), whose outputs are a few hundred tiles or
+    /// fewer, where split-K variants the heuristic does not propose can win. d12 (S15-6, A B B A x 2,
+    /// 10-step benches on one H100): 871.65 -> 869.45 ms a step, every pair; in the profile qkv's
+    /// 768x2304x65536 NT += 0.386 -> 0.354 ms a call, the other three level with the heuristic's
+    /// (faster alone, not at the power cap). About 10 s more on a cold start (S6-9).
+    func wideSearch(_ s: MatmulShape) -> Bool {
+        wide || (!narrow && s.accumulate && !s.transA && s.transB && !s.fp32Output && s.epilogue == .none)
+    }
     /// =verbose,every: also every candidate's time, fastest first.
     let listEvery = environmentValue("LLM_MATMUL_TUNE")?.contains("every") ?? false
     /// Chosen algorithms, by `choiceKey`, from and to `choicesPath`.
@@ -420,7 +431,7 @@ public final class MatmulEngine {
                      "cublasLtMatmulAlgoGetHeuristic(\(s))")
         if found == 0 { throw LLMError("cublasLt: no algorithm for matmul \(s)") }
         let list = (0 ..< Int(found)).map { Array(result[$0 * heuristicResultBytes ..< $0 * heuristicResultBytes + algoBytes]) }
-        p.algo = tune ? try fastestAlgorithm(candidates(list, p), s, p, d: dD, a: dA, b: dB) : list[0]
+        p.algo = tune ? try fastestAlgorithm(candidates(list, p, wide: wideSearch(s)), s, p, d: dD, a: dA, b: dB) : list[0]
         plans[s] = p
         return p
     }
@@ -438,7 +449,7 @@ public final class MatmulEngine {
     /// itself: split-K in 2, 3 or 4 parts with fp32 partials (more blocks where the output has few
     /// tiles, as in the weight gradients), the other CTA swizzling, each of the algorithm's custom
     /// options. Each variant is kept only where cublasLtMatmulAlgoCheck accepts it.
-    func candidates(_ heuristic: [[UInt8]], _ p: Plan) -> [[UInt8]] {
+    func candidates(_ heuristic: [[UInt8]], _ p: Plan, wide: Bool) -> [[UInt8]] {
         var out = heuristic
         var seen = Set(heuristic.map { lt.describe($0) })
         for base in heuristic.prefix(8) {
@@ -541,6 +552,7 @@ public final class MatmulEngine {
             return try averageMilliseconds(start, end, runs: runs) { _ = once() }
         }
         var list = list
+        let wide = wideSearch(s)
         var times = try list.map { try time($0, runs: wide ? 1 : 2) }
         if wide {  // the best 16 of one run each get two more
             for i in times.indices.sorted(by: { times[$0] < times[$1] }).prefix(16) where times[i].isFinite {

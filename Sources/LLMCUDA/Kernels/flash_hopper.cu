@@ -28,7 +28,7 @@
 #define FH_THREADS 384           // warpgroup 0: the producer (one thread works); 1 and 2: consumers
 #define FH_TILE 16384            // bytes of one (128, 64) bf16 tile
 #ifndef FH_STAGES
-#define FH_STAGES 4              // K and V tiles in flight (the host passes its own: they size shared memory)
+#define FH_STAGES 5              // K and V tiles in flight (the host passes its own: they size shared memory)
 #endif
 #ifndef FH_GROUP
 #define FH_GROUP 64              // heads whose items are walked together (their K and V in the L2)
