@@ -243,10 +243,11 @@ public final class MatmulEngine {
     let narrow = environmentValue("LLM_MATMUL_TUNE")?.contains("narrow") ?? false
     /// Whether shape s gets the wide search: every shape with =wide; by default the weight gradients'
     /// (dW += inp^T dout: NT, accumulating, bf16 out), whose outputs are a few hundred tiles or
-    /// fewer, where split-K variants the heuristic does not propose can win. d12 (S15-6, A B B A x 2,
-    /// 10-step benches on one H100): 871.65 -> 869.45 ms a step, every pair; in the profile qkv's
-    /// 768x2304x65536 NT += 0.386 -> 0.354 ms a call, the other three level with the heuristic's
-    /// (faster alone, not at the power cap). About 10 s more on a cold start (S6-9).
+    /// fewer, where split-K variants the heuristic does not propose can win. d12, A B B A x 2, 10-step
+    /// benches: 894.6 -> 884.05 ms a step against =narrow (S15-7), 871.65 -> 869.45 for =wide against
+    /// the old default on a faster H100 (S15-6), every pair; in the profile qkv's 768x2304x65536 NT +=
+    /// 0.386 -> 0.354 ms a call, the other three level (faster alone, not at the power cap). A cold
+    /// start takes 11 s more (S15-7: 15.9 -> 27.0 s).
     func wideSearch(_ s: MatmulShape) -> Bool {
         wide || (!narrow && s.accumulate && !s.transA && s.transB && !s.fp32Output && s.epilogue == .none)
     }
