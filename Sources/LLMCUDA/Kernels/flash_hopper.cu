@@ -466,12 +466,23 @@ flash_attention_backward_key_value_hopper(floatX* dqkv, floatX* dS, const __grid
             };
             // dV += P^T dO and dK += dS^T Q from the stage's tiles, issued and committed.
             auto issueGradients = [&](const unsigned* pT, const unsigned* dsT, int s) {
+                fenceRegisters<32>(dv);
+                fenceRegisters<32>(dk);
                 wgmmaFence();
 #pragma unroll
                 for (int k = 0; k < 4; k++) wgmma64RegisterA(dv, pT + 4 * k, smemDescriptorNMajor(sG(s) + 2048 * k));
 #pragma unroll
                 for (int k = 0; k < 4; k++) wgmma64RegisterA(dk, dsT + 4 * k, smemDescriptorNMajor(sQ(s) + 2048 * k));
                 wgmmaCommit();
+            };
+            // Waits for those products, then hands stage s back to the producer.
+            auto retireGradients = [&](unsigned* pT, unsigned* dsT, int s) {
+                wgmmaWait<0>();
+                fenceRegisters<32>(dv);
+                fenceRegisters<32>(dk);
+                fencePairs<16>(pT);
+                fencePairs<16>(dsT);
+                arriveOncePerWarp(empty(s));
             };
             // Software-pipelined: the next query tile's S^T and dP^T are issued before this tile's
             // gradient products, and its P^T and dS^T computed while those run (S13-11: backward
@@ -500,34 +511,20 @@ flash_attention_backward_key_value_hopper(floatX* dqkv, floatX* dS, const __grid
                 const int s = (int)(it % FB_STAGES), next = (int)((it + 1) % FB_STAGES);
                 barrierWait(full(next), ((it + 1) / FB_STAGES) & 1);
                 issueScoresT(sT, dpT, next);
-                fenceRegisters<32>(dv);
-                fenceRegisters<32>(dk);
                 issueGradients(pT, dsT, s);
                 unsigned pNext[16], dsNext[16];
                 wgmmaWait<1>();  // the scores (committed first) are in; the gradient products may still run
                 fenceRegisters<32>(sT);
                 fenceRegisters<32>(dpT);
                 probabilities(pNext, dsNext, sT, dpT, next, qt + 1);
-                wgmmaWait<0>();
-                fenceRegisters<32>(dv);
-                fenceRegisters<32>(dk);
-                fencePairs<16>(pT);
-                fencePairs<16>(dsT);
-                arriveOncePerWarp(empty(s));
+                retireGradients(pT, dsT, s);
 #pragma unroll
                 for (int i = 0; i < 16; i++) { pT[i] = pNext[i]; dsT[i] = dsNext[i]; }
             }
             {  // the last query tile's gradient products
                 const int s = (int)(it % FB_STAGES);
-                fenceRegisters<32>(dv);
-                fenceRegisters<32>(dk);
                 issueGradients(pT, dsT, s);
-                wgmmaWait<0>();
-                fenceRegisters<32>(dv);
-                fenceRegisters<32>(dk);
-                fencePairs<16>(pT);
-                fencePairs<16>(dsT);
-                arriveOncePerWarp(empty(s));
+                retireGradients(pT, dsT, s);
                 it++;
             }
             arriveOncePerWarp(kvEmpty(buffer));
