@@ -688,10 +688,11 @@ public final class CUDAModel: GPT2Backend {
                    [.ptr(out), .ptr(mean), .ptr(rstd), .ptr(inp), .ptr(weight), .ptr(bias), .i32(Int32(N)), .i32(Int32(C))])
     }
 
-    /// dinp (N, C) += LayerNorm backward of dout; dweight, dbias (C) += their sums over rows.
+    /// dinp (N, C) += LayerNorm backward of dout (= with `overwrite`: dinp is not read); dweight,
+    /// dbias (C) += their sums over rows.
     func layerNormBackward(dinp: CUdeviceptr, dweight: CUdeviceptr, dbias: CUdeviceptr, dout: CUdeviceptr,
                            inp: CUdeviceptr, weight: CUdeviceptr, mean: CUdeviceptr, rstd: CUdeviceptr,
-                           N: Int, C: Int) throws {
+                           N: Int, C: Int, overwrite: Bool = false) throws {
         // 8 warps per block; at most 512 blocks, and no more than fit on the GPU at once: each block's
         // sums take 2C floats per warp of shared memory, so an H100 holds 3 blocks per SM at C=1024,
         // where 512 blocks would make a second, mostly empty wave (d24's layernorm backward ran
@@ -720,7 +721,7 @@ public final class CUDAModel: GPT2Backend {
         try kernels.launch(function, grid: (blocks, 1, 1), block: (32 * warps, 1, 1), shared: shared,
                    [.ptr(dinp), .ptr(dweight), .ptr(dbias), .ptr(partials), .ptr(reductionCounters), .ptr(dout),
                     .ptr(inp), .ptr(weight), .ptr(mean), .ptr(rstd), .i32(Int32(N)), .i32(Int32(C)),
-                    .i32(Int32(CUDAModel.lnBackwardGroupBlocks))])
+                    .i32(Int32(CUDAModel.lnBackwardGroupBlocks)), .i32(overwrite ? 1 : 0)])
     }
 
     func nextSeed() -> UInt32 {
@@ -880,10 +881,10 @@ public final class CUDAModel: GPT2Backend {
         // Classifier and LM head (no bias): dlnf (B, T, C) into scratchBTC, dwte += dlogits^T . lnf;
         // already done by trainingForward, else here from the kept or recomputed logits.
         try classifierBackwardOfLastForward(microSteps: microSteps)
-        try device.zero(dresidual, bytes: N * C * E)
+        // dresidual starts as lnf's input gradient (written, not added: no memset of it first).
         try layerNormBackward(dinp: dresidual, dweight: tensor(grads, .lnfw), dbias: tensor(grads, .lnfb),
                               dout: scratchBTC, inp: elements(residual3, (L - 1) * BTmax * C),
-                              weight: tensor(params, .lnfw), mean: lnfMean, rstd: lnfRstd, N: N, C: C)
+                              weight: tensor(params, .lnfw), mean: lnfMean, rstd: lnfRstd, N: N, C: C, overwrite: true)
         // Each matmul's weight and bias gradients run on the side stream (matmulBackward); the main
         // stream waits for them before it overwrites what they read. Only dresidual, scratchBT4C
         // (dout of fc and qkv, and the recomputed GELU output) and the recomputed layernorm outputs

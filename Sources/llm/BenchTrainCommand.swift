@@ -81,9 +81,9 @@ struct BenchTrain: ParsableCommand {
             let norm = try backend.gradientNorm()
             var loss: Float = 0
             for l in try backend.trainingLosses() { loss += l }
+            // update returns when the update is done (the CUDA model synchronises), as in training
             try backend.update(AdamWSettings(learningRate: 1e-4, weightDecay: 0.1, t: step + 1,
                                              gradScale: norm > 1 ? 1 / norm : 1))
-            _ = try backend.gradientNorm()  // waits for the update on a GPU
             return loss
         }
         for step in 0 ..< warmupSteps + steps {

@@ -113,11 +113,17 @@ __device__ __forceinline__ void layerNormBackwardSums(float& dnormSum, float& dn
 }
 
 // One pack of a row, second pass: the weight and bias sums (element-major in shared memory, see
-// below) and dinp's pack p += its input gradient.
+// below) and dinp's pack p += its input gradient (= with overwrite: dinp is not read).
 __device__ __forceinline__ void layerNormBackwardPack(floatX* d, float* dweightAcc, float* dbiasAcc, int p, int packs,
                                                       const Pack& gp, const Pack& xp, const Pack& wp, float m, float s,
-                                                      float dnormMean, float dnormNormMean) {
-    Pack dp = loadPack(d + p * PACK);
+                                                      float dnormMean, float dnormNormMean, bool overwrite) {
+    Pack dp;
+    if (overwrite) {
+#pragma unroll
+        for (int i = 0; i < PACK; i++) dp.v[i] = fromFloat(0.0f);
+    } else {
+        dp = loadPack(d + p * PACK);
+    }
 #pragma unroll
     for (int i = 0; i < PACK; i++) {
         float gc = toFloat(gp.v[i]);
@@ -130,8 +136,9 @@ __device__ __forceinline__ void layerNormBackwardPack(floatX* d, float* dweightA
     storePack(d + p * PACK, dp);
 }
 
-// dinp (N, C) += layernorm input gradient; dweight (C) += sum of dout * norm, dbias (C) += sum of
-// dout over rows. Each block stores its rows' sums in partial (gridDim.x, 2C), dweight's then
+// dinp (N, C) += layernorm input gradient (overwrite != 0: dinp = it, as if dinp held zeros, so
+// the backward's first layernorm needs no memset of its dinp); dweight (C) += sum of dout * norm,
+// dbias (C) += sum of dout over rows. Each block stores its rows' sums in partial (gridDim.x, 2C), dweight's then
 // dbias's; the sum over blocks follows in two stages (see the end). One warp per row, each lane on
 // 16-byte packs of channels (C % PACK == 0). Dynamic shared memory: warps * 2C floats, each warp's
 // sums stored element-major (acc[i * packs + p] is element i of pack p) so that the 32 lanes touch
@@ -143,7 +150,7 @@ template <int P>
 __device__ __forceinline__ void layerNormBackward(floatX* dinp, floatX* dweight, floatX* dbias, float* partial,
                                                   unsigned* counters, const floatX* dout, const floatX* inp,
                                                   const floatX* weight, const float* mean, const float* rstd,
-                                                  int N, int C, int groupBlocks) {
+                                                  int N, int C, int groupBlocks, int overwrite) {
     extern __shared__ float shared[];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const int packs = C / PACK;
@@ -175,7 +182,7 @@ __device__ __forceinline__ void layerNormBackward(floatX* dinp, floatX* dweight,
                 int p = lane + 32 * k;
                 if (p < packs)
                     layerNormBackwardPack(d, dweightAcc, dbiasAcc, p, packs, gs[k], xs[k], loadPack(weight + p * PACK),
-                                          m, s, dnormMean, dnormNormMean);
+                                          m, s, dnormMean, dnormNormMean, overwrite);
             }
         } else {
             for (int p = lane; p < packs; p += 32)
@@ -185,7 +192,7 @@ __device__ __forceinline__ void layerNormBackward(floatX* dinp, floatX* dweight,
             dnormNormMean = warpSum(dnormNormMean) / C;
             for (int p = lane; p < packs; p += 32)
                 layerNormBackwardPack(d, dweightAcc, dbiasAcc, p, packs, loadPack(g + p * PACK), loadPack(x + p * PACK),
-                                      loadPack(weight + p * PACK), m, s, dnormMean, dnormNormMean);
+                                      loadPack(weight + p * PACK), m, s, dnormMean, dnormNormMean, overwrite);
         }
     }
     __syncthreads();
@@ -222,8 +229,9 @@ __device__ __forceinline__ void layerNormBackward(floatX* dinp, floatX* dweight,
 extern "C" __global__ void layernorm_backward(floatX* dinp, floatX* dweight, floatX* dbias, float* partial,
                                               unsigned* counters, const floatX* dout, const floatX* inp,
                                               const floatX* weight, const float* mean, const float* rstd,
-                                              int N, int C, int groupBlocks) {
-    layerNormBackward<0>(dinp, dweight, dbias, partial, counters, dout, inp, weight, mean, rstd, N, C, groupBlocks);
+                                              int N, int C, int groupBlocks, int overwrite) {
+    layerNormBackward<0>(dinp, dweight, dbias, partial, counters, dout, inp, weight, mean, rstd, N, C, groupBlocks,
+                         overwrite);
 }
 
 // C <= 1024 (GPT-2 up to 350M): the row in registers between the passes. Registers for 3 blocks of
@@ -231,16 +239,16 @@ extern "C" __global__ void layernorm_backward(floatX* dinp, floatX* dweight, flo
 extern "C" __global__ void __launch_bounds__(256, 3)
 layernorm_backward_1024(floatX* dinp, floatX* dweight, floatX* dbias, float* partial, unsigned* counters,
                         const floatX* dout, const floatX* inp, const floatX* weight, const float* mean, const float* rstd,
-                        int N, int C, int groupBlocks) {
+                        int N, int C, int groupBlocks, int overwrite) {
     layerNormBackward<1024 / (32 * PACK)>(dinp, dweight, dbias, partial, counters, dout, inp, weight, mean, rstd, N, C,
-                                          groupBlocks);
+                                          groupBlocks, overwrite);
 }
 
 // C <= 768 (GPT-2 124M): as above, in registers for 4 blocks per SM (the shared sums allow 4 at 768).
 extern "C" __global__ void __launch_bounds__(256, 4)
 layernorm_backward_768(floatX* dinp, floatX* dweight, floatX* dbias, float* partial, unsigned* counters,
                        const floatX* dout, const floatX* inp, const floatX* weight, const float* mean, const float* rstd,
-                       int N, int C, int groupBlocks) {
+                       int N, int C, int groupBlocks, int overwrite) {
     layerNormBackward<768 / (32 * PACK)>(dinp, dweight, dbias, partial, counters, dout, inp, weight, mean, rstd, N, C,
-                                         groupBlocks);
+                                         groupBlocks, overwrite);
 }
