@@ -53,6 +53,12 @@ public final class CUDAModel: GPT2Backend {
     var useHopperAttentionBackward: Bool
     /// The flash backward's dq from the dS that the key/value kernel stores (attDS), not recomputed.
     let storedDS: Bool
+    /// Where the attention backward writes dqkv: in logitsBuffer after dS (free from the classifier's
+    /// backward to the next forward's classifier), apart from scratchBT4C, so the attention backward
+    /// need not wait for fc's weight and bias gradients on the side stream, which read scratchBT4C,
+    /// and runs beside them (d12 B=64, S16-3: 880.55 -> 863.45 ms a step, the same bits and peak
+    /// memory); or in scratchBT4C as before ($LLM_DQKV=shared).
+    let dqkvApart: Bool
     /// What the backward recomputes instead of keeping from the forward (llm.c's `-r`): 0 nothing;
     /// 1 GELU: its output lives in the (B, T, 4C) backward scratch, one layer at a time, and is
     /// recomputed from fch before the fcproj backward; 2 also both layernorm outputs (one (B, T, C)
@@ -115,7 +121,8 @@ public final class CUDAModel: GPT2Backend {
     // Backward scratch, reused by every layer.
     let dresidual: CUdeviceptr   // (B, T, C)
     let scratchBTC: CUdeviceptr  // (B, T, C)
-    let scratchBT4C: CUdeviceptr // (B, T, 4C), also dqkv (B, T, 3C) and dwteSum
+    let scratchBT4C: CUdeviceptr // (B, T, 4C), also dwteSum (and dqkv with $LLM_DQKV=shared)
+    let dqkv: CUdeviceptr        // (B, T, 3C): the attention backward's output, in logitsBuffer after dS
     let attDsum: CUdeviceptr     // (B, NH, T) fp32
     let weightT: CUdeviceptr     // (4C, C): fcproj's weight transposed, the Hopper GEMM's B for fc's dinp; 0 without it
     /// (B, NH, pairs, 64 x 64) bf16: the flash backward's dS (flashDSBytes), in logitsBuffer, or 0.
@@ -241,6 +248,7 @@ public final class CUDAModel: GPT2Backend {
         useHopperAttention = useFlashAttention && device.arch == "sm_90" && device.driver.cuTensorMapEncodeTiled != nil
             && environmentValue("LLM_FLASH_HOPPER") != "0"
         useHopperAttentionBackward = storedDS && environmentValue("LLM_FLASH_HOPPER") != "forward"
+        dqkvApart = environmentValue("LLM_DQKV") != "shared"
         // LLM_SIDE_STREAM=0 queues the backward's weight and bias gradients on the one stream too
         // (same results; for timing the overlap).
         device.sideStreamEnabled = environmentValue("LLM_SIDE_STREAM") != "0"
@@ -271,6 +279,7 @@ public final class CUDAModel: GPT2Backend {
         // dwte's fp32 sum over the classifier chunks (bf16, more than one chunk) lives in scratchBT4C,
         // unused from the last layer's forward to the first layer's backward, unless that is too small.
         let dwteSumOwn = precision == .bf16 && rows < BT && BT * 4 * C * x < Vp * C * f
+        let dsBytes = storedDS ? (CUDAModel.flashDSBytes(B: B, T: T, NH: NH) + 255) / 256 * 256 : 0
         let plan: [Int] = [
             BT * C * x,                      // encoded
             Lln * BT * C * x, L * BT * f, L * BT * f,  // ln1, mean, rstd
@@ -286,7 +295,8 @@ public final class CUDAModel: GPT2Backend {
             // logits, one chunk of rows; also the flash backward's dS, as the classifier is done
             // (on the same stream) before the layers' backward starts and the next forward
             // recomputes the logits: at d12 B=64 T=1024 only 31 MB more instead of 0.8 GiB.
-            max(min(rows, BT) * Vp * x, storedDS ? CUDAModel.flashDSBytes(B: B, T: T, NH: NH) : 0),
+            // After dS, dqkv (B, T, 3C) where the backward keeps it apart from scratchBT4C.
+            max(min(rows, BT) * Vp * x, dsBytes + (dqkvApart ? BT * 3 * C * x : 0)),
             BT * f,                          // losses
             BT * C * x, BT * C * x, BT * 4 * C * x,  // dresidual, scratchBTC, scratchBT4C
             B * NH * T * f,                  // attDsum
@@ -308,6 +318,7 @@ public final class CUDAModel: GPT2Backend {
         fchGelu = recompute >= 1 ? scratchBT4C : views[12]
         dwteSum = precision == .bf16 ? (dwteSumOwn ? views[23] : scratchBT4C) : 0
         weightT = hopper != nil ? views[24] : 0
+        dqkv = dqkvApart ? logitsBuffer + UInt64(dsBytes) : scratchBT4C
 
         // layernorm_backward's partials, then the side and main streams' column sums, then the
         // timing bias: apart, as layernorm_backward and the bias sums run at once when the bias sums
@@ -887,9 +898,11 @@ public final class CUDAModel: GPT2Backend {
                               weight: tensor(params, .lnfw), mean: lnfMean, rstd: lnfRstd, N: N, C: C, overwrite: true)
         // Each matmul's weight and bias gradients run on the side stream (matmulBackward); the main
         // stream waits for them before it overwrites what they read. Only dresidual, scratchBT4C
-        // (dout of fc and qkv, and the recomputed GELU output) and the recomputed layernorm outputs
-        // are overwritten while a layer's side work may still read them; scratchBTC is main-only.
-        var qkvSide: CUDADevice.SideWork? = nil  // the layer above's qkv gradients (read scratchBT4C)
+        // (dout of fc, and the recomputed GELU output), dqkv (dout of qkv) and the recomputed
+        // layernorm outputs are overwritten while a layer's side work may still read them;
+        // scratchBTC is main-only.
+        var fcSideAbove: CUDADevice.SideWork? = nil  // the layer above's fc gradients (read scratchBT4C)
+        var qkvSide: CUDADevice.SideWork? = nil  // the layer above's qkv gradients (read dqkv, ln1)
         for l in stride(from: L - 1, through: 0, by: -1) {
             let residual = l == 0 ? encoded : elements(residual3, (l - 1) * BTmax * C)
             let ln1l = ln1Layer(l), qkvl = elements(qkv, l * BTmax * 3 * C)
@@ -899,9 +912,11 @@ public final class CUDAModel: GPT2Backend {
             func p(_ t: ParameterTensor) -> CUdeviceptr { tensor(params, t, layer: l) }
             func g(_ t: ParameterTensor) -> CUdeviceptr { tensor(grads, t, layer: l) }
 
-            // Before scratchBT4C and the recomputed layernorms are written again (the layer above's
-            // fc and qkv side work read them; the side stream runs in order, so qkv's wait covers fc's).
-            if let w = qkvSide { try device.wait(for: w) }
+            // Before scratchBT4C and the recomputed layernorms are written again: the layer above's
+            // fc side work reads scratchBT4C; its qkv side work reads ln1, which ln2's recompute
+            // overwrites, and with dqkv in scratchBT4C that too (the side stream runs in order, so
+            // qkv's wait covers fc's).
+            if let w = dqkvApart && recompute < 2 ? fcSideAbove : qkvSide { try device.wait(for: w) }
             // MLP: residual3 = residual2 + fcproj(gelu(fc(ln2))). With recompute >= 1 geluL is
             // scratchBT4C itself: matmulBackward reads it for dweight before dinp overwrites it.
             if recompute >= 1 {
@@ -924,16 +939,21 @@ public final class CUDAModel: GPT2Backend {
             // Attention: residual2 = residual + attproj(attention(qkv(ln1)))
             let attprojSide = try matmulBackward(dinp: scratchBTC, dweight: g(.attprojw), dbias: g(.attprojb),
                                                  dout: dresidual, inp: attyl, weight: p(.attprojw), N: N, K: C, OC: C).side
-            let dqkv = scratchBT4C
-            try device.wait(for: fcSide)  // it reads scratchBT4C, which becomes dqkv
+            if dqkvApart {  // the attention backward may run beside fc's side work
+                if let w = qkvSide { try device.wait(for: w) }  // the layer above's reads dqkv
+            } else {
+                try device.wait(for: fcSide)  // it reads scratchBT4C, which becomes dqkv
+            }
             try attentionBackward(dqkv: dqkv, dout: scratchBTC, qkv: qkvl, out: attyl, lse: lsel, dsum: attDsum, dS: attDS,
                                   B: B, T: T)
             if recompute >= 2 {
+                try device.wait(for: fcSide)  // it reads ln2, the buffer ln1 is recomputed into
                 try layerNormForward(ln1l, floats(ln1Mean, l * BTmax), floats(ln1Rstd, l * BTmax), residual,
                                      p(.ln1w), p(.ln1b), N: N, C: C)
             }
             qkvSide = try matmulBackward(dinp: scratchBTC, dweight: g(.qkvw), dbias: g(.qkvb), dout: dqkv,
                                          inp: ln1l, weight: p(.qkvw), N: N, K: C, OC: 3 * C).side
+            fcSideAbove = fcSide
             try device.wait(for: attprojSide)  // it reads dresidual
             try layerNormBackward(dinp: dresidual, dweight: g(.ln1w), dbias: g(.ln1b), dout: scratchBTC, inp: residual,
                                   weight: p(.ln1w), mean: floats(ln1Mean, l * BTmax), rstd: floats(ln1Rstd, l * BTmax),
