@@ -138,11 +138,12 @@ __device__ __forceinline__ void layerNormBackwardPack(floatX* d, float* dweightA
 
 // dinp (N, C) += layernorm input gradient (overwrite != 0: dinp = it, as if dinp held zeros, so
 // the backward's first layernorm needs no memset of its dinp); dweight (C) += sum of dout * norm,
-// dbias (C) += sum of dout over rows. Each block stores its rows' sums in partial (gridDim.x, 2C), dweight's then
-// dbias's; the sum over blocks follows in two stages (see the end). One warp per row, each lane on
-// 16-byte packs of channels (C % PACK == 0). Dynamic shared memory: warps * 2C floats, each warp's
-// sums stored element-major (acc[i * packs + p] is element i of pack p) so that the 32 lanes touch
-// 32 different banks. counters (1 + groups): zero before and after the launch.
+// dbias (C) += sum of dout over rows. Each block stores its rows' sums in partial (gridDim.x, 2C),
+// dweight's then dbias's; the sum over blocks follows in two stages (see the end). One warp per
+// row, each lane on 16-byte packs of channels (C % PACK == 0). Dynamic shared memory: warps * 2C
+// floats, each warp's sums stored element-major (acc[i * packs + p] is element i of pack p) so
+// that the 32 lanes touch 32 different banks. counters (1 + groups): zero before and after the
+// launch.
 // P > 0 (C <= 32 * PACK * P): a lane keeps its packs of dout and inp in registers from the first
 // pass to the second; P = 0: the second pass reads them again, from the L2 at best, as the shared
 // sums leave the L1 little room. The same arithmetic in the same order either way: the same bits.
