@@ -132,8 +132,14 @@ public final class CUDAModel: GPT2Backend {
     let partials: CUdeviceptr    // fp32 per-block partial sums
     let partialFloats: Int
     let reductionCounters: CUdeviceptr  // (reductionCounterCount) uint32, zero between launches:
-                                        // layernorm_backward's (lnBackwardCounters), then the column sums'
+                                        // layernorm_backward's (lnBackwardCounters), the column sums', the attention's
     let reductionCounterCount: Int
+    /// (4) uint32 in reductionCounters, the Hopper attention kernels' item counts (flash_hopper.cu's
+    /// claimItem): the forward's 2, then the key/value backward's.
+    let attentionSchedule: CUdeviceptr
+    /// Whether those kernels claim their items as they go (default) or take every gridDim.x-th
+    /// (`LLM_ATTENTION_ORDER=stride`, the order before session 17, for timing).
+    let claimAttentionItems = environmentValue("LLM_ATTENTION_ORDER") != "stride"
     /// The bias-gradient kernels' partials and counters (in partials and reductionCounters): one
     /// set for the side stream's bias_backward, one for the main stream's gelu_backward_bias (and
     /// the timing of the ways that use them), as the two may run at once.
@@ -330,7 +336,7 @@ public final class CUDAModel: GPT2Backend {
         // Enough column blocks of 32 packs for the widest bias (4C) at the smallest pack (4, fp32).
         let columnBlocks = (4 * C + 127) / 128
         let columnSumCounterCount = columnBlocks * CUDAModel.columnSumCounters
-        reductionCounterCount = CUDAModel.lnBackwardCounters + 2 * columnSumCounterCount
+        reductionCounterCount = CUDAModel.lnBackwardCounters + 2 * columnSumCounterCount + 4
         reductionCounters = try device.allocate(bytes: reductionCounterCount * 4, what: "reduction counters")
         try device.zero(reductionCounters, bytes: reductionCounterCount * 4)
         let sums = partials + UInt64(4 * lnPartialFloats), counters = reductionCounters + UInt64(4 * CUDAModel.lnBackwardCounters)
@@ -338,6 +344,7 @@ public final class CUDAModel: GPT2Backend {
         mainColumnSums = ColumnSumSpace(partials: sums + UInt64(4 * columnSumFloats),
                                         counters: counters + UInt64(4 * columnSumCounterCount), columnBlocks: columnBlocks)
         timingBias = sums + UInt64(4 * 2 * columnSumFloats)
+        attentionSchedule = reductionCounters + UInt64(4 * (reductionCounterCount - 4))
         tokens = try device.allocate(bytes: BT * 4, what: "input tokens")
         targetsBuffer = try device.allocate(bytes: BT * 4, what: "target tokens")
         buckets = try device.allocate(bytes: (3 * BT + 1) * 4, what: "encoder buckets")
@@ -446,7 +453,8 @@ public final class CUDAModel: GPT2Backend {
             let map = try kernels.tensorMap(qkv, rows: B * T, cols: 3 * config.channels, boxRows: 64)
             try launch("flash_attention_forward_hopper", grid: persistent,
                        block: (384, 1, 1), shared: CUDAModel.hopperAttentionSharedBytes,
-                       [.ptr(out), .ptr(lse), .tensorMap(map), .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(NH))])
+                       [.ptr(out), .ptr(lse), .tensorMap(map), .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(NH)),
+                        .ptr(claimAttentionItems ? attentionSchedule : 0)])
         } else if useFlashAttention {  // 64 queries per block: 4 warps of 16; shared q + 2 x (k, v) tiles
             try launch("flash_attention_forward", grid: ((T + 63) / 64, NH, B), block: (128, 1, 1),
                        shared: 5 * CUDAModel.flashTileBytes, args)
@@ -473,16 +481,21 @@ public final class CUDAModel: GPT2Backend {
         return 5
     }()
     /// Its dynamic shared memory: alignment slack, two items' Q (128, 64), the stages of K and V
-    /// (128, 64) each, the barriers.
-    static var hopperAttentionSharedBytes: Int { 1024 + 2 * 16384 + hopperAttentionStages * 2 * 16384 + 8 * (4 + 3 * hopperAttentionStages) }
+    /// (128, 64) each, the barriers, the two Q buffers' item numbers.
+    static var hopperAttentionSharedBytes: Int {
+        1024 + 2 * 16384 + hopperAttentionStages * 2 * 16384 + 8 * (4 + 3 * hopperAttentionStages) + 8
+    }
 
     /// Stages of query tiles in flight in flash_attention_backward_key_value_hopper (-DFB_STAGES):
     /// 4 (S13-8: 3 and 6 were slower).
     static let hopperKeyValueStages = 4
     /// Its dynamic shared memory: alignment slack, two items' K and V (128, 64), the stages of a
     /// query tile (Q and dO (64, 64), 64 lse and 64 D floats: 17408 bytes, FB_STAGE, to keep the
-    /// next stage 1024-aligned), the barriers (two items' full and empty, each stage's).
-    static var hopperKeyValueSharedBytes: Int { 1024 + 4 * 16384 + hopperKeyValueStages * 17408 + 8 * (4 + 2 * hopperKeyValueStages) }
+    /// next stage 1024-aligned), the barriers (two items' full and empty, each stage's), the two
+    /// items' numbers.
+    static var hopperKeyValueSharedBytes: Int {
+        1024 + 4 * 16384 + hopperKeyValueStages * 17408 + 8 * (4 + 2 * hopperKeyValueStages) + 8
+    }
 
     /// Bytes of the flash backward's dS: each head's causal (key tile, query tile) pairs of 64 x 64 bf16.
     static func flashDSBytes(B: Int, T: Int, NH: Int) -> Int {
@@ -509,7 +522,8 @@ public final class CUDAModel: GPT2Backend {
                 try launch("flash_attention_backward_key_value_hopper", grid: persistent,
                            block: (384, 1, 1), shared: CUDAModel.hopperKeyValueSharedBytes,
                            [.ptr(dqkv), .ptr(dS), .tensorMap(mapQKV), .tensorMap(mapDout), .ptr(lse), .ptr(dsum),
-                            .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(NH))])
+                            .i32(Int32(B)), .i32(Int32(T)), .i32(Int32(NH)),
+                            .ptr(claimAttentionItems ? attentionSchedule + 8 : 0)])
             } else {
                 try launch("flash_attention_backward_key_value_ds", grid: grid, block: (128, 1, 1),
                            shared: 6 * CUDAModel.flashTileBytes + 2 * 2 * 64 * 4,

@@ -10,7 +10,8 @@
 // their products asynchronously: the scores of the next key tile are on the tensor cores while
 // the softmax of this one runs, and one warpgroup's softmax runs beside the other's
 // products. The grid is persistent (one block an SM) over items of 128 query rows of one head,
-// in groups of heads whose K and V stay in the L2, longest first in a group. Measured in a d12
+// in groups of heads whose K and V stay in the L2, longest first in a group, each taken by the
+// first block free (claimItem). Measured in a d12
 // step (S13-12, B=64): forward 0.400 ms a call against the mma.sync one's 0.555 (S12-12),
 // key/value 0.759 against 1.075; the step 931.9 -> 893.55 ms with both (S13-4, another
 // machine: 922.05 -> 906.35 with the forward alone -> 881.9). docs/gpu-performance.md, thirteenth round.
@@ -101,6 +102,30 @@ __device__ __forceinline__ void itemOf(int item, int tiles, int heads, int NH, i
     h = head % NH;
 }
 
+// Which block takes which item: in itemOf's order, a block's first item is blockIdx.x and each
+// next one the first no block has claimed yet (a count in global memory), not the one gridDim.x
+// further on. Items differ in length (1 to 8 tiles of 128): with the fixed stride the block with
+// the longest list had ~5.5 % more tiles than the average (d12, B = 64, either kernel), and a block
+// that starts late (its SM still busy with the side stream's work) ended late. S17-1, B = 64: the
+// forward 0.3338 -> 0.3221 ms, the backward 1.1498 -> 1.1340; d12 steps -4.6 to -5.9 ms. No result
+// depends on which block computes an item: each item's outputs are its own. The producer thread
+// claims; the last block to finish puts the two counts back to 0 for the next launch (launches on
+// the one stream run one after another). schedule: 2 uint32, zero before the launch; null for the
+// fixed stride (the host's LLM_ATTENTION_ORDER=stride, for timing).
+__device__ __forceinline__ int claimItem(unsigned* schedule, int items, int previous) {
+    const int item = (int)gridDim.x + (schedule ? (int)atomicAdd(schedule, 1u) : previous);
+    return item < items ? item : -1;
+}
+// After the block's last (failed) claim.
+__device__ __forceinline__ void releaseSchedule(unsigned* schedule) {
+    if (!schedule) return;
+    __threadfence();
+    if (atomicAdd(schedule + 1, 1u) == gridDim.x - 1) {  // every block has made its last claim
+        atomicExch(schedule, 0u);
+        atomicExch(schedule + 1, 0u);
+    }
+}
+
 // s (64 x 128) = the consumer's 64 query rows . the key tile^T, issued and committed (not waited for).
 __device__ __forceinline__ void issueScores(float* s, unsigned qTile, unsigned kTile) {
     wgmmaFence();
@@ -182,9 +207,11 @@ __device__ __forceinline__ void rescaleRows(float* o, const float (&rescale)[2])
 // out = softmax(q k^T / 8, causal) v and lse per row, for T a multiple of 128 and head size 64.
 // mapQKV: qkv as (B T, 3C) bf16, boxes of 64 columns x 64 rows, 128-byte swizzle. Grid: at most
 // one block per SM (persistent), block 384; dynamic shared memory 1024 + 2 x 16384 (Q of two items)
-// + FH_STAGES x 32768 (K, V) + barriers: CUDAModel.hopperAttentionSharedBytes.
+// + FH_STAGES x 32768 (K, V) + barriers + 2 item numbers: CUDAModel.hopperAttentionSharedBytes.
+// schedule: claimItem's 2 counts, zero before the launch (and after it).
 extern "C" __global__ void __launch_bounds__(FH_THREADS, 1)
-flash_attention_forward_hopper(floatX* out, float* lse, const __grid_constant__ TensorMap mapQKV, int B, int T, int NH) {
+flash_attention_forward_hopper(floatX* out, float* lse, const __grid_constant__ TensorMap mapQKV, int B, int T, int NH,
+                               unsigned* schedule) {
 #ifdef HOPPER_WGMMA
     extern __shared__ unsigned char fhShared[];
     const unsigned base = (sharedAddress(fhShared) + 1023) & ~1023u;
@@ -200,6 +227,9 @@ flash_attention_forward_hopper(floatX* out, float* lse, const __grid_constant__ 
     auto kFull = [&](int s) { return bars + 32 + 8 * s; };
     auto vFull = [&](int s) { return bars + 32 + 8 * (FH_STAGES + s); };
     auto kvEmpty = [&](int s) { return bars + 32 + 8 * (2 * FH_STAGES + s); };
+    // The item of each Q buffer (claimItem's), -1 for none left: written by the producer before
+    // qFull's arrival, read by the consumers after its wait.
+    volatile int* itemSlot = (volatile int*)(fhShared + (bars + 8 * (4 + 3 * FH_STAGES) - sharedAddress(fhShared)));
 
     const int tiles = T / FH_ROWS, heads = B * NH, items = tiles * heads, C = NH * 64;
     // The query tiles with the most keys (the last) first.
@@ -222,12 +252,17 @@ flash_attention_forward_hopper(floatX* out, float* lse, const __grid_constant__ 
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;" ::: "memory");
         if (t == 0) {  // the producer: each item's Q, then its key tiles 0..qt, K and V on barriers of their own
             unsigned it = 0;
-            for (int item = blockIdx.x, j = 0; item < items; item += gridDim.x, j++) {
+            for (int item = blockIdx.x, j = 0;; item = claimItem(schedule, items, item), j++) {
+                const int qb = j % 2;
+                barrierWait(qEmpty(qb), ((j / 2) & 1) ^ 1);
+                itemSlot[qb] = item;
+                if (item < 0) {
+                    barrierArrive(qFull(qb));
+                    break;
+                }
                 int qt, b, h;
                 decode(item, qt, b, h);
                 const int row0 = b * T + qt * FH_ROWS;
-                const int qb = j % 2;
-                barrierWait(qEmpty(qb), ((j / 2) & 1) ^ 1);
                 barrierExpect(qFull(qb), FH_TILE);
                 tmaLoad(sQ(qb), &mapQKV, qFull(qb), h * 64, row0);
                 tmaLoad(sQ(qb) + FH_TILE / 2, &mapQKV, qFull(qb), h * 64, row0 + 64);
@@ -243,23 +278,26 @@ flash_attention_forward_hopper(floatX* out, float* lse, const __grid_constant__ 
                     tmaLoad(sV(s) + FH_TILE / 2, &mapQKV, vFull(s), 2 * C + h * 64, key0 + 64);
                 }
             }
+            releaseSchedule(schedule);
         }
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;" ::: "memory");
         const int consumer = warpgroup - 1, warp = t / 32, lane = t % 32;
         const int rowInItem = 64 * consumer + 16 * warp + lane / 4;  // e = 0's row; e = 1's is 8 further
         unsigned it = 0;
-        for (int item = blockIdx.x, j = 0; item < items; item += gridDim.x, j++) {
+        for (int j = 0;; j++) {
+            const int qb = j % 2;
+            barrierWait(qFull(qb), (j / 2) & 1);
+            const int item = itemSlot[qb];
+            if (item < 0) break;
             int qt, b, h;
             decode(item, qt, b, h);
-            const int qb = j % 2;
             const unsigned qTile = sQ(qb) + consumer * (FH_TILE / 2);
             float o[32], s[64];
             unsigned p[32];
 #pragma unroll
             for (int i = 0; i < 32; i++) o[i] = 0.0f;
             float rowMax[2] = {NEG_INFINITY, NEG_INFINITY}, rowSum[2] = {0.0f, 0.0f}, rescale[2];
-            barrierWait(qFull(qb), (j / 2) & 1);
             // The first tile's scores and softmax; then per tile: the next tile's scores issued, this
             // tile's P V issued, the next softmax while both run, O rescaled once P V is done.
             barrierWait(kFull((int)(it % FH_STAGES)), (it / FH_STAGES) & 1);
@@ -351,11 +389,12 @@ flash_attention_forward_hopper(floatX* out, float* lse, const __grid_constant__ 
 // dk, dv (the k and v parts of dqkv) and dS (dsPair's layout, every fragment of every causal pair)
 // for T a multiple of 128 and head size 64. mapQKV: qkv as (B T, 3C), mapDout: dout as (B T, C),
 // both boxes of 64 x 64; lse (B, NH, T) natural log, dsum (B, NH, T) = D. Grid: at most one block
-// per SM (persistent), block 384; dynamic shared memory CUDAModel.hopperKeyValueSharedBytes.
+// per SM (persistent), block 384; dynamic shared memory CUDAModel.hopperKeyValueSharedBytes;
+// schedule: claimItem's 2 counts, zero before the launch (and after it).
 extern "C" __global__ void __launch_bounds__(FH_THREADS, 1)
 flash_attention_backward_key_value_hopper(floatX* dqkv, floatX* dS, const __grid_constant__ TensorMap mapQKV,
                                           const __grid_constant__ TensorMap mapDout, const float* lse, const float* dsum,
-                                          int B, int T, int NH) {
+                                          int B, int T, int NH, unsigned* schedule) {
 #ifdef HOPPER_WGMMA
     extern __shared__ unsigned char fbShared[];
     const unsigned base = (sharedAddress(fbShared) + 1023) & ~1023u;
@@ -371,6 +410,8 @@ flash_attention_backward_key_value_hopper(floatX* dqkv, floatX* dS, const __grid
     auto kvEmpty = [&](int i) { return bars + 16 + 8 * i; };
     auto full = [&](int s) { return bars + 32 + 8 * s; };
     auto empty = [&](int s) { return bars + 32 + 8 * (FB_STAGES + s); };
+    // The item of each K, V buffer (claimItem's), -1 for none left: as the forward's.
+    volatile int* itemSlot = (volatile int*)(fbShared + (bars + 8 * (4 + 2 * FB_STAGES) - sharedAddress(fbShared)));
 
     const int tiles = T / FH_ROWS, tiles64 = T / 64, heads = B * NH, items = tiles * heads, C = NH * 64;
     // The key tiles with the most query tiles (the first) first.
@@ -387,11 +428,17 @@ flash_attention_backward_key_value_hopper(floatX* dqkv, floatX* dS, const __grid
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;" ::: "memory");
         if (t == 0) {  // the producer: each item's K and V, then its query tiles 2 kt .. tiles64 - 1
             unsigned it = 0;
-            for (int item = blockIdx.x, j = 0; item < items; item += gridDim.x, j++) {
+            for (int item = blockIdx.x, j = 0;; item = claimItem(schedule, items, item), j++) {
+                const int buffer = j & 1;
+                barrierWait(kvEmpty(buffer), ((j >> 1) & 1) ^ 1);
+                itemSlot[buffer] = item;
+                if (item < 0) {
+                    barrierArrive(kvFull(buffer));
+                    break;
+                }
                 int kt, b, h;
                 decode(item, kt, b, h);
-                const int key0 = b * T + kt * FH_ROWS, buffer = j & 1;
-                barrierWait(kvEmpty(buffer), ((j >> 1) & 1) ^ 1);
+                const int key0 = b * T + kt * FH_ROWS;
                 barrierExpect(kvFull(buffer), 2 * FH_TILE);
                 for (int half = 0; half < 2; half++) {
                     tmaLoad(sK(buffer) + half * (FH_TILE / 2), &mapQKV, kvFull(buffer), C + h * 64, key0 + 64 * half);
@@ -408,22 +455,26 @@ flash_attention_backward_key_value_hopper(floatX* dqkv, floatX* dS, const __grid
                     bulkLoad(sD(s), dsum + stats + qt * 64, 256, full(s));
                 }
             }
+            releaseSchedule(schedule);
         }
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;" ::: "memory");
         const int consumer = warpgroup - 1, warp = t / 32, lane = t % 32;
         const float scale = 0.125f * FH_LOG2E;
         unsigned it = 0;
-        for (int item = blockIdx.x, j = 0; item < items; item += gridDim.x, j++) {
+        for (int j = 0;; j++) {
+            const int buffer = j & 1;
+            barrierWait(kvFull(buffer), (j >> 1) & 1);
+            const int item = itemSlot[buffer];
+            if (item < 0) break;
             int kt, b, h;
             decode(item, kt, b, h);
-            const int buffer = j & 1, keyTile = 2 * kt + consumer;  // this consumer's 64 keys: dS's key tile
+            const int keyTile = 2 * kt + consumer;  // this consumer's 64 keys: dS's key tile
             const unsigned kTile = sK(buffer) + consumer * (FH_TILE / 2), vTile = sV(buffer) + consumer * (FH_TILE / 2);
             const int key = 16 * warp + lane / 4;  // e = 0's key in the 64; e = 1's is 8 further
             float dk[32], dv[32];
 #pragma unroll
             for (int i = 0; i < 32; i++) { dk[i] = 0.0f; dv[i] = 0.0f; }
-            barrierWait(kvFull(buffer), (j >> 1) & 1);
             floatX* pairs = dS + dsPair(b, h, NH, tiles64, 0, keyTile) + (warp * 4 * 32 + lane) * 8;
             // S^T and dP^T of the stage's query tile, issued and committed.
             auto issueScoresT = [&](float* sT, float* dpT, int s) {
