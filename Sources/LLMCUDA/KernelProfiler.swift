@@ -1,7 +1,10 @@
 // GPU time per kernel over a stretch of work: a CUDA event before and after every kernel launch
-// and matmul on the device's main stream (with a profiler attached, the side stream's work queues
-// there too: see CUDADevice.onSideStream), summed by name (`llm bench train --profile`). Free-running
-// clocks and the real launch order, unlike a profiler that replays each kernel alone.
+// and matmul, summed by name (`llm bench train --profile`). Free-running clocks and the real launch
+// order, unlike a profiler that replays each kernel alone. By default the side stream's work queues
+// on the main stream (see CUDADevice.onSideStream), so that each mark times one kernel alone; with
+// `bothStreams` (`--timeline`) both streams run as in training, a kernel's mark runs from when its
+// stream could start it (the work before it on that stream done, any wait for the other satisfied)
+// to its end, and the report adds how long the main stream waited and how much the two overlapped.
 
 import LLM
 
@@ -11,13 +14,27 @@ public struct KernelTime {
     public var milliseconds: Double
 }
 
+/// `KernelProfiler.report`'s figures for the two streams (with `bothStreams`).
+public struct StreamTimes {
+    public var mainBusyMs = 0.0, sideBusyMs = 0.0
+    /// Time with a kernel of either stream running, and with kernels of both.
+    public var eitherMs = 0.0, bothMs = 0.0
+    /// The main stream's gaps (waiting for the side stream or the host), by the kernel after them.
+    public var mainIdleBefore: [KernelTime] = []
+}
+
 public final class KernelProfiler {
     let device: CUDADevice
+    /// Both streams as in training (a timeline) rather than every kernel on the main stream.
+    public let bothStreams: Bool
     var events: [CUhandle] = []  // created on demand, reused by later stretches
     var used = 0
-    var marks: [(name: String, start: Int, end: Int)] = []
+    var marks: [(name: String, start: Int, end: Int, side: Bool)] = []
 
-    public init(device: CUDADevice) { self.device = device }
+    public init(device: CUDADevice, bothStreams: Bool = false) {
+        self.device = device
+        self.bothStreams = bothStreams
+    }
 
     func nextEvent() throws -> Int {
         if used == events.count { events.append(try device.makeEvent()) }
@@ -30,31 +47,51 @@ public final class KernelProfiler {
     func begin(_ name: String) throws -> (String, Int) { (name, try nextEvent()) }
 
     func end(_ started: (String, Int)) throws {
-        marks.append((started.0, started.1, try nextEvent()))
+        marks.append((started.0, started.1, try nextEvent(), device.onSide))
     }
 
     /// Waits for the work, then returns the time per name (largest first), the GPU idle time before
-    /// each name (the host had not launched it yet; largest first), the sum of all kernel times and
-    /// the span from the first start to the last end, and forgets the marks.
-    public func report() throws -> (kernels: [KernelTime], idleBefore: [KernelTime], busyMs: Double, spanMs: Double) {
+    /// each name on the main stream (the host had not launched it yet, or, with `bothStreams`, it
+    /// waited for the side stream; largest first), the sum of all kernel times, the span from the
+    /// first start to the last end, and with `bothStreams` the two streams' figures; forgets the marks.
+    public func report() throws -> (kernels: [KernelTime], idleBefore: [KernelTime], busyMs: Double, spanMs: Double,
+                                    streams: StreamTimes?) {
         defer { marks = []; used = 0 }
-        guard let first = marks.first, let last = marks.last else { return ([], [], 0, 0) }
+        guard let first = marks.first else { return ([], [], 0, 0, nil) }
+        // Every event's time from the first one (events of both streams compare on one clock).
+        var at = [Double](repeating: 0, count: used)
+        for i in 0 ..< used { at[i] = Double(try device.elapsedMilliseconds(events[first.start], events[i])) }
         var byName: [String: KernelTime] = [:], idle: [String: KernelTime] = [:]
-        var busy = 0.0
-        for (i, m) in marks.enumerated() {
-            let ms = Double(try device.elapsedMilliseconds(events[m.start], events[m.end]))
+        var busy = 0.0, streams = StreamTimes()
+        var lastEnd: [Bool: Double] = [:]  // per stream (side or not), the previous mark's end
+        for m in marks {
+            let ms = at[m.end] - at[m.start]
             busy += ms
             byName[m.name, default: KernelTime(name: m.name, calls: 0, milliseconds: 0)].calls += 1
             byName[m.name]!.milliseconds += ms
-            if i > 0 {
-                let gap = Double(try device.elapsedMilliseconds(events[marks[i - 1].end], events[m.start]))
+            if m.side { streams.sideBusyMs += ms } else { streams.mainBusyMs += ms }
+            if let previous = lastEnd[m.side], !m.side {
                 idle[m.name, default: KernelTime(name: m.name, calls: 0, milliseconds: 0)].calls += 1
-                idle[m.name]!.milliseconds += gap
+                idle[m.name]!.milliseconds += at[m.start] - previous
+            }
+            lastEnd[m.side] = at[m.end]
+        }
+        // The union of the marks' intervals: time with either stream's kernel running.
+        var from = -Double.infinity, to = -Double.infinity
+        for (s, e) in marks.map({ (at[$0.start], at[$0.end]) }).sorted(by: { $0.0 < $1.0 }) {
+            if s > to {
+                if to > from { streams.eitherMs += to - from }
+                (from, to) = (s, e)
+            } else {
+                to = max(to, e)
             }
         }
-        let span = Double(try device.elapsedMilliseconds(events[first.start], events[last.end]))
+        if to > from { streams.eitherMs += to - from }
+        streams.bothMs = busy - streams.eitherMs
+        let span = (marks.map { at[$0.end] }.max() ?? 0) - at[first.start]
         func largestFirst(_ d: [String: KernelTime]) -> [KernelTime] { d.values.sorted { $0.milliseconds > $1.milliseconds } }
-        return (largestFirst(byName), largestFirst(idle), busy, span)
+        streams.mainIdleBefore = largestFirst(idle)
+        return (largestFirst(byName), largestFirst(idle), busy, span, bothStreams ? streams : nil)
     }
 }
 

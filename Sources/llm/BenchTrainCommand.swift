@@ -33,6 +33,8 @@ struct BenchTrain: ParsableCommand {
     @OptionGroup var threads: ThreadsOption
     @Flag(help: "GPU: after the timed steps, run one more with every kernel and matmul timed (CUDA events) and print the time per kernel.")
     var profile = false
+    @Flag(help: "GPU: like --profile, but with the side stream on as in training: also prints how long the main stream waited (for the side stream or the host) and how long the two streams overlapped.")
+    var timeline = false
 
     func validate() throws {
         if steps <= 0 { throw ValidationError("--steps \(steps) must be > 0") }
@@ -123,8 +125,9 @@ struct BenchTrain: ParsableCommand {
             }
             rows.append(("peak GPU memory in use", format("%.2f GiB", Double(peakDeviceMemory) / Double(1 << 30))))
         }
-        if profile, let cuda = backend as? CUDAModel {
-            try printProfile(cuda) { _ = try trainingStep(warmupSteps + steps) }
+        if profile || timeline, let cuda = backend as? CUDAModel {
+            if profile { try printProfile(cuda, bothStreams: false) { _ = try trainingStep(warmupSteps + steps) } }
+            if timeline { try printProfile(cuda, bothStreams: true) { _ = try trainingStep(warmupSteps + steps + 1) } }
         }
         print("")
         for (k, v) in rows { print(k.padding(24) + v) }
@@ -137,25 +140,35 @@ struct BenchTrain: ParsableCommand {
         static let seqLen = 64
     }
 
-    /// One step with every launch timed: the kernels by total time, then the sum against the span.
-    func printProfile(_ model: CUDAModel, _ step: () throws -> Void) throws {
-        let profiler = KernelProfiler(device: model.device)
+    /// One step with every launch timed: the kernels by total time, then the sum against the span;
+    /// with `bothStreams` (a timeline) the two streams' busy, waiting and overlapping time.
+    func printProfile(_ model: CUDAModel, bothStreams: Bool, _ step: () throws -> Void) throws {
+        let profiler = KernelProfiler(device: model.device, bothStreams: bothStreams)
         model.device.profiler = profiler
         defer { model.device.profiler = nil }
         let t0 = monotonicSeconds()
         try step()
         let wall = (monotonicSeconds() - t0) * 1000
-        let (kernels, idle, busy, span) = try profiler.report()
+        let (kernels, idle, busy, span, streams) = try profiler.report()
         print("")
-        print("kernel (one profiled step)".padding(44) + "calls  total ms    ms/call   share")
+        print((bothStreams ? "kernel (one step, both streams)" : "kernel (one profiled step)").padding(44)
+              + "calls  total ms    ms/call   share")
         for k in kernels {
             print(k.name.padding(44) + format("%5ld %9.2f %10.4f %6.1f %%", k.calls, k.milliseconds,
                                                k.milliseconds / Double(k.calls), 100 * k.milliseconds / busy))
         }
         print(format("sum of kernel times %.1f ms; first start to last end %.1f ms (%.1f ms between kernels); "
                      + "step on the host clock %.1f ms (events add a little)", busy, span, span - busy, wall))
-        print("GPU idle before (largest):  "
-              + idle.prefix(6).map { $0.name + format(" %.2f ms", $0.milliseconds) }.joined(separator: ", "))
+        if let t = streams {
+            print(format("main stream busy %.1f ms, side stream %.1f; a kernel of either running %.1f ms, of both %.1f "
+                         + "(overlap); main stream waiting %.1f ms of the span", t.mainBusyMs, t.sideBusyMs, t.eitherMs,
+                         t.bothMs, span - t.mainBusyMs))
+            print("main stream waiting before (largest):  "
+                  + t.mainIdleBefore.prefix(8).map { $0.name + format(" %.2f ms", $0.milliseconds) }.joined(separator: ", "))
+        } else {
+            print("GPU idle before (largest):  "
+                  + idle.prefix(6).map { $0.name + format(" %.2f ms", $0.milliseconds) }.joined(separator: ", "))
+        }
     }
 }
 

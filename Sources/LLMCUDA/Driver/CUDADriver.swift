@@ -203,7 +203,7 @@ public final class CUDADevice {
     let sideStream: CUhandle
     /// Whether `onSideStream` uses the side stream (else its work queues on the main stream).
     public var sideStreamEnabled = false
-    private(set) var onSide = false
+    public private(set) var onSide = false
     private let forkEvent: CUhandle
     private var sideCount = 0      // side works queued so far; the last one's number
     private var waitedThrough = 0  // the main stream waits for every side work up to this number
@@ -267,10 +267,10 @@ public final class CUDADevice {
     /// Queues the work `body` launches on the side stream, after everything queued on the main
     /// stream so far, so that it overlaps what the main stream does next. The caller must
     /// `wait(for:)` the result before the main stream overwrites anything the work reads or reads
-    /// anything it writes. Without `sideStreamEnabled`, with a profiler attached (its marks time one
-    /// stream), or nested, `body` runs on the current stream and the result needs no wait.
+    /// anything it writes. Without `sideStreamEnabled`, with a profiler attached that times one
+    /// stream, or nested, `body` runs on the current stream and the result needs no wait.
     public func onSideStream(_ body: () throws -> Void) throws -> SideWork {
-        guard sideStreamEnabled, profiler == nil, !onSide else {
+        guard sideStreamEnabled, profiler?.bothStreams ?? true, !onSide else {
             try body()
             return SideWork(number: 0)
         }
