@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on a GPU host for a round of speed work: correctness (self-test, parity with PyTorch,
 # determinism, kill-and-resume), start-up cold and warm, the d12 and d24 benches (with a per-kernel
-# profile of one d12 step) and the recompute settings; a short table last. Logs go to $OUT.
+# profile of one d12 step and a two-stream timeline of another) and the recompute settings; a short
+# table last. Logs go to $OUT.
 # Usage: Scripts/gpu-round.sh DIST   (the folder gpu-check.sh describes)
 set -uo pipefail
 d="${1:-dist/final}"; llm="$d/llm"
@@ -48,7 +49,7 @@ bench() { "$llm" bench train --device cuda --seq-len 1024 --total-batch 524288 -
 # runs at the 700 W power cap, and the clock it gets there decides every kernel's time (S9-1).
 nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader,nounits -lms 250 > "$out/smi-d12.csv" 2>/dev/null &
 smi=$!
-bench --model d12 --batch 64 --steps 20 --profile > "$out/bench-d12.txt" 2>&1
+bench --model d12 --batch 64 --steps 20 --profile --timeline > "$out/bench-d12.txt" 2>&1
 kill $smi 2>/dev/null
 bench --model d12 --batch 64 --steps 5 --recompute 1 > /tmp/bench-r1.txt 2>&1
 bench --model d12 --batch 64 --steps 5 --recompute 2 > /tmp/bench-r2.txt 2>&1
@@ -69,5 +70,6 @@ else:
     print("no samples")
 PY
 )"
-sed -n '/^kernel (one/,/^GPU idle/p' "$out/bench-d12.txt"
+sed -n '/^kernel (one profiled/,/^GPU idle/p' "$out/bench-d12.txt"
+grep -E "^main stream" "$out/bench-d12.txt"  # the timeline's step: both streams, the main stream's waits
 echo; echo "== summary"; cat "$summary"
