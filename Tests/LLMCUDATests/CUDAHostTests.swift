@@ -58,16 +58,17 @@ let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().delet
 
 @Test func hopperAttentionSharedMemory() {
     // Two items' Q (128 x 64 bf16) and per stage a K and a V tile of the same size, plus alignment
-    // slack and 8 bytes per barrier; with the kernel's static 1 KB within the H100's 227 KB per block.
+    // slack, 8 bytes per barrier and the two Q buffers' item numbers (4 bytes each); with the
+    // kernel's static 1 KB within the H100's 227 KB per block.
     let stages = CUDAModel.hopperAttentionStages
     #expect((2 ... 5).contains(stages))
-    #expect(CUDAModel.hopperAttentionSharedBytes == 1024 + 16384 * (2 + 2 * stages) + 8 * (4 + 3 * stages))
+    #expect(CUDAModel.hopperAttentionSharedBytes == 1024 + 16384 * (2 + 2 * stages) + 8 * (4 + 3 * stages) + 2 * 4)
     #expect(CUDAModel.hopperAttentionSharedBytes + 1024 <= 227 * 1024)
     // The key/value kernel: two items' K and V, its stages of Q, dO (64 x 64 bf16 each) and 64 lse
-    // and D floats, each stage a multiple of 1024 bytes (the swizzle's alignment); the count goes
-    // to the kernel as -DFB_STAGES.
+    // and D floats, each stage a multiple of 1024 bytes (the swizzle's alignment), the barriers and
+    // the two items' numbers; the count goes to the kernel as -DFB_STAGES.
     let kv = CUDAModel.hopperKeyValueStages
-    #expect(CUDAModel.hopperKeyValueSharedBytes == 1024 + 4 * 16384 + kv * 17408 + 8 * (4 + 2 * kv))
+    #expect(CUDAModel.hopperKeyValueSharedBytes == 1024 + 4 * 16384 + kv * 17408 + 8 * (4 + 2 * kv) + 2 * 4)
     #expect(KernelSources.options(arch: "sm_90a", precision: .bf16).contains("-DFB_STAGES=\(kv)"))
     #expect(17408 % 1024 == 0 && 17408 >= 2 * 8192 + 2 * 256)
     #expect(CUDAModel.hopperKeyValueSharedBytes + 1024 <= 227 * 1024)

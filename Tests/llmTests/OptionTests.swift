@@ -40,7 +40,7 @@ private func helpFlags<C: ParsableCommand>(_ command: C.Type) -> [String] {
         "--overfit"])
     #expect(helpFlags(BenchTrain.self) == [
         "--model", "--batch", "--seq-len", "--total-batch", "--steps", "--warmup-steps", "--device",
-        "--precision", "--recompute", "--threads", "--profile"])
+        "--precision", "--recompute", "--threads", "--profile", "--timeline"])
     #expect(helpFlags(Sample.self) == [
         "--model", "--prompt", "--tokens", "--temperature", "--top-k", "--seed", "--vocab", "--device",
         "--precision", "--threads", "--no-cache"])
