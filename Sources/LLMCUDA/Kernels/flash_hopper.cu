@@ -106,8 +106,8 @@ __device__ __forceinline__ void itemOf(int item, int tiles, int heads, int NH, i
 // next one the first no block has claimed yet (a count in global memory), not the one gridDim.x
 // further on. Items differ in length (1 to 8 tiles of 128): with the fixed stride the block with
 // the longest list had ~5.5 % more tiles than the average (d12, B = 64, either kernel), and a block
-// that starts late (its SM still busy with the side stream's work) ended late. S17-1, B = 64: the
-// forward 0.3338 -> 0.3221 ms, the backward 1.1498 -> 1.1340; d12 steps -4.6 to -5.9 ms. No result
+// that started late (its SM still busy with the side stream's work) would end late. S17-1, B = 64:
+// the forward 0.3338 -> 0.3221 ms, the backward 1.1498 -> 1.1340; d12 steps -4.5 to -5.9 ms. No result
 // depends on which block computes an item: each item's outputs are its own. The producer thread
 // claims; the last block to finish puts the two counts back to 0 for the next launch (launches on
 // the one stream run one after another). schedule: 2 uint32, zero before the launch; null for the
