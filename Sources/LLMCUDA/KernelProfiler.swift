@@ -19,8 +19,6 @@ public struct StreamTimes {
     public var mainBusyMs = 0.0, sideBusyMs = 0.0
     /// Time with a kernel of either stream running, and with kernels of both.
     public var eitherMs = 0.0, bothMs = 0.0
-    /// The main stream's gaps (waiting for the side stream or the host), by the kernel after them.
-    public var mainIdleBefore: [KernelTime] = []
 }
 
 public final class KernelProfiler {
@@ -63,18 +61,22 @@ public final class KernelProfiler {
         for i in 0 ..< used { at[i] = Double(try device.elapsedMilliseconds(events[first.start], events[i])) }
         var byName: [String: KernelTime] = [:], idle: [String: KernelTime] = [:]
         var busy = 0.0, streams = StreamTimes()
-        var lastEnd: [Bool: Double] = [:]  // per stream (side or not), the previous mark's end
+        var lastMainEnd: Double? = nil  // the previous main-stream mark's end
         for m in marks {
             let ms = at[m.end] - at[m.start]
             busy += ms
             byName[m.name, default: KernelTime(name: m.name, calls: 0, milliseconds: 0)].calls += 1
             byName[m.name]!.milliseconds += ms
-            if m.side { streams.sideBusyMs += ms } else { streams.mainBusyMs += ms }
-            if let previous = lastEnd[m.side], !m.side {
+            if m.side {
+                streams.sideBusyMs += ms
+                continue
+            }
+            streams.mainBusyMs += ms
+            if let previous = lastMainEnd {
                 idle[m.name, default: KernelTime(name: m.name, calls: 0, milliseconds: 0)].calls += 1
                 idle[m.name]!.milliseconds += at[m.start] - previous
             }
-            lastEnd[m.side] = at[m.end]
+            lastMainEnd = at[m.end]
         }
         // The union of the marks' intervals: time with either stream's kernel running.
         var from = -Double.infinity, to = -Double.infinity
@@ -90,7 +92,6 @@ public final class KernelProfiler {
         streams.bothMs = busy - streams.eitherMs
         let span = (marks.map { at[$0.end] }.max() ?? 0) - at[first.start]
         func largestFirst(_ d: [String: KernelTime]) -> [KernelTime] { d.values.sorted { $0.milliseconds > $1.milliseconds } }
-        streams.mainIdleBefore = largestFirst(idle)
         return (largestFirst(byName), largestFirst(idle), busy, span, bothStreams ? streams : nil)
     }
 }

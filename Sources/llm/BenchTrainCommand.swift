@@ -157,17 +157,20 @@ struct BenchTrain: ParsableCommand {
             print(k.name.padding(44) + format("%5ld %9.2f %10.4f %6.1f %%", k.calls, k.milliseconds,
                                                k.milliseconds / Double(k.calls), 100 * k.milliseconds / busy))
         }
-        print(format("sum of kernel times %.1f ms; first start to last end %.1f ms (%.1f ms between kernels); "
-                     + "step on the host clock %.1f ms (events add a little)", busy, span, span - busy, wall))
-        if let t = streams {
+        func largest(_ n: Int) -> String {
+            idle.prefix(n).map { $0.name + format(" %.2f ms", $0.milliseconds) }.joined(separator: ", ")
+        }
+        if let t = streams {  // the two streams' kernels overlap, so their sum exceeds the span
+            print(format("sum of kernel times %.1f ms (both streams); first start to last end %.1f ms; "
+                         + "step on the host clock %.1f ms (events add a little)", busy, span, wall))
             print(format("main stream busy %.1f ms, side stream %.1f; a kernel of either running %.1f ms, of both %.1f "
                          + "(overlap); main stream waiting %.1f ms of the span", t.mainBusyMs, t.sideBusyMs, t.eitherMs,
                          t.bothMs, span - t.mainBusyMs))
-            print("main stream waiting before (largest):  "
-                  + t.mainIdleBefore.prefix(8).map { $0.name + format(" %.2f ms", $0.milliseconds) }.joined(separator: ", "))
+            print("main stream waiting before (largest):  " + largest(8))
         } else {
-            print("GPU idle before (largest):  "
-                  + idle.prefix(6).map { $0.name + format(" %.2f ms", $0.milliseconds) }.joined(separator: ", "))
+            print(format("sum of kernel times %.1f ms; first start to last end %.1f ms (%.1f ms between kernels); "
+                         + "step on the host clock %.1f ms (events add a little)", busy, span, span - busy, wall))
+            print("GPU idle before (largest):  " + largest(6))
         }
     }
 }
